@@ -1,0 +1,87 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+// Our own targets treat every warning as an error; dependencies keep their own settings.
+let strict: [SwiftSetting] = [.treatAllWarnings(as: .error)]
+
+let package = Package(
+    name: "macvtapd",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "macvtapd", targets: ["macvtapd"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // Kernel headers, variadic ioctls and cmsg macros that Swift cannot call directly.
+        .target(name: "CMacvtapd", cSettings: [.treatAllWarnings(as: .error)]),
+
+        // Model, planner and plan rendering: no I/O, no sockets.
+        .target(name: "MacvtapdCore", swiftSettings: strict),
+
+        // YAML file or conf.d directory -> DesiredState, with located diagnostics.
+        .target(
+            name: "MacvtapdConfig",
+            dependencies: ["MacvtapdCore", .product(name: "Yams", package: "Yams")],
+            swiftSettings: strict
+        ),
+
+        // rtnetlink client, macvtap lifecycle and the tap character device.
+        .target(name: "MacvtapdNetlink", dependencies: ["CMacvtapd"], swiftSettings: strict),
+
+        // QMP client: commands, events, fd passing, `info network` parsing.
+        .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd"], swiftSettings: strict),
+
+        // Observers, executor and controller: the only place that joins the clients to the core.
+        .target(
+            name: "MacvtapdReconciler",
+            dependencies: [
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        .executableTarget(
+            name: "macvtapd",
+            dependencies: [
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // Real-kernel, real-QEMU fixtures shared by the test targets: namespaces, veths, QEMU, probe.
+        .target(name: "MacvtapdTestSupport", dependencies: ["CMacvtapd"], swiftSettings: strict),
+
+        .testTarget(name: "MacvtapdCoreTests", dependencies: ["MacvtapdCore"], swiftSettings: strict),
+        .testTarget(
+            name: "MacvtapdConfigTests",
+            dependencies: ["MacvtapdConfig", "MacvtapdCore"],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MacvtapdNetlinkTests",
+            dependencies: ["MacvtapdNetlink", "MacvtapdTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MacvtapdQMPTests",
+            dependencies: ["MacvtapdQMP", "MacvtapdTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MacvtapdReconcilerTests",
+            dependencies: [
+                "MacvtapdReconciler", "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP",
+                "MacvtapdTestSupport",
+            ],
+            swiftSettings: strict
+        ),
+    ]
+)

@@ -1,0 +1,129 @@
+/// Where a value came from in the operator's configuration, for messages that point at it.
+public struct SourceLocation: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+
+    public init(file: String, line: Int, column: Int) {
+        self.file = file
+        self.line = line
+        self.column = column
+    }
+
+    public var description: String { "\(file):\(line):\(column)" }
+}
+
+/// The macvtap mode (IFLA_MACVLAN_MODE) of the backend.
+public enum MacvtapMode: String, Hashable, Sendable, Codable, CaseIterable {
+    case bridge
+    case vepa
+    case `private`
+    case passthru
+}
+
+/// What the guest NIC's carrier follows.
+public enum LinkPolicy: String, Hashable, Sendable, Codable, CaseIterable {
+    /// Guest carrier mirrors the host interface's carrier (down while it is missing or has none).
+    case follow
+    /// Guest carrier is up whenever a backend is attached, whatever the host interface's carrier.
+    case up
+}
+
+/// How a binding finds its host (lower) interface.
+public enum HostMatcher: Hashable, Sendable, CustomStringConvertible {
+    /// The interface's current name.
+    case name(String)
+    /// The interface's MAC address (current, or permanent where the kernel reports one).
+    case mac(MACAddress)
+
+    public var description: String {
+        switch self {
+        case .name(let name): return name
+        case .mac(let mac): return "mac \(mac)"
+        }
+    }
+}
+
+/// Identifies one binding: a NIC of a VM. Everything macvtapd owns is named from this pair.
+public struct BindingKey: Hashable, Comparable, Sendable, Codable, CustomStringConvertible {
+    public var vm: String
+    public var nic: String
+
+    public init(vm: String, nic: String) {
+        self.vm = vm
+        self.nic = nic
+    }
+
+    /// `web1/nic0`: the form used in logs, status, metrics and plans.
+    public var description: String { "\(vm)/\(nic)" }
+
+    public static func < (lhs: BindingKey, rhs: BindingKey) -> Bool {
+        (lhs.vm, lhs.nic) < (rhs.vm, rhs.nic)
+    }
+}
+
+/// One VM NIC bound to a host interface, with every default already resolved.
+public struct NICBinding: Hashable, Sendable {
+    public var key: BindingKey
+    public var host: HostMatcher
+    public var mode: MacvtapMode
+    /// The macvtap's MAC; nil means "the NIC's own MAC, read over QMP".
+    public var mac: MACAddress?
+    /// The QEMU hub the NIC sits on; nil means "discover it from the NIC's placeholder hubport".
+    public var hub: Int?
+    public var link: LinkPolicy
+    /// Where the NIC was declared, for messages.
+    public var source: SourceLocation?
+
+    public init(
+        key: BindingKey, host: HostMatcher, mode: MacvtapMode = .bridge, mac: MACAddress? = nil,
+        hub: Int? = nil, link: LinkPolicy = .follow, source: SourceLocation? = nil
+    ) {
+        self.key = key
+        self.host = host
+        self.mode = mode
+        self.mac = mac
+        self.hub = hub
+        self.link = link
+        self.source = source
+    }
+
+    /// True when the two bindings would produce the same backend (the source location aside).
+    public func sameBackend(as other: NICBinding) -> Bool {
+        key == other.key && host == other.host && mode == other.mode && mac == other.mac && hub == other.hub
+    }
+}
+
+/// A VM macvtapd manages and how to reach its QMP monitor.
+public struct VMSpec: Hashable, Sendable {
+    public var name: String
+    /// Absolute path of the QMP unix socket reserved for macvtapd.
+    public var qmp: String
+    public var nics: [String: NICBinding]
+    public var source: SourceLocation?
+
+    public init(name: String, qmp: String, nics: [String: NICBinding], source: SourceLocation? = nil) {
+        self.name = name
+        self.qmp = qmp
+        self.nics = nics
+        self.source = source
+    }
+}
+
+/// The operator's desired state after parsing, validation and default resolution.
+public struct DesiredState: Hashable, Sendable {
+    public var vms: [String: VMSpec]
+
+    public init(vms: [String: VMSpec] = [:]) {
+        self.vms = vms
+    }
+
+    /// Every binding, sorted by key so plans and status are stable.
+    public var bindings: [NICBinding] {
+        vms.values.flatMap { $0.nics.values }.sorted { $0.key < $1.key }
+    }
+
+    public func binding(_ key: BindingKey) -> NICBinding? {
+        vms[key.vm]?.nics[key.nic]
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the system packages macvtapd's build, tests and demo need on a fresh Debian machine.
+# Used by `make demo`, `make test` and .ci/run. Does nothing when everything is present.
+set -euo pipefail
+
+packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev pkg-config util-linux kmod)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+python3 -c 'import jsonschema' 2>/dev/null || need_jsonschema=1
+
+if [ ${#missing[@]} -gt 0 ] || [ -n "${need_jsonschema:-}" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "install-deps: missing ${missing[*]} ${need_jsonschema:+python3-jsonschema}; run as root to install" >&2
+        exit 1
+    fi
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ -n "${need_jsonschema:-}" ]; then
+    echo "install-deps: installing the jsonschema validator from PyPI"
+    python3 -m pip install --quiet jsonschema
+fi
+command -v swift >/dev/null || { echo "install-deps: swift is not on PATH" >&2; exit 1; }
