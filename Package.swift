@@ -8,7 +8,8 @@ let package = Package(
     name: "macvtapd",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "macvtapd", targets: ["macvtapd"])
+        .executable(name: "macvtapd", targets: ["macvtapd"]),
+        .executable(name: "macvtapd-bench", targets: ["macvtapd-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,10 +31,10 @@ let package = Package(
         ),
 
         // rtnetlink client, macvtap lifecycle and the tap character device.
-        .target(name: "MacvtapdNetlink", dependencies: ["CMacvtapd"], swiftSettings: strict),
+        .target(name: "MacvtapdNetlink", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
 
         // QMP client: commands, events, fd passing, `info network` parsing.
-        .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd"], swiftSettings: strict),
+        .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
 
         // Observers, executor and controller: the only place that joins the clients to the core.
         .target(
@@ -51,6 +52,16 @@ let package = Package(
                 "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
+        // `make bench`: measured numbers against a baseline run in the same invocation (not tests).
+        .executableTarget(
+            name: "macvtapd-bench",
+            dependencies: [
+                "MacvtapdCore", "MacvtapdNetlink", "MacvtapdQMP", "MacvtapdReconciler", "MacvtapdTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict
         ),
