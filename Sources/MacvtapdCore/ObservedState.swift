@@ -1,0 +1,149 @@
+/// One host network interface as rtnetlink reports it.
+public struct ObservedLink: Hashable, Sendable {
+    public var ifindex: Int32
+    public var name: String
+    /// IFLA_INFO_KIND: `veth`, `macvtap`, `bridge`, ...; nil for physical ports.
+    public var kind: String?
+    public var mac: MACAddress?
+    /// IFLA_PERM_ADDRESS, where the kernel reports one (physical NICs).
+    public var permanentMAC: MACAddress?
+    public var adminUp: Bool
+    public var carrier: Bool
+    /// IFLA_LINK: the lower interface of a macvtap.
+    public var lowerIfindex: Int32?
+    /// IFLA_IFALIAS: where macvtapd writes its ownership mark.
+    public var alias: String?
+    public var macvtapMode: MacvtapMode?
+
+    public init(
+        ifindex: Int32, name: String, kind: String? = nil, mac: MACAddress? = nil, permanentMAC: MACAddress? = nil,
+        adminUp: Bool = true, carrier: Bool = true, lowerIfindex: Int32? = nil, alias: String? = nil,
+        macvtapMode: MacvtapMode? = nil
+    ) {
+        self.ifindex = ifindex
+        self.name = name
+        self.kind = kind
+        self.mac = mac
+        self.permanentMAC = permanentMAC
+        self.adminUp = adminUp
+        self.carrier = carrier
+        self.lowerIfindex = lowerIfindex
+        self.alias = alias
+        self.macvtapMode = macvtapMode
+    }
+
+    public var isMacvtap: Bool { kind == "macvtap" }
+
+    /// The binding that owns this interface: only macvtaps carrying macvtapd's alias mark have one.
+    public var owner: BindingKey? { isMacvtap ? Ownership.binding(fromAlias: alias) : nil }
+}
+
+/// The host's interfaces at one instant.
+public struct ObservedHost: Hashable, Sendable {
+    public var links: [ObservedLink]
+
+    public init(links: [ObservedLink] = []) {
+        self.links = links
+    }
+
+    public func link(ifindex: Int32) -> ObservedLink? { links.first { $0.ifindex == ifindex } }
+    public func link(named name: String) -> ObservedLink? { links.first { $0.name == name } }
+
+    /// The interfaces a matcher selects. Macvtaps and macvlans are never lowers: they copy MACs.
+    public func candidates(for matcher: HostMatcher) -> [ObservedLink] {
+        switch matcher {
+        case .name(let name):
+            return links.filter { $0.name == name }
+        case .mac(let mac):
+            return links.filter { link in
+                link.kind != "macvtap" && link.kind != "macvlan" && (link.mac == mac || link.permanentMAC == mac)
+            }
+        }
+    }
+
+    /// The macvtaps macvtapd owns, by the binding their mark names.
+    public var ownedMacvtaps: [BindingKey: [ObservedLink]] {
+        Dictionary(grouping: links.filter { $0.owner != nil }, by: { $0.owner! })
+    }
+}
+
+/// A guest NIC as QEMU reports it.
+public struct ObservedNIC: Hashable, Sendable {
+    public var id: String
+    public var mac: MACAddress?
+    /// The hub the NIC's peer hubport sits on; nil when the NIC is not on a hub.
+    public var hub: Int?
+
+    public init(id: String, mac: MACAddress?, hub: Int?) {
+        self.id = id
+        self.mac = mac
+        self.hub = hub
+    }
+}
+
+/// One backend macvtapd added to a VM, recognised by its netdev ids. Either half may be missing
+/// when an earlier apply was interrupted.
+public struct ObservedBackend: Hashable, Sendable {
+    public var ids: Ownership.BackendIDs
+    public var hasTap: Bool
+    public var hasPort: Bool
+    /// The hub the port sits on, when there is a port.
+    public var hub: Int?
+
+    public init(ids: Ownership.BackendIDs, hasTap: Bool, hasPort: Bool, hub: Int?) {
+        self.ids = ids
+        self.hasTap = hasTap
+        self.hasPort = hasPort
+        self.hub = hub
+    }
+
+    public var isComplete: Bool { hasTap && hasPort }
+}
+
+/// What a VM's QMP monitor told us, or why it could not.
+public struct ObservedVM: Hashable, Sendable {
+    public enum Reachability: Hashable, Sendable {
+        case reachable
+        /// No QEMU is listening (socket missing or refused): nothing holds a backend fd.
+        case absent(String)
+        /// Something listens but does not answer properly (hang, garbage, errors).
+        case unresponsive(String)
+    }
+
+    public var name: String
+    public var reachability: Reachability
+    public var running: Bool
+    public var nics: [String: ObservedNIC]
+    public var backends: [ObservedBackend]
+    /// Guest carrier as macvtapd last set it; QEMU cannot be asked (DESIGN.md), so this is our record.
+    public var guestLink: [String: Bool]
+
+    public init(
+        name: String, reachability: Reachability, running: Bool = false, nics: [String: ObservedNIC] = [:],
+        backends: [ObservedBackend] = [], guestLink: [String: Bool] = [:]
+    ) {
+        self.name = name
+        self.reachability = reachability
+        self.running = running
+        self.nics = nics
+        self.backends = backends
+        self.guestLink = guestLink
+    }
+
+    public static func absent(_ name: String, _ reason: String) -> ObservedVM {
+        ObservedVM(name: name, reachability: .absent(reason))
+    }
+
+    public var isReachable: Bool { reachability == .reachable }
+}
+
+/// Everything the planner looks at besides the desired state.
+public struct ObservedState: Hashable, Sendable {
+    public var host: ObservedHost
+    public var vms: [String: ObservedVM]
+
+    public init(host: ObservedHost, vms: [String: ObservedVM]) {
+        self.host = host
+        self.vms = vms
+    }
+}

@@ -1,0 +1,149 @@
+/// Where a binding stands. The same words appear in plans, status, logs and metrics.
+public enum Phase: String, Hashable, Sendable, Codable, CaseIterable {
+    /// Backend attached and guest carrier up.
+    case attached = "Attached"
+    /// Backend attached, but the host interface has no carrier, so (with `link: follow`) the guest's is down.
+    case noCarrier = "NoCarrier"
+    /// The host interface does not exist: no backend, guest carrier down until it appears.
+    case hostMissing = "HostMissing"
+    /// Several interfaces match the host matcher; macvtapd does not guess.
+    case hostAmbiguous = "HostAmbiguous"
+    /// The VM's QMP monitor is missing or not answering; the binding waits, nothing is torn down.
+    case vmUnreachable = "VMUnreachable"
+    /// The VM has no NIC with this id, or the NIC is not on a hub (or its MAC is unknown).
+    case nicMissing = "NICMissing"
+    /// Something macvtapd does not own stands in the way (e.g. its interface name is taken).
+    case conflict = "Conflict"
+    /// Torn down: the binding is gone from the desired state (orphans only).
+    case removed = "Removed"
+    /// Changes are planned or in flight.
+    case pending = "Pending"
+    /// The last attempt failed; it is retried.
+    case failed = "Failed"
+
+    /// Phases where everything that can be done is done.
+    public var isSettled: Bool { self != .pending && self != .failed }
+}
+
+/// The macvtap a binding wants, as the executor creates it.
+public struct MacvtapSpec: Hashable, Sendable, Encodable {
+    public var name: String
+    public var lowerIfindex: Int32
+    public var lowerName: String
+    public var mode: MacvtapMode
+    public var mac: MACAddress
+    /// The ownership mark (IFLA_IFALIAS).
+    public var alias: String
+
+    public init(
+        name: String, lowerIfindex: Int32, lowerName: String, mode: MacvtapMode, mac: MACAddress, alias: String
+    ) {
+        self.name = name
+        self.lowerIfindex = lowerIfindex
+        self.lowerName = lowerName
+        self.mode = mode
+        self.mac = mac
+        self.alias = alias
+    }
+}
+
+/// One idempotent operation on the host or a VM.
+public enum Action: Hashable, Sendable {
+    /// RTM_NEWLINK of a macvtap on the lower, with MAC, mode and ownership mark, brought up.
+    case createMacvtap(MacvtapSpec)
+    /// Bring an owned macvtap that someone set down back up.
+    case setMacvtapUp(ifindex: Int32, name: String)
+    /// RTM_DELLINK of an owned macvtap.
+    case deleteMacvtap(ifindex: Int32, name: String)
+    /// Open the macvtap named `macvtap` (resolved to its ifindex when executed: it may be created by
+    /// an earlier action of the same plan), getfd, netdev_add tap, netdev_add hubport on `hub`.
+    case attachBackend(vm: String, nic: String, macvtap: String, hub: Int)
+    /// netdev_del of whichever of the backend's port and tap exist.
+    case detachBackend(vm: String, backend: ObservedBackend)
+    /// set_link on the guest NIC.
+    case setGuestLink(vm: String, nic: String, up: Bool)
+
+    /// The VM the action talks to over QMP, if any.
+    public var vm: String? {
+        switch self {
+        case .createMacvtap, .setMacvtapUp, .deleteMacvtap: return nil
+        case .attachBackend(let vm, _, _, _), .detachBackend(let vm, _), .setGuestLink(let vm, _, _): return vm
+        }
+    }
+}
+
+/// Why a binding is where it is: a stable code for machines, a sentence for people.
+public struct Reason: Hashable, Sendable, Encodable {
+    public var code: String
+    public var message: String
+
+    public init(_ code: String, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+}
+
+/// How a binding's plan changes the world, as `terraform plan` classifies resources.
+public enum ChangeKind: String, Hashable, Sendable, Encodable {
+    case none
+    /// A backend appears where there was none.
+    case create
+    /// Something attached is updated in place (guest carrier, macvtap brought up).
+    case update
+    /// The backend is replaced (stale, or the host interface, mode or MAC changed).
+    case replace
+    /// A backend goes away (host missing, binding removed).
+    case destroy
+
+    /// The symbol shown in human plans.
+    public var symbol: String {
+        switch self {
+        case .none: return " "
+        case .create: return "+"
+        case .update: return "~"
+        case .replace: return "-/+"
+        case .destroy: return "-"
+        }
+    }
+}
+
+/// The plan for one binding, or for one orphan (something owned that no binding wants).
+public struct BindingPlan: Hashable, Sendable {
+    public var key: BindingKey
+    /// False for orphans: owned objects whose binding is gone from the desired state.
+    public var isDesired: Bool
+    /// Where the binding stands once the actions are carried out.
+    public var phase: Phase
+    public var reason: Reason
+    public var change: ChangeKind
+    public var actions: [Action]
+    /// The host interface the binding resolves to, when it exists.
+    public var lower: String?
+
+    public init(
+        key: BindingKey, isDesired: Bool = true, phase: Phase, reason: Reason, change: ChangeKind,
+        actions: [Action], lower: String? = nil
+    ) {
+        self.key = key
+        self.isDesired = isDesired
+        self.phase = phase
+        self.reason = reason
+        self.change = change
+        self.actions = actions
+        self.lower = lower
+    }
+}
+
+/// The value `plan`, `apply --dry-run`, `apply` and the daemon all share.
+public struct Plan: Hashable, Sendable {
+    public var bindings: [BindingPlan]
+
+    public init(bindings: [BindingPlan]) {
+        self.bindings = bindings
+    }
+
+    public var hasChanges: Bool { bindings.contains { !$0.actions.isEmpty } }
+
+    /// Count of binding plans per change kind, for the summary line.
+    public func count(_ kind: ChangeKind) -> Int { bindings.filter { $0.change == kind }.count }
+}

@@ -1,0 +1,220 @@
+/// The reconcile function: (desired, observed) → plan. Pure, deterministic, no I/O.
+///
+/// Each binding is planned on its own from what is observed now (level-triggered): what changed
+/// since last time does not matter, only how the world differs from the desired state.
+public enum Planner {
+    public static func plan(desired: DesiredState, observed: ObservedState) -> Plan {
+        let owned = observed.host.ownedMacvtaps
+        var plans = desired.bindings.map { binding in
+            planBinding(binding, observed: observed, owned: owned[binding.key] ?? [])
+        }
+        plans += planOrphans(desired: desired, observed: observed, owned: owned)
+        return Plan(bindings: plans)
+    }
+
+    // MARK: - One desired binding
+
+    static func planBinding(_ binding: NICBinding, observed: ObservedState, owned: [ObservedLink]) -> BindingPlan {
+        let key = binding.key
+        func waiting(_ phase: Phase, _ code: String, _ message: String) -> BindingPlan {
+            BindingPlan(key: key, phase: phase, reason: Reason(code, message), change: .none, actions: [])
+        }
+
+        guard let vm = observed.vms[key.vm] else {
+            return waiting(.vmUnreachable, "VMNotObserved", "VM \(key.vm) was not observed")
+        }
+        switch vm.reachability {
+        case .reachable: break
+        case .absent(let why):
+            return waiting(.vmUnreachable, "VMAbsent", "VM \(key.vm) is not running a QMP monitor: \(why)")
+        case .unresponsive(let why):
+            return waiting(.vmUnreachable, "VMUnresponsive", "VM \(key.vm) does not answer on QMP: \(why)")
+        }
+        guard let nic = vm.nics[key.nic] else {
+            return waiting(.nicMissing, "NICMissing", "VM \(key.vm) has no NIC \(key.nic)")
+        }
+        guard let hub = binding.hub ?? nic.hub else {
+            return waiting(
+                .nicMissing, "NICNotOnHub",
+                "NIC \(key.nic) is not on a QEMU hub: give it a placeholder hubport or set hub: in the config")
+        }
+        guard let mac = binding.mac ?? nic.mac else {
+            return waiting(.nicMissing, "MACUnknown", "the MAC of NIC \(key.nic) is unknown: set mac: in the config")
+        }
+
+        let backends = vm.backends.filter { $0.ids.nic == key.nic }.sorted { $0.ids.ifindex < $1.ids.ifindex }
+        let recordedLink = vm.guestLink[key.nic]
+        let candidates = observed.host.candidates(for: binding.host)
+        if candidates.count > 1 {
+            let names = candidates.map(\.name).sorted().joined(separator: ", ")
+            return waiting(.hostAmbiguous, "HostAmbiguous", "\(names) all match host \(binding.host); not guessing")
+        }
+
+        guard let lower = candidates.first else {
+            return planHostMissing(binding, backends: backends, owned: owned, recordedLink: recordedLink)
+        }
+
+        let name = Ownership.macvtapName(for: key)
+        if let squatter = observed.host.link(named: name), squatter.owner != key {
+            return waiting(
+                .conflict, "NameTaken",
+                "interface name \(name) is taken by \(squatter.kind ?? "an interface") macvtapd does not own")
+        }
+
+        let wanted = owned.first { $0.lowerIfindex == lower.ifindex && $0.macvtapMode == binding.mode && $0.mac == mac }
+        let goodBackend = wanted.flatMap { macvtap in
+            backends.first { $0.ids.ifindex == macvtap.ifindex && $0.isComplete && $0.hub == hub }
+        }
+        let staleBackends = backends.filter { $0 != goodBackend }
+        let staleMacvtaps = owned.filter { $0 != wanted }
+
+        // Backends go before the macvtaps they hold, so QEMU never keeps a dead fd. A changed spec is
+        // the root cause when both are stale, so its reason is reported first.
+        var actions: [Action] = staleBackends.map { .detachBackend(vm: key.vm, backend: $0) }
+        actions += staleMacvtaps.map { .deleteMacvtap(ifindex: $0.ifindex, name: $0.name) }
+        let staleReasons =
+            staleMacvtaps.map { describeStale($0, lower: lower, mode: binding.mode, mac: mac, host: observed.host) }
+            + staleBackends.map { describeStale($0, hub: hub, host: observed.host) }
+
+        var attaching = false
+        if let wanted {
+            if !wanted.adminUp { actions.append(.setMacvtapUp(ifindex: wanted.ifindex, name: wanted.name)) }
+            if goodBackend == nil {
+                actions.append(.attachBackend(vm: key.vm, nic: key.nic, macvtap: wanted.name, hub: hub))
+                attaching = true
+            }
+        } else {
+            let spec = MacvtapSpec(
+                name: name, lowerIfindex: lower.ifindex, lowerName: lower.name, mode: binding.mode, mac: mac,
+                alias: Ownership.alias(for: key))
+            actions.append(.createMacvtap(spec))
+            actions.append(.attachBackend(vm: key.vm, nic: key.nic, macvtap: name, hub: hub))
+            attaching = true
+        }
+
+        let linkUp = binding.link == .up || lower.carrier
+        let linkChanges = recordedLink != linkUp
+        if attaching || linkChanges {
+            actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: linkUp))
+        }
+
+        let phase: Phase = linkUp ? .attached : .noCarrier
+        let change: ChangeKind
+        let reason: Reason
+        if actions.isEmpty {
+            change = .none
+            reason =
+                linkUp
+                ? Reason("Converged", "attached to \(lower.name) through \(wanted?.name ?? name) on hub \(hub)")
+                : Reason("NoCarrier", "attached to \(lower.name), which has no carrier; guest carrier down")
+        } else if !staleReasons.isEmpty && attaching {
+            change = .replace
+            reason = staleReasons[0]
+        } else if attaching {
+            change = .create
+            reason = Reason("HostPresent", "host \(lower.name) is present and NIC \(key.nic) has no backend")
+        } else {
+            change = .update
+            reason = staleReasons.first ?? describeLinkChange(recorded: recordedLink, up: linkUp, lower: lower)
+        }
+        return BindingPlan(key: key, phase: phase, reason: reason, change: change, actions: actions, lower: lower.name)
+    }
+
+    /// Host interface gone: detach whatever backend is left (its fd is dead and QEMU spins on it),
+    /// delete owned macvtaps that sit on other lowers, and hold the guest carrier down.
+    static func planHostMissing(
+        _ binding: NICBinding, backends: [ObservedBackend], owned: [ObservedLink], recordedLink: Bool?
+    ) -> BindingPlan {
+        let key = binding.key
+        var actions: [Action] = backends.map { .detachBackend(vm: key.vm, backend: $0) }
+        actions += owned.map { .deleteMacvtap(ifindex: $0.ifindex, name: $0.name) }
+        if recordedLink != false {
+            actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: false))
+        }
+        var message = "host \(binding.host) does not exist"
+        if let backend = backends.first {
+            message += "; backend bound to deleted macvtap \(backend.ids.ifindex)"
+        }
+        let tearsDown = !backends.isEmpty || !owned.isEmpty
+        return BindingPlan(
+            key: key, phase: .hostMissing, reason: Reason("HostMissing", message),
+            change: actions.isEmpty ? .none : (tearsDown ? .destroy : .update), actions: actions)
+    }
+
+    static func describeStale(_ backend: ObservedBackend, hub: Int, host: ObservedHost) -> Reason {
+        let index = backend.ids.ifindex
+        guard host.link(ifindex: index) != nil else {
+            return Reason("BackendStale", "backend bound to deleted macvtap \(index)")
+        }
+        if !backend.isComplete {
+            return Reason("BackendPartial", "partial backend \(backend.ids.tap) left by an interrupted apply")
+        }
+        if let onHub = backend.hub, onHub != hub {
+            return Reason("BackendWrongHub", "backend on hub \(onHub), the NIC is on hub \(hub)")
+        }
+        return Reason("BackendStale", "backend bound to replaced macvtap \(index)")
+    }
+
+    static func describeStale(
+        _ macvtap: ObservedLink, lower: ObservedLink, mode: MacvtapMode, mac: MACAddress, host: ObservedHost
+    ) -> Reason {
+        if macvtap.lowerIfindex != lower.ifindex {
+            let from = macvtap.lowerIfindex.flatMap { host.link(ifindex: $0)?.name } ?? "another interface"
+            return Reason("HostChanged", "host changed from \(from) to \(lower.name)")
+        }
+        if macvtap.macvtapMode != mode {
+            let from = macvtap.macvtapMode?.rawValue ?? "unknown"
+            return Reason("ModeChanged", "mode changed from \(from) to \(mode.rawValue)")
+        }
+        if macvtap.mac != mac {
+            return Reason("MACChanged", "MAC changed from \(macvtap.mac?.description ?? "none") to \(mac)")
+        }
+        return Reason("MacvtapDuplicate", "extra macvtap \(macvtap.name) owned by the same binding")
+    }
+
+    static func describeLinkChange(recorded: Bool?, up: Bool, lower: ObservedLink) -> Reason {
+        switch (recorded, up) {
+        case (nil, _):
+            return Reason("LinkUnknown", "guest carrier state unknown; setting it \(up ? "up" : "down")")
+        case (_, true):
+            return Reason("CarrierUp", "host \(lower.name) has carrier; guest carrier up")
+        case (_, false):
+            return Reason("CarrierDown", "host \(lower.name) has no carrier; guest carrier down")
+        }
+    }
+
+    // MARK: - Orphans
+
+    /// Owned macvtaps and backends that no desired binding wants. A backend is always detached
+    /// before its macvtap is deleted, so QEMU never keeps a dead fd; when the VM does not answer,
+    /// the teardown waits rather than leave QEMU spinning.
+    static func planOrphans(
+        desired: DesiredState, observed: ObservedState, owned: [BindingKey: [ObservedLink]]
+    ) -> [BindingPlan] {
+        var backendsByKey: [BindingKey: [ObservedBackend]] = [:]
+        for vm in observed.vms.values where vm.isReachable {
+            for backend in vm.backends {
+                let key = BindingKey(vm: vm.name, nic: backend.ids.nic)
+                if desired.binding(key) == nil { backendsByKey[key, default: []].append(backend) }
+            }
+        }
+        let orphanKeys = Set(owned.keys.filter { desired.binding($0) == nil }).union(backendsByKey.keys)
+        return orphanKeys.sorted().map { key in
+            let macvtaps = (owned[key] ?? []).sorted { $0.ifindex < $1.ifindex }
+            if case .unresponsive(let why) = observed.vms[key.vm]?.reachability {
+                return BindingPlan(
+                    key: key, isDesired: false, phase: .vmUnreachable,
+                    reason: Reason("TeardownWaiting", "binding removed; waiting for VM \(key.vm) to answer: \(why)"),
+                    change: .none, actions: [])
+            }
+            let backends = (backendsByKey[key] ?? []).sorted { $0.ids.ifindex < $1.ids.ifindex }
+            let actions =
+                backends.map { Action.detachBackend(vm: key.vm, backend: $0) }
+                + macvtaps.map { Action.deleteMacvtap(ifindex: $0.ifindex, name: $0.name) }
+            return BindingPlan(
+                key: key, isDesired: false, phase: .removed,
+                reason: Reason("BindingRemoved", "binding is no longer in the desired state"),
+                change: .destroy, actions: actions)
+        }
+    }
+}

@@ -1,0 +1,363 @@
+import Testing
+
+@testable import MacvtapdCore
+
+/// A small world to plan against: one VM `web1` with NIC `nic0` on hub 10, lowers eth0 and eth1.
+struct World: Sendable {
+    static let key = BindingKey(vm: "web1", nic: "nic0")
+    static let guestMAC = MACAddress("52:54:00:12:34:56")!
+    static let eth0 = ObservedLink(ifindex: 2, name: "eth0", kind: "veth", mac: MACAddress("02:00:00:00:00:02"))
+    static let eth1 = ObservedLink(ifindex: 3, name: "eth1", kind: "veth", mac: MACAddress("02:00:00:00:00:03"))
+
+    var binding = NICBinding(key: World.key, host: .name("eth0"))
+    var links: [ObservedLink] = [World.eth0, World.eth1]
+    var vm = ObservedVM(
+        name: "web1", reachability: .reachable, running: true,
+        nics: ["nic0": ObservedNIC(id: "nic0", mac: World.guestMAC, hub: 10)])
+
+    var desired: DesiredState {
+        DesiredState(vms: ["web1": VMSpec(name: "web1", qmp: "/run/web1.sock", nics: ["nic0": binding])])
+    }
+
+    func plan(desired: DesiredState? = nil) -> Plan {
+        Planner.plan(
+            desired: desired ?? self.desired,
+            observed: ObservedState(host: ObservedHost(links: links), vms: ["web1": vm]))
+    }
+
+    static func macvtap(
+        ifindex: Int32, on lower: ObservedLink, mode: MacvtapMode = .bridge, mac: MACAddress = guestMAC,
+        key: BindingKey = World.key, up: Bool = true
+    ) -> ObservedLink {
+        ObservedLink(
+            ifindex: ifindex, name: Ownership.macvtapName(for: key), kind: "macvtap", mac: mac, adminUp: up,
+            lowerIfindex: lower.ifindex, alias: Ownership.alias(for: key), macvtapMode: mode)
+    }
+
+    static func backend(ifindex: Int32, nic: String = "nic0", tap: Bool = true, port: Bool = true, hub: Int? = 10)
+        -> ObservedBackend
+    {
+        ObservedBackend(ids: .init(nic: nic, ifindex: ifindex), hasTap: tap, hasPort: port, hub: port ? hub : nil)
+    }
+
+    /// The converged world: macvtap 42 on eth0, its backend on hub 10, guest link recorded up.
+    static var converged: World {
+        var world = World()
+        world.links.append(macvtap(ifindex: 42, on: eth0))
+        world.vm.backends = [backend(ifindex: 42)]
+        world.vm.guestLink = ["nic0": true]
+        return world
+    }
+}
+
+/// Compact action names so table rows stay readable.
+func shape(_ plan: BindingPlan) -> [String] {
+    plan.actions.map { action in
+        switch action {
+        case .createMacvtap(let spec): return "create \(spec.lowerName) \(spec.mode.rawValue) \(spec.mac)"
+        case .setMacvtapUp(let index, _): return "up \(index)"
+        case .deleteMacvtap(let index, _): return "delete \(index)"
+        case .attachBackend(_, let nic, _, let hub): return "attach \(nic) hub \(hub)"
+        case .detachBackend(_, let backend): return "detach \(backend.ids.ifindex)"
+        case .setGuestLink(_, _, let up): return "link \(up ? "up" : "down")"
+        }
+    }
+}
+
+struct PlannerCase: CustomTestStringConvertible, Sendable {
+    var name: String
+    var world: World
+    var phase: Phase
+    var change: ChangeKind
+    var reason: String
+    var actions: [String]
+    var messageContains: String = ""
+    var testDescription: String { name }
+}
+
+let plannerCases: [PlannerCase] = {
+    var cases: [PlannerCase] = []
+    let w = World()
+
+    cases.append(
+        PlannerCase(
+            name: "fresh binding creates and attaches", world: w, phase: .attached, change: .create,
+            reason: "HostPresent", actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"],
+            messageContains: "host eth0 is present"))
+
+    cases.append(
+        PlannerCase(
+            name: "converged plans nothing", world: .converged, phase: .attached, change: .none, reason: "Converged",
+            actions: [], messageContains: "attached to eth0"))
+
+    var unknownLink = World.converged
+    unknownLink.vm.guestLink = [:]
+    cases.append(
+        PlannerCase(
+            name: "unknown guest link is asserted", world: unknownLink, phase: .attached, change: .update,
+            reason: "LinkUnknown", actions: ["link up"]))
+
+    var lowerGone = World.converged
+    lowerGone.links = [World.eth1]
+    cases.append(
+        PlannerCase(
+            name: "lower deleted detaches dead backend and downs link", world: lowerGone, phase: .hostMissing,
+            change: .destroy, reason: "HostMissing", actions: ["detach 42", "link down"],
+            messageContains: "backend bound to deleted macvtap 42"))
+
+    var missingSettled = World()
+    missingSettled.links = [World.eth1]
+    missingSettled.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "lower missing and nothing attached waits", world: missingSettled, phase: .hostMissing,
+            change: .none, reason: "HostMissing", actions: []))
+
+    var missingUnknown = missingSettled
+    missingUnknown.vm.guestLink = [:]
+    cases.append(
+        PlannerCase(
+            name: "VM started without its host interface gets link down", world: missingUnknown,
+            phase: .hostMissing, change: .update, reason: "HostMissing", actions: ["link down"]))
+
+    var lowerBack = World()
+    lowerBack.vm.backends = [World.backend(ifindex: 42)]
+    lowerBack.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "recreated lower with leftover dead backend is replaced", world: lowerBack, phase: .attached,
+            change: .replace, reason: "BackendStale",
+            actions: ["detach 42", "create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"],
+            messageContains: "deleted macvtap 42"))
+
+    var moved = World.converged
+    moved.binding.host = .name("eth1")
+    cases.append(
+        PlannerCase(
+            name: "host changed replaces", world: moved, phase: .attached, change: .replace, reason: "HostChanged",
+            actions: [
+                "detach 42", "delete 42", "create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up",
+            ],
+            messageContains: "host changed from eth0 to eth1"))
+
+    var modeChanged = World.converged
+    modeChanged.binding.mode = .vepa
+    cases.append(
+        PlannerCase(
+            name: "mode changed replaces", world: modeChanged, phase: .attached, change: .replace,
+            reason: "ModeChanged",
+            actions: ["detach 42", "delete 42", "create eth0 vepa 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]
+        ))
+
+    var macChanged = World.converged
+    macChanged.binding.mac = MACAddress("52:54:00:aa:bb:cc")
+    cases.append(
+        PlannerCase(
+            name: "MAC changed replaces", world: macChanged, phase: .attached, change: .replace,
+            reason: "MACChanged",
+            actions: [
+                "detach 42", "delete 42", "create eth0 bridge 52:54:00:aa:bb:cc", "attach nic0 hub 10", "link up",
+            ]
+        ))
+
+    var noCarrier = World.converged
+    noCarrier.links[0].carrier = false
+    cases.append(
+        PlannerCase(
+            name: "follow: lower without carrier downs the guest link", world: noCarrier, phase: .noCarrier,
+            change: .update, reason: "CarrierDown", actions: ["link down"]))
+
+    var noCarrierUp = noCarrier
+    noCarrierUp.binding.link = .up
+    cases.append(
+        PlannerCase(
+            name: "link up: carrier ignored", world: noCarrierUp, phase: .attached, change: .none,
+            reason: "Converged", actions: []))
+
+    var carrierBack = World.converged
+    carrierBack.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "carrier back raises the guest link", world: carrierBack, phase: .attached, change: .update,
+            reason: "CarrierUp", actions: ["link up"]))
+
+    var partialTap = World()
+    partialTap.links.append(World.macvtap(ifindex: 42, on: World.eth0))
+    partialTap.vm.backends = [World.backend(ifindex: 42, port: false)]
+    partialTap.vm.guestLink = ["nic0": true]
+    cases.append(
+        PlannerCase(
+            name: "interrupted apply: tap without port is redone", world: partialTap, phase: .attached,
+            change: .replace, reason: "BackendPartial", actions: ["detach 42", "attach nic0 hub 10", "link up"]))
+
+    var macvtapOnly = World()
+    macvtapOnly.links.append(World.macvtap(ifindex: 42, on: World.eth0))
+    cases.append(
+        PlannerCase(
+            name: "interrupted apply: macvtap without backend is attached, not duplicated", world: macvtapOnly,
+            phase: .attached, change: .create, reason: "HostPresent", actions: ["attach nic0 hub 10", "link up"]))
+
+    var downedMacvtap = World.converged
+    downedMacvtap.links[2].adminUp = false
+    cases.append(
+        PlannerCase(
+            name: "owned macvtap set down is brought up", world: downedMacvtap, phase: .attached, change: .update,
+            reason: "CarrierUp", actions: ["up 42"]))
+
+    var wrongHub = World.converged
+    wrongHub.vm.backends = [World.backend(ifindex: 42, hub: 11)]
+    cases.append(
+        PlannerCase(
+            name: "backend on the wrong hub is moved", world: wrongHub, phase: .attached, change: .replace,
+            reason: "BackendWrongHub", actions: ["detach 42", "attach nic0 hub 10", "link up"]))
+
+    var unreachable = World.converged
+    unreachable.links = [World.eth1]
+    unreachable.vm = ObservedVM(name: "web1", reachability: .unresponsive("timed out"))
+    cases.append(
+        PlannerCase(
+            name: "unreachable VM waits, nothing torn down", world: unreachable, phase: .vmUnreachable,
+            change: .none, reason: "VMUnresponsive", actions: []))
+
+    var absent = World()
+    absent.vm = .absent("web1", "no such file")
+    cases.append(
+        PlannerCase(
+            name: "absent VM waits", world: absent, phase: .vmUnreachable, change: .none, reason: "VMAbsent",
+            actions: []))
+
+    var noNIC = World()
+    noNIC.vm.nics = [:]
+    cases.append(
+        PlannerCase(
+            name: "missing NIC waits", world: noNIC, phase: .nicMissing, change: .none, reason: "NICMissing",
+            actions: []))
+
+    var offHub = World()
+    offHub.vm.nics["nic0"]?.hub = nil
+    cases.append(
+        PlannerCase(
+            name: "NIC not on a hub waits", world: offHub, phase: .nicMissing, change: .none, reason: "NICNotOnHub",
+            actions: []))
+
+    var explicitHub = offHub
+    explicitHub.binding.hub = 7
+    cases.append(
+        PlannerCase(
+            name: "explicit hub overrides discovery", world: explicitHub, phase: .attached, change: .create,
+            reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 7", "link up"]))
+
+    var byMAC = World()
+    byMAC.binding.host = .mac(MACAddress("02:00:00:00:00:03")!)
+    cases.append(
+        PlannerCase(
+            name: "host matched by MAC", world: byMAC, phase: .attached, change: .create, reason: "HostPresent",
+            actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+
+    var byPermanentMAC = World()
+    byPermanentMAC.links[1].mac = MACAddress("02:99:00:00:00:03")
+    byPermanentMAC.links[1].permanentMAC = MACAddress("02:00:00:00:00:03")
+    byPermanentMAC.binding.host = .mac(MACAddress("02:00:00:00:00:03")!)
+    cases.append(
+        PlannerCase(
+            name: "host matched by permanent MAC", world: byPermanentMAC, phase: .attached, change: .create,
+            reason: "HostPresent", actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+
+    var ambiguous = World()
+    ambiguous.links[1].mac = World.eth0.mac
+    ambiguous.binding.host = .mac(World.eth0.mac!)
+    cases.append(
+        PlannerCase(
+            name: "two interfaces with the MAC: no guess", world: ambiguous, phase: .hostAmbiguous, change: .none,
+            reason: "HostAmbiguous", actions: [], messageContains: "eth0, eth1"))
+
+    var squatted = World()
+    squatted.links.append(
+        ObservedLink(ifindex: 50, name: Ownership.macvtapName(for: World.key), kind: "macvtap", lowerIfindex: 2))
+    cases.append(
+        PlannerCase(
+            name: "foreign interface with our name is a conflict", world: squatted, phase: .conflict,
+            change: .none, reason: "NameTaken", actions: []))
+
+    var nicMACDefault = World()
+    nicMACDefault.vm.nics["nic0"]?.mac = nil
+    cases.append(
+        PlannerCase(
+            name: "unknown NIC MAC without config MAC waits", world: nicMACDefault, phase: .nicMissing,
+            change: .none, reason: "MACUnknown", actions: []))
+
+    return cases
+}()
+
+@Suite struct PlannerTests {
+    @Test(arguments: plannerCases)
+    func plansBinding(_ row: PlannerCase) throws {
+        let plan = row.world.plan()
+        let binding = try #require(plan.bindings.first { $0.key == World.key })
+        #expect(binding.phase == row.phase)
+        #expect(binding.change == row.change)
+        #expect(binding.reason.code == row.reason)
+        #expect(shape(binding) == row.actions)
+        #expect(binding.reason.message.contains(row.messageContains), "\(binding.reason.message)")
+        #expect(plan.bindings.count == 1, "no orphans expected")
+    }
+
+    @Test func convergedWorldHasNoChanges() {
+        #expect(!World.converged.plan().hasChanges)
+    }
+
+    @Test func removedBindingTearsDownOnlyItsBackend() throws {
+        var world = World.converged
+        let other = BindingKey(vm: "web1", nic: "nic1")
+        world.vm.nics["nic1"] = ObservedNIC(id: "nic1", mac: MACAddress("52:54:00:00:00:01"), hub: 11)
+        world.links.append(
+            World.macvtap(ifindex: 43, on: World.eth1, mac: MACAddress("52:54:00:00:00:01")!, key: other))
+        world.vm.backends.append(World.backend(ifindex: 43, nic: "nic1", hub: 11))
+        let plan = world.plan()
+        #expect(plan.bindings.map(\.key) == [World.key, other])
+        let orphan = try #require(plan.bindings.last)
+        #expect(!orphan.isDesired)
+        #expect(orphan.phase == .removed)
+        #expect(orphan.change == .destroy)
+        #expect(shape(orphan) == ["detach 43", "delete 43"])
+        #expect(plan.bindings[0].actions.isEmpty, "the remaining binding is untouched")
+    }
+
+    @Test func orphanOfUnresponsiveVMWaits() throws {
+        var world = World()
+        world.links.append(World.macvtap(ifindex: 42, on: World.eth0))
+        world.vm = ObservedVM(name: "web1", reachability: .unresponsive("timed out"))
+        let plan = world.plan(desired: DesiredState())
+        let orphan = try #require(plan.bindings.first)
+        #expect(orphan.actions.isEmpty)
+        #expect(orphan.reason.code == "TeardownWaiting")
+    }
+
+    @Test func orphanOfAbsentVMIsDeleted() throws {
+        var world = World()
+        world.links.append(World.macvtap(ifindex: 42, on: World.eth0))
+        world.vm = .absent("web1", "refused")
+        let plan = world.plan(desired: DesiredState())
+        #expect(shape(try #require(plan.bindings.first)) == ["delete 42"])
+    }
+
+    @Test func unownedMacvtapsAreNeverTouched() {
+        var world = World.converged
+        world.links.append(
+            ObservedLink(ifindex: 60, name: "macvtap9", kind: "macvtap", lowerIfindex: 2, alias: "someone else"))
+        world.vm.backends.append(
+            ObservedBackend(ids: .init(nic: "nic0", ifindex: 42), hasTap: true, hasPort: true, hub: 10))
+        let plan = world.plan(desired: DesiredState())
+        let touched = plan.bindings.flatMap(\.actions).compactMap { action -> Int32? in
+            if case .deleteMacvtap(let index, _) = action { return index }
+            return nil
+        }
+        #expect(touched == [42])
+    }
+
+    @Test func planIsDeterministic() {
+        let world = World()
+        #expect(world.plan() == world.plan())
+    }
+}
