@@ -1,0 +1,50 @@
+import MacvtapdCore
+
+/// The host operations the reconciler needs. The real one speaks rtnetlink; tests may use an
+/// in-memory one. Every operation is idempotent where the kernel allows it.
+public protocol HostDriver: Sendable {
+    /// A fresh dump of every link.
+    func links() async throws -> [ObservedLink]
+    /// Creates the macvtap (MAC, mode and ownership mark in the creating message) and brings it up.
+    func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink
+    func deleteMacvtap(ifindex: Int32, name: String) async throws
+    func setMacvtapUp(ifindex: Int32, name: String) async throws
+    /// Opens the macvtap's tap character device, lends the fd to `body`, and closes it afterwards
+    /// (QEMU keeps its own copy once the fd was passed with getfd).
+    func withOpenTap<T: Sendable>(
+        ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
+    ) async throws -> T
+}
+
+/// One live QMP session with a VM.
+public protocol VMConnection: AnyObject, Sendable {
+    /// NICs, our backends and the run state, as QEMU reports them now. `guestLink` is left empty:
+    /// QEMU cannot report it (DESIGN.md), the caller fills in its records.
+    func observe(vm: String) async throws -> ObservedVM
+    /// getfd + netdev_add tap + netdev_add hubport; undoes its own partial work when a step fails.
+    func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws
+    /// netdev_del of whichever of the port and tap exist (port first: it references the tap).
+    func detachBackend(_ backend: ObservedBackend) async throws
+    func setLink(nic: String, up: Bool) async throws
+    func close()
+}
+
+/// Why a VM could not be reached. The planner treats the two differently: nothing holds a
+/// backend fd of an absent VM, while an unresponsive one may.
+public enum VMConnectError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// Socket missing or connection refused: no QEMU is listening.
+    case absent(String)
+    /// Connected, but no proper greeting or answers in time.
+    case unresponsive(String)
+
+    public var description: String {
+        switch self {
+        case .absent(let why), .unresponsive(let why): return why
+        }
+    }
+}
+
+/// Opens QMP sessions.
+public protocol VMConnector: Sendable {
+    func connect(vm: String, qmp: String) async throws(VMConnectError) -> any VMConnection
+}

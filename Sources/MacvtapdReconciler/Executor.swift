@@ -1,0 +1,129 @@
+import Logging
+import MacvtapdCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// What carrying out one binding's plan did.
+public struct BindingOutcome: Sendable {
+    public var plan: BindingPlan
+    /// The first action that failed and why; the binding's later actions were not attempted.
+    public var failure: ActionFailure?
+    /// The guest carrier last set by this run, when a set_link succeeded.
+    public var guestLinkSet: Bool?
+    /// How long attaching a backend took (open + getfd + netdev_add ×2), for the latency metric.
+    public var attachDuration: Duration?
+
+    public var key: BindingKey { plan.key }
+    public var succeeded: Bool { failure == nil }
+}
+
+public struct ActionFailure: Error, Sendable, CustomStringConvertible {
+    public var action: Action
+    public var error: String
+
+    public var description: String { "\(action.summary): \(error)" }
+}
+
+/// Carries out plans. Bindings of different VMs run concurrently; the bindings of one VM run in
+/// order on its single QMP session. A failure stops only the binding it happened in.
+public struct Executor: Sendable {
+    public var host: any HostDriver
+    public var logger: Logger
+
+    public init(host: any HostDriver, logger: Logger) {
+        self.host = host
+        self.logger = logger
+    }
+
+    public func execute(_ plan: Plan, observation: Observation) async -> [BindingOutcome] {
+        let byVM = Dictionary(grouping: plan.bindings.filter { !$0.actions.isEmpty }, by: \.key.vm)
+        let unchanged = plan.bindings.filter { $0.actions.isEmpty }.map { BindingOutcome(plan: $0) }
+        let outcomes = await withTaskGroup(of: [BindingOutcome].self) { group in
+            for (vm, bindings) in byVM {
+                let connection = observation.connections[vm]
+                group.addTask {
+                    var outcomes: [BindingOutcome] = []
+                    for binding in bindings {
+                        outcomes.append(
+                            await execute(binding, host: observation.state.host, connection: connection))
+                    }
+                    return outcomes
+                }
+            }
+            var all: [BindingOutcome] = []
+            for await outcomes in group { all += outcomes }
+            return all
+        }
+        return (outcomes + unchanged).sorted { $0.key < $1.key }
+    }
+
+    public func execute(_ plan: BindingPlan, host observed: ObservedHost, connection: (any VMConnection)?) async
+        -> BindingOutcome
+    {
+        var outcome = BindingOutcome(plan: plan)
+        var created: [String: ObservedLink] = [:]
+        for action in plan.actions {
+            let clock = ContinuousClock()
+            let start = clock.now
+            do {
+                switch action {
+                case .createMacvtap(let spec):
+                    created[spec.name] = try await host.createMacvtap(spec)
+                case .setMacvtapUp(let ifindex, let name):
+                    try await host.setMacvtapUp(ifindex: ifindex, name: name)
+                case .deleteMacvtap(let ifindex, let name):
+                    try await host.deleteMacvtap(ifindex: ifindex, name: name)
+                case .attachBackend(let vm, let nic, let macvtap, let hub):
+                    let session = try require(connection, vm: vm)
+                    guard let link = created[macvtap] ?? observed.link(named: macvtap) else {
+                        throw ExecutorError("macvtap \(macvtap) does not exist")
+                    }
+                    let ids = Ownership.BackendIDs(nic: nic, ifindex: link.ifindex)
+                    try await host.withOpenTap(ifindex: link.ifindex, name: link.name) { fd in
+                        try await session.attachBackend(ids, fd: fd, hub: hub)
+                    }
+                    outcome.attachDuration = clock.now - start
+                case .detachBackend(let vm, let backend):
+                    try await require(connection, vm: vm).detachBackend(backend)
+                case .setGuestLink(let vm, let nic, let up):
+                    try await require(connection, vm: vm).setLink(nic: nic, up: up)
+                    outcome.guestLinkSet = up
+                }
+                log(plan.key, action, "ok", clock.now - start)
+            } catch {
+                log(plan.key, action, "failed: \(error)", clock.now - start, level: .error)
+                outcome.failure = ActionFailure(action: action, error: "\(error)")
+                return outcome
+            }
+        }
+        return outcome
+    }
+
+    private func require(_ connection: (any VMConnection)?, vm: String) throws -> any VMConnection {
+        guard let connection else { throw ExecutorError("no QMP session with VM \(vm)") }
+        return connection
+    }
+
+    private func log(
+        _ key: BindingKey, _ action: Action, _ result: String, _ duration: Duration, level: Logger.Level = .info
+    ) {
+        logger.log(
+            level: level, "\(action.summary): \(result)",
+            metadata: ["binding": "\(key)", "duration_ms": "\(duration.milliseconds)"])
+    }
+}
+
+struct ExecutorError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension Duration {
+    /// Milliseconds with microsecond resolution, for logs and metrics.
+    public var milliseconds: Double {
+        let (seconds, attoseconds) = components
+        return Double(seconds) * 1000 + Double(attoseconds / 1_000_000_000) / 1_000_000
+    }
+}

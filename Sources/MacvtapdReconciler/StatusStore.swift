@@ -1,0 +1,118 @@
+import MacvtapdCore
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The JSON status file: replaced atomically (write, fsync, rename) so a reader never sees half.
+public struct StatusStore: Sendable {
+    public static let defaultPath = "/run/macvtapd/status.json"
+    public var path: String
+
+    public init(path: String = StatusStore.defaultPath) {
+        self.path = path
+    }
+
+    /// The last document written, or nil when there is none yet.
+    public func read() throws -> StatusDocument? {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            if FileManager.default.fileExists(atPath: path) { throw StatusStoreError("cannot read \(path)") }
+            return nil
+        }
+        do {
+            return try JSONDecoder().decode(StatusDocument.self, from: data)
+        } catch {
+            throw StatusStoreError("\(path) is not a macvtapd status document: \(error)")
+        }
+    }
+
+    public func write(_ document: StatusDocument) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        var data = try encoder.encode(document)
+        data.append(0x0A)
+        try AtomicFile.write(data, to: path)
+    }
+}
+
+struct StatusStoreError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Writes a file so that readers see either the old or the new content, never a mix.
+public enum AtomicFile {
+    public static func write(_ data: Data, to path: String, mode: mode_t = 0o644) throws {
+        if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
+            let directory = String(path[..<slash])
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        let temporary = "\(path).tmp.\(getpid())"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw StatusStoreError("cannot create \(temporary): \(errnoText())") }
+        var ok = data.withUnsafeBytes { buffer -> Bool in
+            var offset = 0
+            while offset < buffer.count {
+                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 && errno == EINTR { continue }
+                if written <= 0 { return false }
+                offset += written
+            }
+            return true
+        }
+        ok = ok && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(temporary, path) == 0 else {
+            let why = errnoText()
+            unlink(temporary)
+            throw StatusStoreError("cannot write \(path): \(why)")
+        }
+    }
+}
+
+func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// Folds a run's outcomes into the next status document.
+public enum StatusBuilder {
+    public static func next(
+        previous: StatusDocument?, outcomes: [BindingOutcome], desired: DesiredState,
+        config: StatusDocument.ConfigStatus?, now: Double
+    ) -> StatusDocument {
+        var bindings: [BindingStatus] = []
+        for outcome in outcomes {
+            let plan = outcome.plan
+            let before = previous?.binding(plan.key)
+            if !plan.isDesired && outcome.succeeded && plan.phase == .removed { continue }
+            let phase = outcome.failure == nil ? plan.phase : .failed
+            var status = BindingStatus(
+                vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.reason.code,
+                message: plan.reason.message, since: before?.phase == phase ? before!.since : now,
+                attempts: 0, lastError: before?.lastError, lower: plan.lower,
+                macvtap: phase == .attached || phase == .noCarrier ? Ownership.macvtapName(for: plan.key) : nil,
+                hub: desired.binding(plan.key)?.hub, guestLink: outcome.guestLinkSet ?? before?.guestLink,
+                qmp: desired.vms[plan.key.vm]?.qmp ?? before?.qmp)
+            if let failure = outcome.failure {
+                status.reason = "ActionFailed"
+                status.message = "\(plan.reason.message); failed to \(failure)"
+                status.lastError = failure.description
+                status.attempts = before?.phase == .failed ? before!.attempts + 1 : 1
+            }
+            bindings.append(status)
+        }
+        return StatusDocument(updated: now, config: config, bindings: bindings)
+    }
+
+    /// The guest carrier records a status document holds, for the next observation.
+    public static func guestLinks(_ document: StatusDocument?) -> [BindingKey: Bool] {
+        var links: [BindingKey: Bool] = [:]
+        for binding in document?.bindings ?? [] {
+            if let up = binding.guestLink { links[binding.key] = up }
+        }
+        return links
+    }
+}

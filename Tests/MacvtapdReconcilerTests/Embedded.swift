@@ -1,0 +1,166 @@
+import MacvtapdCore
+import Synchronization
+
+@testable import MacvtapdReconciler
+
+/// An in-memory host that behaves like the kernel where the reconciler can tell: ifindexes are
+/// never reused, deleting a lower deletes its macvtaps, names are unique.
+final class EmbeddedHost: HostDriver {
+    struct State {
+        var links: [ObservedLink] = []
+        var nextIndex: Int32 = 100
+        var failCreate = false
+        var operations: [String] = []
+    }
+    let state = Mutex(State())
+
+    init(lowers: [String]) {
+        state.withLock { state in
+            for (offset, name) in lowers.enumerated() {
+                let mac = MACAddress(bytes: [2, 0, 0, 0, 0, UInt8(offset + 1)])
+                state.links.append(ObservedLink(ifindex: Int32(offset + 2), name: name, kind: "veth", mac: mac))
+            }
+        }
+    }
+
+    func addLower(_ name: String) {
+        state.withLock { state in
+            state.links.append(ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth"))
+            state.nextIndex += 1
+        }
+    }
+
+    func removeLower(_ name: String) {
+        state.withLock { state in
+            guard let lower = state.links.first(where: { $0.name == name }) else { return }
+            state.links.removeAll { $0.ifindex == lower.ifindex || $0.lowerIfindex == lower.ifindex }
+        }
+    }
+
+    var macvtaps: [ObservedLink] { state.withLock { $0.links.filter(\.isMacvtap) } }
+    var operations: [String] { state.withLock { $0.operations } }
+
+    func links() async throws -> [ObservedLink] { state.withLock { $0.links } }
+
+    func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
+        try state.withLock { state in
+            state.operations.append("create \(spec.name)")
+            if state.failCreate { throw ExecutorError("injected failure") }
+            guard !state.links.contains(where: { $0.name == spec.name }) else { throw ExecutorError("EEXIST") }
+            guard state.links.contains(where: { $0.ifindex == spec.lowerIfindex }) else {
+                throw ExecutorError("ENODEV")
+            }
+            let link = ObservedLink(
+                ifindex: state.nextIndex, name: spec.name, kind: "macvtap", mac: spec.mac,
+                lowerIfindex: spec.lowerIfindex, alias: spec.alias, macvtapMode: spec.mode)
+            state.nextIndex += 1
+            state.links.append(link)
+            return link
+        }
+    }
+
+    func deleteMacvtap(ifindex: Int32, name: String) async throws {
+        try state.withLock { state in
+            state.operations.append("delete \(name)")
+            guard state.links.contains(where: { $0.ifindex == ifindex }) else { throw ExecutorError("ENODEV") }
+            state.links.removeAll { $0.ifindex == ifindex }
+        }
+    }
+
+    func setMacvtapUp(ifindex: Int32, name: String) async throws {
+        state.withLock { state in
+            if let index = state.links.firstIndex(where: { $0.ifindex == ifindex }) {
+                state.links[index].adminUp = true
+            }
+        }
+    }
+
+    func withOpenTap<T: Sendable>(ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T)
+        async throws -> T
+    {
+        guard state.withLock({ $0.links.contains { $0.ifindex == ifindex } }) else { throw ExecutorError("ENODEV") }
+        return try await body(1000 + ifindex)
+    }
+}
+
+/// An in-memory QEMU: NICs on hubs, netdevs by id, guest link, and switches to make it fail.
+final class EmbeddedVM: VMConnection {
+    struct State {
+        var nics: [String: ObservedNIC] = [:]
+        /// netdev id → hub (ports) or nil (taps)
+        var netdevs: [String: Int?] = [:]
+        var link: [String: Bool] = [:]
+        var reachable: VMConnectError? = nil
+        var failAttach = false
+        var calls: [String] = []
+    }
+    let name: String
+    let state = Mutex(State())
+
+    init(name: String, nics: [String: Int]) {
+        self.name = name
+        state.withLock { state in
+            for (offset, (nic, hub)) in nics.sorted(by: { $0.key < $1.key }).enumerated() {
+                let mac = MACAddress(bytes: [0x52, 0x54, 0, 0, UInt8(name.count), UInt8(offset)])
+                state.nics[nic] = ObservedNIC(id: nic, mac: mac, hub: hub)
+            }
+        }
+    }
+
+    var netdevIDs: [String] { state.withLock { $0.netdevs.keys.sorted() } }
+    var calls: [String] { state.withLock { $0.calls } }
+    func link(_ nic: String) -> Bool? { state.withLock { $0.link[nic] } }
+
+    func observe(vm: String) async throws -> ObservedVM {
+        state.withLock { state in
+            var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
+            for (id, hub) in state.netdevs {
+                guard let (ids, part) = Ownership.parseBackendID(id) else { continue }
+                var backend = backends[ids] ?? ObservedBackend(ids: ids, hasTap: false, hasPort: false, hub: nil)
+                if part == .tap { backend.hasTap = true } else { backend.hasPort = true; backend.hub = hub }
+                backends[ids] = backend
+            }
+            return ObservedVM(
+                name: vm, reachability: .reachable, running: true, nics: state.nics, backends: Array(backends.values))
+        }
+    }
+
+    func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
+        try state.withLock { state in
+            state.calls.append("attach \(ids.tap)")
+            if state.failAttach { throw ExecutorError("injected QMP failure") }
+            guard state.netdevs[ids.tap] == nil, state.netdevs[ids.port] == nil else {
+                throw ExecutorError("Duplicate ID")
+            }
+            state.netdevs[ids.tap] = .some(nil)
+            state.netdevs[ids.port] = hub
+        }
+    }
+
+    func detachBackend(_ backend: ObservedBackend) async throws {
+        state.withLock { state in
+            state.calls.append("detach \(backend.ids.tap)")
+            state.netdevs[backend.ids.port] = nil
+            state.netdevs[backend.ids.tap] = nil
+        }
+    }
+
+    func setLink(nic: String, up: Bool) async throws {
+        state.withLock { state in
+            state.calls.append("link \(nic) \(up)")
+            state.link[nic] = up
+        }
+    }
+
+    func close() {}
+}
+
+struct EmbeddedConnector: VMConnector {
+    let vms: [String: EmbeddedVM]
+
+    func connect(vm: String, qmp: String) async throws(VMConnectError) -> any VMConnection {
+        guard let machine = vms[vm] else { throw .absent("\(qmp): No such file or directory") }
+        if let error = machine.state.withLock({ $0.reachable }) { throw error }
+        return machine
+    }
+}
