@@ -26,7 +26,7 @@ public protocol VMConnection: AnyObject, Sendable {
     /// netdev_del of whichever of the port and tap exist (port first: it references the tap).
     func detachBackend(_ backend: ObservedBackend) async throws
     func setLink(nic: String, up: Bool) async throws
-    func close()
+    func close() async
 }
 
 /// Why a VM could not be reached. The planner treats the two differently: nothing holds a

@@ -25,8 +25,8 @@ public struct Observation: Sendable {
     public var state: ObservedState
     public var connections: [String: any VMConnection]
 
-    public func closeConnections() {
-        for connection in connections.values { connection.close() }
+    public func closeConnections() async {
+        for connection in connections.values { await connection.close() }
     }
 }
 
@@ -67,7 +67,7 @@ public struct Observer: Sendable {
             return Observation(
                 state: ObservedState(host: ObservedHost(links: try await links), vms: vms), connections: connections)
         } catch {
-            for connection in connections.values { connection.close() }
+            for connection in connections.values { await connection.close() }
             throw error
         }
     }
@@ -85,7 +85,7 @@ public struct Observer: Sendable {
         do {
             return (try await connection.observe(vm: target.name), connection)
         } catch {
-            connection.close()
+            await connection.close()
             return (ObservedVM(name: target.name, reachability: .unresponsive("\(error)")), nil)
         }
     }

@@ -33,7 +33,7 @@ public struct Reconciler: Sendable {
         let observation = try await observer.observe(
             vms: VMTarget.targets(desired: desired, previous: previous),
             guestLink: StatusBuilder.guestLinks(previous))
-        defer { observation.closeConnections() }
+        await observation.closeConnections()
         return Planner.plan(desired: desired, observed: observation.state)
     }
 
@@ -43,9 +43,9 @@ public struct Reconciler: Sendable {
         let observation = try await observer.observe(
             vms: VMTarget.targets(desired: desired, previous: previous),
             guestLink: StatusBuilder.guestLinks(previous))
-        defer { observation.closeConnections() }
         let plan = Planner.plan(desired: desired, observed: observation.state)
         let outcomes = await executor.execute(plan, observation: observation)
+        await observation.closeConnections()
         let status = StatusBuilder.next(
             previous: previous, outcomes: outcomes, desired: desired, config: config, now: Self.now())
         try store.write(status)

@@ -152,7 +152,7 @@ final class EmbeddedVM: VMConnection {
         }
     }
 
-    func close() {}
+    func close() async {}
 }
 
 struct EmbeddedConnector: VMConnector {

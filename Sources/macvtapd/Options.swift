@@ -1,0 +1,42 @@
+import ArgumentParser
+import Logging
+import MacvtapdConfig
+import MacvtapdCore
+import MacvtapdReconciler
+
+/// Options shared by the commands that observe and change the world.
+struct WorldOptions: ParsableArguments {
+    @OptionGroup var config: ConfigOptions
+
+    @Option(help: "Where the JSON status document is written and read.")
+    var statusFile: String = StatusStore.defaultPath
+
+    @Option(help: "Directory for the private tap device nodes macvtapd opens.")
+    var runtimeDir: String = "/run/macvtapd"
+
+    @Option(help: "Seconds to wait for a VM's QMP monitor before calling it unresponsive.")
+    var qmpTimeout: Double = 5
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: Logger.Level = .warning
+
+    func loadDesired() throws -> DesiredState {
+        let result = ConfigLoader.load(path: config.config)
+        for diagnostic in result.diagnostics { printError(diagnostic.description) }
+        guard let desired = result.desired else {
+            printError("\(config.config): invalid configuration; nothing was changed")
+            throw ExitCode(1)
+        }
+        return desired
+    }
+
+    func reconciler() throws -> Reconciler {
+        var logger = Logger(label: "macvtapd")
+        logger.logLevel = logLevel
+        let drivers = try LiveDrivers(runtimeDirectory: runtimeDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)))
+        return Reconciler(
+            host: drivers.host, connector: drivers.connector, store: StatusStore(path: statusFile), logger: logger)
+    }
+}
+
+extension Logger.Level: @retroactive ExpressibleByArgument {}
