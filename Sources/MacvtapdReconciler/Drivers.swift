@@ -14,6 +14,18 @@ public protocol HostDriver: Sendable {
     func withOpenTap<T: Sendable>(
         ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
     ) async throws -> T
+    /// Link notifications (RTNLGRP_LINK) from now on; the stream ends when its consumer stops.
+    func linkChanges() throws -> AsyncStream<LinkChange>
+}
+
+/// What the kernel announced about a link.
+public enum LinkChange: Hashable, Sendable {
+    /// RTM_NEWLINK: the link appeared or changed.
+    case updated(ObservedLink)
+    /// RTM_DELLINK, with the link as last announced.
+    case removed(ObservedLink)
+    /// Notifications were lost (ENOBUFS): only a full dump tells the truth now.
+    case resyncNeeded
 }
 
 /// One live QMP session with a VM.
@@ -26,6 +38,8 @@ public protocol VMConnection: AnyObject, Sendable {
     /// netdev_del of whichever of the port and tap exist (port first: it references the tap).
     func detachBackend(_ backend: ObservedBackend) async throws
     func setLink(nic: String, up: Bool) async throws
+    /// Names of the QMP events the VM sends (`SHUTDOWN`, `RESET`, ...); ends when the session does.
+    var events: AsyncStream<String> { get }
     func close() async
 }
 

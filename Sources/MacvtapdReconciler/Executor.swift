@@ -14,6 +14,9 @@ public struct BindingOutcome: Sendable {
     public var guestLinkSet: Bool?
     /// How long attaching a backend took (open + getfd + netdev_add ×2), for the latency metric.
     public var attachDuration: Duration?
+    /// Links this run created and deleted, so a cache can follow without waiting for events.
+    public var createdLinks: [ObservedLink] = []
+    public var deletedLinks: [Int32] = []
 
     public var key: BindingKey { plan.key }
     public var succeeded: Bool { failure == nil }
@@ -70,11 +73,14 @@ public struct Executor: Sendable {
             do {
                 switch action {
                 case .createMacvtap(let spec):
-                    created[spec.name] = try await host.createMacvtap(spec)
+                    let link = try await host.createMacvtap(spec)
+                    created[spec.name] = link
+                    outcome.createdLinks.append(link)
                 case .setMacvtapUp(let ifindex, let name):
                     try await host.setMacvtapUp(ifindex: ifindex, name: name)
                 case .deleteMacvtap(let ifindex, let name):
                     try await host.deleteMacvtap(ifindex: ifindex, name: name)
+                    outcome.deletedLinks.append(ifindex)
                 case .attachBackend(let vm, let nic, let macvtap, let hub):
                     let session = try require(connection, vm: vm)
                     guard let link = created[macvtap] ?? observed.link(named: macvtap) else {

@@ -47,7 +47,7 @@ struct StatusStoreError: Error, CustomStringConvertible {
 
 /// Writes a file so that readers see either the old or the new content, never a mix.
 public enum AtomicFile {
-    public static func write(_ data: Data, to path: String, mode: mode_t = 0o644) throws {
+    public static func write(_ data: some Collection<UInt8>, to path: String, mode: mode_t = 0o644) throws {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
             let directory = String(path[..<slash])
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -55,7 +55,8 @@ public enum AtomicFile {
         let temporary = "\(path).tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw StatusStoreError("cannot create \(temporary): \(errnoText())") }
-        var ok = data.withUnsafeBytes { buffer -> Bool in
+        let bytes = Array(data)
+        var ok = bytes.withUnsafeBytes { buffer -> Bool in
             var offset = 0
             while offset < buffer.count {
                 let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
@@ -83,28 +84,33 @@ public enum StatusBuilder {
         previous: StatusDocument?, outcomes: [BindingOutcome], desired: DesiredState,
         config: StatusDocument.ConfigStatus?, now: Double
     ) -> StatusDocument {
-        var bindings: [BindingStatus] = []
-        for outcome in outcomes {
-            let plan = outcome.plan
-            let before = previous?.binding(plan.key)
-            if !plan.isDesired && outcome.succeeded && plan.phase == .removed { continue }
-            let phase = outcome.failure == nil ? plan.phase : .failed
-            var status = BindingStatus(
-                vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.reason.code,
-                message: plan.reason.message, since: before?.phase == phase ? before!.since : now,
-                attempts: 0, lastError: before?.lastError, lower: plan.lower,
-                macvtap: phase == .attached || phase == .noCarrier ? Ownership.macvtapName(for: plan.key) : nil,
-                hub: desired.binding(plan.key)?.hub, guestLink: outcome.guestLinkSet ?? before?.guestLink,
-                qmp: desired.vms[plan.key.vm]?.qmp ?? before?.qmp)
-            if let failure = outcome.failure {
-                status.reason = "ActionFailed"
-                status.message = "\(plan.reason.message); failed to \(failure)"
-                status.lastError = failure.description
-                status.attempts = before?.phase == .failed ? before!.attempts + 1 : 1
-            }
-            bindings.append(status)
+        let bindings = outcomes.compactMap { outcome in
+            status(for: outcome, before: previous?.binding(outcome.key), desired: desired, now: now)
         }
         return StatusDocument(updated: now, config: config, bindings: bindings)
+    }
+
+    /// A binding's next status; nil when it is gone (an orphan torn down).
+    public static func status(
+        for outcome: BindingOutcome, before: BindingStatus?, desired: DesiredState, now: Double
+    ) -> BindingStatus? {
+        let plan = outcome.plan
+        if !plan.isDesired && outcome.succeeded && plan.phase == .removed { return nil }
+        let phase = outcome.failure == nil ? plan.phase : .failed
+        var status = BindingStatus(
+            vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.reason.code,
+            message: plan.reason.message, since: before?.phase == phase ? before!.since : now,
+            attempts: 0, lastError: before?.lastError, lower: plan.lower,
+            macvtap: phase == .attached || phase == .noCarrier ? Ownership.macvtapName(for: plan.key) : nil,
+            hub: desired.binding(plan.key)?.hub, guestLink: outcome.guestLinkSet ?? before?.guestLink,
+            qmp: desired.vms[plan.key.vm]?.qmp ?? before?.qmp)
+        if let failure = outcome.failure {
+            status.reason = "ActionFailed"
+            status.message = "\(plan.reason.message); failed to \(failure)"
+            status.lastError = failure.description
+            status.attempts = before?.phase == .failed ? before!.attempts + 1 : 1
+        }
+        return status
     }
 
     /// The guest carrier records a status document holds, for the next observation.

@@ -11,6 +11,7 @@ final class EmbeddedHost: HostDriver {
         var nextIndex: Int32 = 100
         var failCreate = false
         var operations: [String] = []
+        var subscribers: [AsyncStream<LinkChange>.Continuation] = []
     }
     let state = Mutex(State())
 
@@ -25,16 +26,35 @@ final class EmbeddedHost: HostDriver {
 
     func addLower(_ name: String) {
         state.withLock { state in
-            state.links.append(ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth"))
+            let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth")
+            state.links.append(link)
             state.nextIndex += 1
+            state.announce(.updated(link))
         }
     }
 
+    /// Deletes the lower and, as the kernel does, every macvtap on it.
     func removeLower(_ name: String) {
         state.withLock { state in
             guard let lower = state.links.first(where: { $0.name == name }) else { return }
-            state.links.removeAll { $0.ifindex == lower.ifindex || $0.lowerIfindex == lower.ifindex }
+            let gone = state.links.filter { $0.ifindex == lower.ifindex || $0.lowerIfindex == lower.ifindex }
+            state.links.removeAll { gone.contains($0) }
+            for link in gone { state.announce(.removed(link)) }
         }
+    }
+
+    func setCarrier(_ name: String, _ carrier: Bool) {
+        state.withLock { state in
+            guard let index = state.links.firstIndex(where: { $0.name == name }) else { return }
+            state.links[index].carrier = carrier
+            state.announce(.updated(state.links[index]))
+        }
+    }
+
+    func linkChanges() throws -> AsyncStream<LinkChange> {
+        let (stream, continuation) = AsyncStream.makeStream(of: LinkChange.self)
+        state.withLock { $0.subscribers.append(continuation) }
+        return stream
     }
 
     var macvtaps: [ObservedLink] { state.withLock { $0.links.filter(\.isMacvtap) } }
@@ -55,6 +75,7 @@ final class EmbeddedHost: HostDriver {
                 lowerIfindex: spec.lowerIfindex, alias: spec.alias, macvtapMode: spec.mode)
             state.nextIndex += 1
             state.links.append(link)
+            state.announce(.updated(link))
             return link
         }
     }
@@ -63,7 +84,9 @@ final class EmbeddedHost: HostDriver {
         try state.withLock { state in
             state.operations.append("delete \(name)")
             guard state.links.contains(where: { $0.ifindex == ifindex }) else { throw ExecutorError("ENODEV") }
+            let gone = state.links.filter { $0.ifindex == ifindex }
             state.links.removeAll { $0.ifindex == ifindex }
+            for link in gone { state.announce(.removed(link)) }
         }
     }
 
@@ -83,6 +106,12 @@ final class EmbeddedHost: HostDriver {
     }
 }
 
+extension EmbeddedHost.State {
+    mutating func announce(_ change: LinkChange) {
+        for subscriber in subscribers { subscriber.yield(change) }
+    }
+}
+
 /// An in-memory QEMU: NICs on hubs, netdevs by id, guest link, and switches to make it fail.
 final class EmbeddedVM: VMConnection {
     struct State {
@@ -92,7 +121,10 @@ final class EmbeddedVM: VMConnection {
         var link: [String: Bool] = [:]
         var reachable: VMConnectError? = nil
         var failAttach = false
+        /// Observe hangs this long, like a QEMU whose monitor stopped answering.
+        var observeDelay: Duration = .zero
         var calls: [String] = []
+        var eventContinuations: [AsyncStream<String>.Continuation] = []
     }
     let name: String
     let state = Mutex(State())
@@ -112,7 +144,12 @@ final class EmbeddedVM: VMConnection {
     func link(_ nic: String) -> Bool? { state.withLock { $0.link[nic] } }
 
     func observe(vm: String) async throws -> ObservedVM {
-        state.withLock { state in
+        let delay = state.withLock { $0.observeDelay }
+        if delay > .zero {
+            try await Task.sleep(for: delay)
+            throw ExecutorError("QMP info network: no reply within \(delay)")
+        }
+        return state.withLock { state in
             var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
             for (id, hub) in state.netdevs {
                 guard let (ids, part) = Ownership.parseBackendID(id) else { continue }
@@ -152,7 +189,37 @@ final class EmbeddedVM: VMConnection {
         }
     }
 
-    func close() async {}
+    var events: AsyncStream<String> {
+        let (stream, continuation) = AsyncStream.makeStream(of: String.self)
+        state.withLock { $0.eventContinuations.append(continuation) }
+        return stream
+    }
+
+    /// QEMU quits: the monitor sends SHUTDOWN, the session ends, and the socket stops answering.
+    func shutDown() {
+        state.withLock { state in
+            state.reachable = .absent("connection refused")
+            state.netdevs = [:]
+            state.link = [:]
+            for continuation in state.eventContinuations {
+                continuation.yield("SHUTDOWN")
+                continuation.finish()
+            }
+            state.eventContinuations = []
+        }
+    }
+
+    /// QEMU started again with the same command line: fresh netdevs, the monitor answers.
+    func restart() {
+        state.withLock { $0.reachable = nil }
+    }
+
+    func close() async {
+        state.withLock { state in
+            for continuation in state.eventContinuations { continuation.finish() }
+            state.eventContinuations = []
+        }
+    }
 }
 
 struct EmbeddedConnector: VMConnector {

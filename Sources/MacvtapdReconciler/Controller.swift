@@ -1,0 +1,467 @@
+import Logging
+import MacvtapdCore
+
+/// The daemon's control loop, in the shape of a Kubernetes controller: triggers (link events, QMP
+/// events, config changes, a periodic resync) only mark VMs dirty; a worker reconciles each dirty
+/// VM's bindings from fresh observations, one reconcile per VM at a time and VMs concurrently, and
+/// retries failed bindings with per-binding exponential backoff. Nothing here tears down because a
+/// config was invalid or a VM did not answer.
+public actor Controller {
+    public struct Options: Sendable {
+        /// Full resync: a fresh link dump and every VM reconciled, repairing whatever an event missed.
+        public var resyncInterval: Duration
+        /// False reproduces a polling-only controller (the baseline benchmarks compare against).
+        public var useLinkEvents: Bool
+        /// Retry delay after a binding's first failure; doubles per failure up to `backoffCap`.
+        public var backoffBase: Duration
+        public var backoffCap: Duration
+        /// Reconnect delay to a VM's QMP socket; doubles per failed attempt up to `reconnectCap`.
+        public var reconnectBase: Duration
+        public var reconnectCap: Duration
+        /// Where to write the Prometheus textfile; nil writes none.
+        public var metricsPath: String?
+
+        public init(
+            resyncInterval: Duration = .seconds(30), useLinkEvents: Bool = true,
+            backoffBase: Duration = .milliseconds(500), backoffCap: Duration = .seconds(30),
+            reconnectBase: Duration = .milliseconds(100), reconnectCap: Duration = .seconds(5),
+            metricsPath: String? = nil
+        ) {
+            self.metricsPath = metricsPath
+            self.resyncInterval = resyncInterval
+            self.useLinkEvents = useLinkEvents
+            self.backoffBase = backoffBase
+            self.backoffCap = backoffCap
+            self.reconnectBase = reconnectBase
+            self.reconnectCap = reconnectCap
+        }
+    }
+
+    let host: any HostDriver
+    let connector: any VMConnector
+    let executor: Executor
+    let store: StatusStore?
+    let logger: Logger
+    let options: Options
+    public let metrics = Metrics()
+
+    private var desired = DesiredState()
+    private var config: StatusDocument.ConfigStatus?
+    /// The link cache: a full dump, then kept current by link events and by our own changes.
+    private var links: [Int32: ObservedLink] = [:]
+    private var sessions: [String: Session] = [:]
+    private var statuses: [BindingKey: BindingStatus] = [:]
+    private var retries: [BindingKey: Retry] = [:]
+    private var dirty: Set<String> = []
+    private var reconciling: Set<String> = []
+    private var stopping = false
+    private let wakeups: AsyncStream<Void>
+    private let wake: AsyncStream<Void>.Continuation
+    private var statusDirty = false
+    /// Called after every reconcile pass that changed status (e.g. to refresh sd_notify STATUS=).
+    private var onStatusChange: (@Sendable ([BindingStatus]) -> Void)?
+
+    struct Retry {
+        var failures: Int
+        var notBefore: ContinuousClock.Instant
+    }
+
+    /// The task that keeps one VM's QMP session alive, and the socket it uses.
+    struct Session {
+        var qmp: String
+        var task: Task<Void, Never>
+    }
+    private var connections: [String: any VMConnection] = [:]
+    private var connectErrors: [String: VMConnectError] = [:]
+
+    public init(
+        host: any HostDriver, connector: any VMConnector, store: StatusStore?, logger: Logger,
+        options: Options = Options()
+    ) {
+        self.host = host
+        self.connector = connector
+        self.executor = Executor(host: host, logger: logger)
+        self.store = store
+        self.logger = logger
+        self.options = options
+        (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    // MARK: - Inputs
+
+    /// Replaces the desired state (a valid config was loaded) and reconciles every VM it names,
+    /// and every VM it no longer names.
+    public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
+        let before = Set(self.desired.vms.keys)
+        self.desired = desired
+        self.config = config
+        metrics.configReloaded(success: true)
+        updateSessions()
+        markDirty(before.union(desired.vms.keys))
+        statusDirty = true
+    }
+
+    /// A config load failed: keep the last good desired state, and say so in status and metrics.
+    public func configRejected(path: String, errors: [String]) {
+        config = StatusDocument.ConfigStatus(path: path, valid: false, errors: errors)
+        metrics.configReloaded(success: false)
+        statusDirty = true
+        writeStatus()
+    }
+
+    public func setStatusObserver(_ observer: @escaping @Sendable ([BindingStatus]) -> Void) {
+        onStatusChange = observer
+    }
+
+    /// Adopts what a previous run recorded: guest carrier records and the QMP sockets of VMs whose
+    /// bindings were removed while the daemon was down.
+    public func restore(_ document: StatusDocument?) {
+        for binding in document?.bindings ?? [] { statuses[binding.key] = binding }
+    }
+
+    /// Every VM reconciled again from a fresh link dump.
+    public func resync() async {
+        do {
+            let dump = try await host.links()
+            links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
+            metrics.resynced(at: Reconciler.now())
+            writeMetrics()
+        } catch {
+            logger.error("link dump failed: \(error)")
+        }
+        markDirty(allVMs())
+    }
+
+    public func stop() {
+        stopping = true
+        wake.yield()
+    }
+
+    public func currentStatus() -> [BindingStatus] { statuses.values.sorted { $0.key < $1.key } }
+
+    // MARK: - Loop
+
+    /// Runs until `stop()`; the reconcile in flight finishes, backends stay in place.
+    public func run() async {
+        await resync()
+        updateSessions()
+        await withTaskGroup(of: Void.self) { group in
+            if options.useLinkEvents {
+                group.addTask { await self.followLinkEvents() }
+            }
+            group.addTask { await self.resyncPeriodically() }
+            for await _ in wakeups {
+                if stopping { break }
+                for vm in takeDirty() {
+                    group.addTask { await self.reconcile(vm: vm) }
+                }
+            }
+            // Stop the trigger tasks; reconciles in flight run to completion.
+            group.cancelAll()
+        }
+        for session in sessions.values { session.task.cancel() }
+        for connection in connections.values { await connection.close() }
+        sessions = [:]
+        connections = [:]
+        writeStatus()
+    }
+
+    private func takeDirty() -> [String] {
+        let ready = dirty.subtracting(reconciling)
+        dirty.subtract(ready)
+        reconciling.formUnion(ready)
+        return ready.sorted()
+    }
+
+    private func markDirty(_ vms: some Sequence<String>) {
+        var any = false
+        for vm in vms {
+            dirty.insert(vm)
+            any = true
+        }
+        if any { wake.yield() }
+    }
+
+    private func allVMs() -> Set<String> {
+        var vms = Set(desired.vms.keys)
+        vms.formUnion(statuses.keys.map(\.vm))
+        for link in links.values { if let owner = link.owner { vms.insert(owner.vm) } }
+        return vms
+    }
+
+    private func followLinkEvents() async {
+        while !Task.isCancelled {
+            let changes: AsyncStream<LinkChange>
+            do {
+                changes = try host.linkChanges()
+            } catch {
+                logger.error("cannot follow link events: \(error); relying on periodic resync")
+                try? await Task.sleep(for: options.reconnectCap)
+                continue
+            }
+            for await change in changes {
+                if Task.isCancelled { return }
+                await apply(change)
+            }
+        }
+    }
+
+    private func apply(_ change: LinkChange) async {
+        switch change {
+        case .resyncNeeded:
+            logger.warning("link notifications were lost (ENOBUFS); resyncing")
+            await resync()
+        case .updated(let link):
+            let before = links[link.ifindex]
+            links[link.ifindex] = link
+            // A change that does not touch what the planner reads (e.g. statistics) marks nothing.
+            if before != link { markDirty(vmsAffected(by: link, before: before)) }
+        case .removed(let link):
+            let before = links.removeValue(forKey: link.ifindex)
+            markDirty(vmsAffected(by: link, before: before))
+        }
+    }
+
+    /// The VMs whose plans may change with this link: bindings that match it by name or MAC (now or
+    /// before), bindings whose macvtap sits on it, and the owner of a macvtap of ours.
+    private func vmsAffected(by link: ObservedLink, before: ObservedLink?) -> Set<String> {
+        var vms = Set<String>()
+        let versions = [link] + (before.map { [$0] } ?? [])
+        for version in versions {
+            if let owner = version.owner { vms.insert(owner.vm) }
+        }
+        let lowerOf = Set(links.values.filter { $0.lowerIfindex == link.ifindex }.compactMap { $0.owner?.vm })
+        vms.formUnion(lowerOf)
+        for binding in desired.bindings where !vms.contains(binding.key.vm) {
+            let matches = versions.contains { version in
+                switch binding.host {
+                case .name(let name): return version.name == name
+                case .mac(let mac): return version.mac == mac || version.permanentMAC == mac
+                }
+            }
+            if matches { vms.insert(binding.key.vm) }
+        }
+        return vms
+    }
+
+    private func resyncPeriodically() async {
+        while !Task.isCancelled {
+            do {
+                try await Task.sleep(for: options.resyncInterval)
+            } catch {
+                return
+            }
+            await resync()
+        }
+    }
+
+    // MARK: - QMP sessions
+
+    /// One session per VM that has bindings or leftovers: desired VMs, and VMs the status still
+    /// lists (bindings removed but not yet torn down).
+    private func updateSessions() {
+        var wanted: [String: String] = desired.vms.mapValues(\.qmp)
+        for status in statuses.values where wanted[status.vm] == nil {
+            if let qmp = status.qmp { wanted[status.vm] = qmp }
+        }
+        for (vm, session) in sessions where wanted[vm] != session.qmp {
+            session.task.cancel()
+            sessions[vm] = nil
+            if let connection = connections.removeValue(forKey: vm) {
+                Task { await connection.close() }
+            }
+            connectErrors[vm] = nil
+        }
+        for (vm, qmp) in wanted where sessions[vm] == nil {
+            let task = Task { await self.maintainSession(vm: vm, qmp: qmp) }
+            sessions[vm] = Session(qmp: qmp, task: task)
+        }
+    }
+
+    /// Connects, follows the VM's events, and reconnects with backoff when the session ends (VM
+    /// shut down, restarted, or not answering).
+    private func maintainSession(vm: String, qmp: String) async {
+        var failures = 0
+        while !Task.isCancelled {
+            let connection: any VMConnection
+            do {
+                connection = try await connector.connect(vm: vm, qmp: qmp)
+            } catch {
+                if connectErrors[vm] != error {
+                    logger.warning("VM \(vm) unreachable: \(error)", metadata: ["vm": "\(vm)"])
+                    connectErrors[vm] = error
+                    markDirty([vm])
+                }
+                failures += 1
+                try? await Task.sleep(for: backoff(failures, base: options.reconnectBase, cap: options.reconnectCap))
+                continue
+            }
+            if Task.isCancelled {
+                await connection.close()
+                return
+            }
+            failures = 0
+            connectErrors[vm] = nil
+            connections[vm] = connection
+            logger.info("QMP session with VM \(vm) established", metadata: ["vm": "\(vm)"])
+            markDirty([vm])
+            for await event in connection.events {
+                logger.debug("VM \(vm) event \(event)", metadata: ["vm": "\(vm)"])
+                markDirty([vm])
+            }
+            if connections[vm] === connection {
+                connections[vm] = nil
+                connectErrors[vm] = .absent("QMP session closed")
+            }
+            await connection.close()
+            markDirty([vm])
+        }
+    }
+
+    private func dropConnection(vm: String, because error: any Error) async {
+        guard let connection = connections.removeValue(forKey: vm) else { return }
+        connectErrors[vm] = .unresponsive("\(error)")
+        logger.warning("VM \(vm) stopped answering: \(error)", metadata: ["vm": "\(vm)"])
+        // Closing ends the session's event stream, so maintainSession reconnects.
+        await connection.close()
+    }
+
+    // MARK: - Reconcile
+
+    private func reconcile(vm: String) async {
+        defer {
+            reconciling.remove(vm)
+            if dirty.contains(vm) { wake.yield() }
+            writeStatusIfChanged()
+        }
+        let clock = ContinuousClock()
+        let started = clock.now
+
+        var observedVM: ObservedVM
+        if let connection = connections[vm] {
+            do {
+                observedVM = try await connection.observe(vm: vm)
+            } catch {
+                await dropConnection(vm: vm, because: error)
+                observedVM = ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
+            }
+        } else if let error = connectErrors[vm] {
+            switch error {
+            case .absent(let why): observedVM = .absent(vm, why)
+            case .unresponsive(let why): observedVM = ObservedVM(name: vm, reachability: .unresponsive(why))
+            }
+        } else if sessions[vm] != nil {
+            observedVM = ObservedVM(name: vm, reachability: .unresponsive("QMP session not established yet"))
+        } else {
+            observedVM = .absent(vm, "no QMP socket is known for this VM")
+        }
+        for (key, status) in statuses where key.vm == vm {
+            if let up = status.guestLink { observedVM.guestLink[key.nic] = up }
+        }
+
+        var scope = DesiredState()
+        scope.vms[vm] = desired.vms[vm]
+        let observed = ObservedState(host: ObservedHost(links: Array(links.values)), vms: [vm: observedVM])
+        let plan = Planner.plan(desired: scope, observed: observed)
+        let now = clock.now
+        var due: [BindingPlan] = []
+        var rescheduleAt: ContinuousClock.Instant?
+        for binding in plan.bindings where binding.key.vm == vm {
+            if let retry = retries[binding.key], retry.notBefore > now, !binding.actions.isEmpty {
+                rescheduleAt = min(rescheduleAt ?? retry.notBefore, retry.notBefore)
+                continue
+            }
+            due.append(binding)
+        }
+
+        let connection = connections[vm]
+        var outcomes: [BindingOutcome] = []
+        for binding in due {
+            if binding.actions.isEmpty {
+                outcomes.append(BindingOutcome(plan: binding))
+                continue
+            }
+            let outcome = await executor.execute(
+                binding, host: ObservedHost(links: Array(links.values)), connection: connection)
+            for link in outcome.createdLinks { links[link.ifindex] = link }
+            for index in outcome.deletedLinks { links[index] = nil }
+            outcomes.append(outcome)
+        }
+        record(outcomes)
+        if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
+        metrics.reconciled(duration: clock.now - started)
+        if outcomes.contains(where: { $0.plan.isDesired == false && $0.succeeded }) { updateSessions() }
+    }
+
+    private func record(_ outcomes: [BindingOutcome]) {
+        let now = Reconciler.now()
+        for outcome in outcomes {
+            let key = outcome.key
+            if let duration = outcome.attachDuration { metrics.attached(duration: duration) }
+            if let failure = outcome.failure {
+                metrics.failed()
+                let failures = (retries[key]?.failures ?? 0) + 1
+                let delay = backoff(failures, base: options.backoffBase, cap: options.backoffCap)
+                retries[key] = Retry(failures: failures, notBefore: ContinuousClock.now + delay)
+                logger.warning(
+                    "reconcile failed (attempt \(failures), retry in \(delay)): \(failure)",
+                    metadata: ["binding": "\(key)"])
+                scheduleRetry(vm: key.vm, at: ContinuousClock.now + delay)
+            } else if !outcome.plan.actions.isEmpty {
+                retries[key] = nil
+            }
+            let next = StatusBuilder.status(for: outcome, before: statuses[key], desired: desired, now: now)
+            if next != statuses[key] {
+                if next?.phase != statuses[key]?.phase {
+                    logger.info(
+                        "\(statuses[key]?.phase.rawValue ?? "new") -> \(next?.phase.rawValue ?? "gone"): \(outcome.plan.reason.message)",
+                        metadata: ["binding": "\(key)"])
+                }
+                statuses[key] = next
+                statusDirty = true
+            }
+        }
+    }
+
+    private func scheduleRetry(vm: String, at instant: ContinuousClock.Instant) {
+        Task {
+            try? await Task.sleep(until: instant, clock: .continuous)
+            self.markDirty([vm])
+        }
+    }
+
+    private func backoff(_ failures: Int, base: Duration, cap: Duration) -> Duration {
+        let factor = 1 << Swift.min(failures - 1, 20)
+        return Swift.min(cap, base * factor)
+    }
+
+    // MARK: - Status
+
+    private func writeStatusIfChanged() {
+        guard statusDirty else { return }
+        writeStatus()
+    }
+
+    private func writeMetrics() {
+        guard let path = options.metricsPath else { return }
+        do {
+            try AtomicFile.write(Array(metrics.render().utf8), to: path)
+        } catch {
+            logger.error("cannot write metrics: \(error)")
+        }
+    }
+
+    private func writeStatus() {
+        statusDirty = false
+        let bindings = currentStatus()
+        metrics.phases(bindings.map(\.phase))
+        onStatusChange?(bindings)
+        writeMetrics()
+        guard let store else { return }
+        do {
+            try store.write(StatusDocument(updated: Reconciler.now(), config: config, bindings: bindings))
+        } catch {
+            logger.error("cannot write status: \(error)")
+        }
+    }
+}

@@ -1,0 +1,162 @@
+import Logging
+import MacvtapdCore
+import Testing
+
+@testable import MacvtapdReconciler
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+func eventually(
+    within timeout: Duration = .seconds(5), _ condition: @Sendable () async -> Bool
+) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return await condition()
+}
+
+/// The daemon's loop against the in-memory host and VMs: triggers, backoff, isolation.
+@Suite struct ControllerTests {
+    struct Fixture {
+        let host = EmbeddedHost(lowers: ["eth0", "eth1"])
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
+        let db1 = EmbeddedVM(name: "db1", nics: ["nic0": 20])
+        let desired = DesiredState(vms: [
+            "web1": VMSpec(
+                name: "web1", qmp: "/run/web1.sock",
+                nics: ["nic0": NICBinding(key: .init(vm: "web1", nic: "nic0"), host: .name("eth0"))]),
+            "db1": VMSpec(
+                name: "db1", qmp: "/run/db1.sock",
+                nics: ["nic0": NICBinding(key: .init(vm: "db1", nic: "nic0"), host: .name("eth1"))]),
+        ])
+
+        func controller(resync: Duration = .seconds(60)) -> Controller {
+            Controller(
+                host: host, connector: EmbeddedConnector(vms: ["web1": web1, "db1": db1]), store: nil,
+                logger: Logger(label: "test"),
+                options: .init(
+                    resyncInterval: resync, backoffBase: .milliseconds(20), backoffCap: .milliseconds(200),
+                    reconnectBase: .milliseconds(10), reconnectCap: .milliseconds(50)))
+        }
+    }
+
+    static func phase(_ controller: Controller, _ vm: String) async -> Phase? {
+        await controller.currentStatus().first { $0.vm == vm }?.phase
+    }
+
+    /// Runs the controller for the duration of `body`, then stops it and waits for it.
+    static func running(_ controller: Controller, _ body: () async throws -> Void) async rethrows {
+        let task = Task { await controller.run() }
+        defer { task.cancel() }
+        try await body()
+        await controller.stop()
+        await task.value
+    }
+
+    @Test func convergesThenFollowsLinkEvents() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(world.web1.link("nic0") == true)
+
+            world.host.removeLower("eth0")
+            #expect(await eventually { world.web1.netdevIDs.isEmpty })
+            #expect(await Self.phase(controller, "web1") == .hostMissing)
+            #expect(world.web1.link("nic0") == false)
+
+            world.host.addLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(world.web1.netdevIDs.count == 2)
+            #expect(world.host.macvtaps.count == 2)
+
+            world.host.setCarrier("eth0", false)
+            #expect(await eventually { await Self.phase(controller, "web1") == .noCarrier })
+            #expect(world.web1.link("nic0") == false)
+            #expect(await Self.phase(controller, "db1") == .attached)
+        }
+    }
+
+    @Test func withoutEventsThePeriodicResyncRepairs() async throws {
+        let world = Fixture()
+        let controller = Controller(
+            host: world.host, connector: EmbeddedConnector(vms: ["web1": world.web1, "db1": world.db1]),
+            store: nil, logger: Logger(label: "test"),
+            options: .init(resyncInterval: .milliseconds(100), useLinkEvents: false))
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            world.host.removeLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+        }
+    }
+
+    @Test func rejectedConfigKeepsTheLastGoodState() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: .init(path: "/etc/macvtapd", valid: true))
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            await controller.configRejected(path: "/etc/macvtapd", errors: ["x.yaml:3:1: error: bad"])
+            world.host.removeLower("eth1")
+            world.host.addLower("eth1")
+            #expect(
+                await eventually { await Self.phase(controller, "db1") == .attached && world.db1.netdevIDs.count == 2 })
+            #expect(world.web1.netdevIDs.count == 2, "nothing was torn down")
+        }
+    }
+
+    @Test func vmRestartIsReattached() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            world.web1.shutDown()
+            #expect(await eventually { await Self.phase(controller, "web1") == .vmUnreachable })
+            world.web1.restart()
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(world.web1.netdevIDs.count == 2)
+            #expect(world.web1.link("nic0") == true)
+        }
+    }
+
+    @Test func hungVMDoesNotDelayOthers() async throws {
+        let world = Fixture()
+        world.web1.state.withLock { $0.observeDelay = .seconds(3) }
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            let start = ContinuousClock.now
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            #expect(ContinuousClock.now - start < .seconds(1))
+            world.host.removeLower("eth1")
+            #expect(await eventually(within: .seconds(1)) { await Self.phase(controller, "db1") == .hostMissing })
+            world.web1.state.withLock { $0.observeDelay = .zero }
+        }
+    }
+
+    @Test func failuresBackOffAndRecover() async throws {
+        let world = Fixture()
+        world.db1.state.withLock { $0.failAttach = true }
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        try await Self.running(controller) {
+            #expect(await eventually { await controller.currentStatus().first { $0.vm == "db1" }?.attempts ?? 0 >= 3 })
+            let attempts = world.db1.calls.filter { $0.hasPrefix("attach") }.count
+            try await Task.sleep(for: .milliseconds(100))
+            let later = world.db1.calls.filter { $0.hasPrefix("attach") }.count
+            #expect(later - attempts <= 2, "backoff caps the retry rate")
+            #expect(await Self.phase(controller, "web1") == .attached, "the other VM is unaffected")
+            world.db1.state.withLock { $0.failAttach = false }
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            #expect(await controller.currentStatus().first { $0.vm == "db1" }?.attempts == 0)
+        }
+    }
+}
