@@ -46,10 +46,21 @@ let package = Package(
             swiftSettings: strict
         ),
 
+        // The daemon's plumbing around the controller: config reloads (inotify, SIGHUP), signals,
+        // systemd notification and watchdog.
+        .target(
+            name: "MacvtapdDaemon",
+            dependencies: [
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+
         .executableTarget(
             name: "macvtapd",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -67,7 +78,11 @@ let package = Package(
         ),
 
         // Real-kernel, real-QEMU fixtures shared by the test targets: namespaces, veths, QEMU, probe.
-        .target(name: "MacvtapdTestSupport", dependencies: ["CMacvtapd"], swiftSettings: strict),
+        .target(
+            name: "MacvtapdTestSupport",
+            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdReconciler"],
+            swiftSettings: strict
+        ),
 
         .testTarget(name: "MacvtapdCoreTests", dependencies: ["MacvtapdCore"], swiftSettings: strict),
         .testTarget(
@@ -84,6 +99,13 @@ let package = Package(
         .testTarget(
             name: "MacvtapdQMPTests",
             dependencies: ["MacvtapdQMP", "MacvtapdTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MacvtapdDaemonTests",
+            dependencies: [
+                "MacvtapdDaemon", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdTestSupport",
+            ],
             swiftSettings: strict
         ),
         .testTarget(

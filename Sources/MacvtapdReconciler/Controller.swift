@@ -46,6 +46,9 @@ public actor Controller {
     public let metrics = Metrics()
 
     private var desired = DesiredState()
+    /// False until a valid configuration arrives: without one, macvtapd does not know what is
+    /// wanted, so it changes nothing (an empty desired state would tear everything down).
+    private var hasDesired = false
     private var config: StatusDocument.ConfigStatus?
     /// The link cache: a full dump, then kept current by link events and by our own changes.
     private var links: [Int32: ObservedLink] = [:]
@@ -94,6 +97,7 @@ public actor Controller {
     public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
         let before = Set(self.desired.vms.keys)
         self.desired = desired
+        hasDesired = true
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
@@ -152,6 +156,7 @@ public actor Controller {
             group.addTask { await self.resyncPeriodically() }
             for await _ in wakeups {
                 if stopping { break }
+                guard hasDesired else { continue }
                 for vm in takeDirty() {
                     group.addTask { await self.reconcile(vm: vm) }
                 }

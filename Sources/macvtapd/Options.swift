@@ -17,8 +17,8 @@ struct WorldOptions: ParsableArguments {
     @Option(help: "Seconds to wait for a VM's QMP monitor before calling it unresponsive.")
     var qmpTimeout: Double = 5
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: Logger.Level = .warning
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: warning; run: info).")
+    var logLevel: Logger.Level?
 
     func loadDesired() throws -> DesiredState {
         let result = ConfigLoader.load(path: config.config)
@@ -32,7 +32,7 @@ struct WorldOptions: ParsableArguments {
 
     func reconciler() throws -> Reconciler {
         var logger = Logger(label: "macvtapd")
-        logger.logLevel = logLevel
+        logger.logLevel = logLevel ?? .warning
         let drivers = try LiveDrivers(runtimeDirectory: runtimeDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)))
         return Reconciler(
             host: drivers.host, connector: drivers.connector, store: StatusStore(path: statusFile), logger: logger)

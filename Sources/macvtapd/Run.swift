@@ -1,13 +1,51 @@
 import ArgumentParser
+import Logging
+import MacvtapdDaemon
+import MacvtapdReconciler
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the daemon: reconcile on link and QMP events, config changes and periodically.")
+        abstract: "Run the daemon: reconcile on link and QMP events, config changes and periodically.",
+        discussion: """
+            Reconciles every binding on start, then whenever rtnetlink reports a link change, a VM's
+            QMP session says something (SHUTDOWN, a reconnect), the configuration changes on disk or
+            SIGHUP arrives, and every --resync seconds. A failing binding is retried with exponential
+            backoff (0.5 s doubling to 30 s, reset on success) without delaying the others.
+
+            An invalid configuration is logged and shown in status; the last good desired state stays
+            in force. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place.
+            Under systemd (Type=notify) it reports readiness, a STATUS= line, and feeds the watchdog
+            when WatchdogSec= is set.
+            """
+    )
 
     @OptionGroup var options: WorldOptions
 
+    @Option(help: "Seconds between full resyncs that repair anything an event missed.")
+    var resync: Double = 30
+
+    @Flag(help: "Ignore rtnetlink events and rely on the periodic resync alone (a baseline for benchmarks).")
+    var noEvents = false
+
+    @Option(help: "Prometheus textfile to write (for node_exporter's textfile collector); '' disables it.")
+    var metricsFile: String = "/run/macvtapd/macvtapd.prom"
+
     func run() async throws {
-        printError("macvtapd run: not implemented yet")
-        throw ExitCode(2)
+        let level = options.logLevel ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "macvtapd")
+        let drivers = try LiveDrivers(
+            runtimeDirectory: options.runtimeDir, qmpTimeout: .milliseconds(Int(options.qmpTimeout * 1000)))
+        let settings = Daemon.Settings(
+            configPath: options.config.config, store: StatusStore(path: options.statusFile),
+            controller: Controller.Options(
+                resyncInterval: .milliseconds(Int(resync * 1000)), useLinkEvents: !noEvents,
+                metricsPath: metricsFile.isEmpty ? nil : metricsFile))
+        let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
+        await daemon.run()
     }
 }

@@ -1,5 +1,6 @@
 import Logging
 import MacvtapdCore
+import MacvtapdTestSupport
 import Testing
 
 @testable import MacvtapdReconciler

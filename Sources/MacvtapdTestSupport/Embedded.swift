@@ -1,21 +1,20 @@
 import MacvtapdCore
+import MacvtapdReconciler
 import Synchronization
-
-@testable import MacvtapdReconciler
 
 /// An in-memory host that behaves like the kernel where the reconciler can tell: ifindexes are
 /// never reused, deleting a lower deletes its macvtaps, names are unique.
-final class EmbeddedHost: HostDriver {
-    struct State {
-        var links: [ObservedLink] = []
-        var nextIndex: Int32 = 100
-        var failCreate = false
-        var operations: [String] = []
+public final class EmbeddedHost: HostDriver {
+    public struct State {
+        public var links: [ObservedLink] = []
+        public var nextIndex: Int32 = 100
+        public var failCreate = false
+        public var operations: [String] = []
         var subscribers: [AsyncStream<LinkChange>.Continuation] = []
     }
-    let state = Mutex(State())
+    public let state = Mutex(State())
 
-    init(lowers: [String]) {
+    public init(lowers: [String]) {
         state.withLock { state in
             for (offset, name) in lowers.enumerated() {
                 let mac = MACAddress(bytes: [2, 0, 0, 0, 0, UInt8(offset + 1)])
@@ -24,7 +23,7 @@ final class EmbeddedHost: HostDriver {
         }
     }
 
-    func addLower(_ name: String) {
+    public func addLower(_ name: String) {
         state.withLock { state in
             let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth")
             state.links.append(link)
@@ -34,7 +33,7 @@ final class EmbeddedHost: HostDriver {
     }
 
     /// Deletes the lower and, as the kernel does, every macvtap on it.
-    func removeLower(_ name: String) {
+    public func removeLower(_ name: String) {
         state.withLock { state in
             guard let lower = state.links.first(where: { $0.name == name }) else { return }
             let gone = state.links.filter { $0.ifindex == lower.ifindex || $0.lowerIfindex == lower.ifindex }
@@ -43,7 +42,7 @@ final class EmbeddedHost: HostDriver {
         }
     }
 
-    func setCarrier(_ name: String, _ carrier: Bool) {
+    public func setCarrier(_ name: String, _ carrier: Bool) {
         state.withLock { state in
             guard let index = state.links.firstIndex(where: { $0.name == name }) else { return }
             state.links[index].carrier = carrier
@@ -51,24 +50,24 @@ final class EmbeddedHost: HostDriver {
         }
     }
 
-    func linkChanges() throws -> AsyncStream<LinkChange> {
+    public func linkChanges() throws -> AsyncStream<LinkChange> {
         let (stream, continuation) = AsyncStream.makeStream(of: LinkChange.self)
         state.withLock { $0.subscribers.append(continuation) }
         return stream
     }
 
-    var macvtaps: [ObservedLink] { state.withLock { $0.links.filter(\.isMacvtap) } }
-    var operations: [String] { state.withLock { $0.operations } }
+    public var macvtaps: [ObservedLink] { state.withLock { $0.links.filter(\.isMacvtap) } }
+    public var operations: [String] { state.withLock { $0.operations } }
 
-    func links() async throws -> [ObservedLink] { state.withLock { $0.links } }
+    public func links() async throws -> [ObservedLink] { state.withLock { $0.links } }
 
-    func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
+    public func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
         try state.withLock { state in
             state.operations.append("create \(spec.name)")
-            if state.failCreate { throw ExecutorError("injected failure") }
-            guard !state.links.contains(where: { $0.name == spec.name }) else { throw ExecutorError("EEXIST") }
+            if state.failCreate { throw EmbeddedError("injected failure") }
+            guard !state.links.contains(where: { $0.name == spec.name }) else { throw EmbeddedError("EEXIST") }
             guard state.links.contains(where: { $0.ifindex == spec.lowerIfindex }) else {
-                throw ExecutorError("ENODEV")
+                throw EmbeddedError("ENODEV")
             }
             let link = ObservedLink(
                 ifindex: state.nextIndex, name: spec.name, kind: "macvtap", mac: spec.mac,
@@ -80,17 +79,17 @@ final class EmbeddedHost: HostDriver {
         }
     }
 
-    func deleteMacvtap(ifindex: Int32, name: String) async throws {
+    public func deleteMacvtap(ifindex: Int32, name: String) async throws {
         try state.withLock { state in
             state.operations.append("delete \(name)")
-            guard state.links.contains(where: { $0.ifindex == ifindex }) else { throw ExecutorError("ENODEV") }
+            guard state.links.contains(where: { $0.ifindex == ifindex }) else { throw EmbeddedError("ENODEV") }
             let gone = state.links.filter { $0.ifindex == ifindex }
             state.links.removeAll { $0.ifindex == ifindex }
             for link in gone { state.announce(.removed(link)) }
         }
     }
 
-    func setMacvtapUp(ifindex: Int32, name: String) async throws {
+    public func setMacvtapUp(ifindex: Int32, name: String) async throws {
         state.withLock { state in
             if let index = state.links.firstIndex(where: { $0.ifindex == ifindex }) {
                 state.links[index].adminUp = true
@@ -98,38 +97,38 @@ final class EmbeddedHost: HostDriver {
         }
     }
 
-    func withOpenTap<T: Sendable>(ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T)
+    public func withOpenTap<T: Sendable>(ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T)
         async throws -> T
     {
-        guard state.withLock({ $0.links.contains { $0.ifindex == ifindex } }) else { throw ExecutorError("ENODEV") }
+        guard state.withLock({ $0.links.contains { $0.ifindex == ifindex } }) else { throw EmbeddedError("ENODEV") }
         return try await body(1000 + ifindex)
     }
 }
 
 extension EmbeddedHost.State {
-    mutating func announce(_ change: LinkChange) {
+    fileprivate mutating func announce(_ change: LinkChange) {
         for subscriber in subscribers { subscriber.yield(change) }
     }
 }
 
 /// An in-memory QEMU: NICs on hubs, netdevs by id, guest link, and switches to make it fail.
-final class EmbeddedVM: VMConnection {
-    struct State {
-        var nics: [String: ObservedNIC] = [:]
+public final class EmbeddedVM: VMConnection {
+    public struct State {
+        public var nics: [String: ObservedNIC] = [:]
         /// netdev id → hub (ports) or nil (taps)
-        var netdevs: [String: Int?] = [:]
-        var link: [String: Bool] = [:]
-        var reachable: VMConnectError? = nil
-        var failAttach = false
+        public var netdevs: [String: Int?] = [:]
+        public var link: [String: Bool] = [:]
+        public var reachable: VMConnectError? = nil
+        public var failAttach = false
         /// Observe hangs this long, like a QEMU whose monitor stopped answering.
-        var observeDelay: Duration = .zero
-        var calls: [String] = []
+        public var observeDelay: Duration = .zero
+        public var calls: [String] = []
         var eventContinuations: [AsyncStream<String>.Continuation] = []
     }
-    let name: String
-    let state = Mutex(State())
+    public let name: String
+    public let state = Mutex(State())
 
-    init(name: String, nics: [String: Int]) {
+    public init(name: String, nics: [String: Int]) {
         self.name = name
         state.withLock { state in
             for (offset, (nic, hub)) in nics.sorted(by: { $0.key < $1.key }).enumerated() {
@@ -139,15 +138,15 @@ final class EmbeddedVM: VMConnection {
         }
     }
 
-    var netdevIDs: [String] { state.withLock { $0.netdevs.keys.sorted() } }
-    var calls: [String] { state.withLock { $0.calls } }
-    func link(_ nic: String) -> Bool? { state.withLock { $0.link[nic] } }
+    public var netdevIDs: [String] { state.withLock { $0.netdevs.keys.sorted() } }
+    public var calls: [String] { state.withLock { $0.calls } }
+    public func link(_ nic: String) -> Bool? { state.withLock { $0.link[nic] } }
 
-    func observe(vm: String) async throws -> ObservedVM {
+    public func observe(vm: String) async throws -> ObservedVM {
         let delay = state.withLock { $0.observeDelay }
         if delay > .zero {
             try await Task.sleep(for: delay)
-            throw ExecutorError("QMP info network: no reply within \(delay)")
+            throw EmbeddedError("QMP info network: no reply within \(delay)")
         }
         return state.withLock { state in
             var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
@@ -162,19 +161,19 @@ final class EmbeddedVM: VMConnection {
         }
     }
 
-    func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
+    public func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
         try state.withLock { state in
             state.calls.append("attach \(ids.tap)")
-            if state.failAttach { throw ExecutorError("injected QMP failure") }
+            if state.failAttach { throw EmbeddedError("injected QMP failure") }
             guard state.netdevs[ids.tap] == nil, state.netdevs[ids.port] == nil else {
-                throw ExecutorError("Duplicate ID")
+                throw EmbeddedError("Duplicate ID")
             }
             state.netdevs[ids.tap] = .some(nil)
             state.netdevs[ids.port] = hub
         }
     }
 
-    func detachBackend(_ backend: ObservedBackend) async throws {
+    public func detachBackend(_ backend: ObservedBackend) async throws {
         state.withLock { state in
             state.calls.append("detach \(backend.ids.tap)")
             state.netdevs[backend.ids.port] = nil
@@ -182,21 +181,21 @@ final class EmbeddedVM: VMConnection {
         }
     }
 
-    func setLink(nic: String, up: Bool) async throws {
+    public func setLink(nic: String, up: Bool) async throws {
         state.withLock { state in
             state.calls.append("link \(nic) \(up)")
             state.link[nic] = up
         }
     }
 
-    var events: AsyncStream<String> {
+    public var events: AsyncStream<String> {
         let (stream, continuation) = AsyncStream.makeStream(of: String.self)
         state.withLock { $0.eventContinuations.append(continuation) }
         return stream
     }
 
     /// QEMU quits: the monitor sends SHUTDOWN, the session ends, and the socket stops answering.
-    func shutDown() {
+    public func shutDown() {
         state.withLock { state in
             state.reachable = .absent("connection refused")
             state.netdevs = [:]
@@ -210,11 +209,11 @@ final class EmbeddedVM: VMConnection {
     }
 
     /// QEMU started again with the same command line: fresh netdevs, the monitor answers.
-    func restart() {
+    public func restart() {
         state.withLock { $0.reachable = nil }
     }
 
-    func close() async {
+    public func close() async {
         state.withLock { state in
             for continuation in state.eventContinuations { continuation.finish() }
             state.eventContinuations = []
@@ -222,12 +221,21 @@ final class EmbeddedVM: VMConnection {
     }
 }
 
-struct EmbeddedConnector: VMConnector {
-    let vms: [String: EmbeddedVM]
+public struct EmbeddedConnector: VMConnector {
+    public let vms: [String: EmbeddedVM]
 
-    func connect(vm: String, qmp: String) async throws(VMConnectError) -> any VMConnection {
+    public init(vms: [String: EmbeddedVM]) {
+        self.vms = vms
+    }
+
+    public func connect(vm: String, qmp: String) async throws(VMConnectError) -> any VMConnection {
         guard let machine = vms[vm] else { throw .absent("\(qmp): No such file or directory") }
         if let error = machine.state.withLock({ $0.reachable }) { throw error }
         return machine
     }
+}
+
+public struct EmbeddedError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }

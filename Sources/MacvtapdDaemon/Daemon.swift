@@ -1,0 +1,168 @@
+import Dispatch
+import Logging
+import MacvtapdConfig
+import MacvtapdCore
+import MacvtapdReconciler
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `macvtapd run`: the controller plus what a long-running service needs around it — config
+/// reloads on change and on SIGHUP, a graceful stop on SIGTERM/SIGINT, systemd readiness, status
+/// text and watchdog keep-alives.
+public final class Daemon: Sendable {
+    public struct Settings: Sendable {
+        public var configPath: String
+        public var store: StatusStore
+        public var controller: Controller.Options
+        public var watchConfig: Bool
+
+        public init(configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true) {
+            self.configPath = configPath
+            self.store = store
+            self.controller = controller
+            self.watchConfig = watchConfig
+        }
+    }
+
+    public let controller: Controller
+    let settings: Settings
+    let logger: Logger
+    let notifier: SystemdNotifier
+
+    public init(
+        settings: Settings, host: any HostDriver, connector: any VMConnector, logger: Logger,
+        notifier: SystemdNotifier = SystemdNotifier()
+    ) {
+        self.settings = settings
+        self.logger = logger
+        self.notifier = notifier
+        controller = Controller(
+            host: host, connector: connector, store: settings.store, logger: logger, options: settings.controller)
+    }
+
+    /// Runs until SIGTERM or SIGINT. Backends stay in place when it returns: VMs keep their network
+    /// while the daemon is stopped or upgraded.
+    public func run() async {
+        let signals = SignalEvents([SIGHUP, SIGTERM, SIGINT])
+        defer { signals.cancel() }
+        if let previous = try? settings.store.read() {
+            await controller.restore(previous)
+        }
+        await reload()
+        let notifier = self.notifier
+        await controller.setStatusObserver { bindings in
+            notifier.notify(["STATUS": Self.summary(bindings)])
+        }
+
+        var watcher: ConfigWatcher?
+        if settings.watchConfig {
+            do {
+                watcher = try ConfigWatcher(path: settings.configPath)
+            } catch {
+                logger.error("not watching the configuration (SIGHUP still reloads): \(error)")
+            }
+        }
+        defer { watcher?.close() }
+
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.controller.run() }
+            if let changes = watcher?.changes {
+                group.addTask {
+                    for await _ in changes {
+                        self.logger.info("configuration changed on disk; reloading")
+                        await self.reload()
+                    }
+                }
+            }
+            group.addTask {
+                for await signal in signals.stream {
+                    if signal == SIGHUP {
+                        self.logger.info("SIGHUP: reloading the configuration")
+                        notifier.notify(["RELOADING": "1"])
+                        await self.reload()
+                        notifier.notify(["READY": "1"])
+                    } else {
+                        self.logger.notice("signal \(signal): stopping; backends stay in place")
+                        notifier.notify(["STOPPING": "1"])
+                        await self.controller.stop()
+                        return
+                    }
+                }
+            }
+            if let interval = notifier.watchdogInterval {
+                group.addTask { await self.keepWatchdogFed(every: interval) }
+            }
+            notifier.notify(["READY": "1", "STATUS": "started"])
+            // The controller returning means stop() was called: end the helpers with it.
+            _ = await group.next()
+            watcher?.close()
+            signals.cancel()
+            group.cancelAll()
+        }
+    }
+
+    /// Loads the configuration; an invalid one is reported and the last good desired state stays.
+    public func reload() async {
+        let result = ConfigLoader.load(path: settings.configPath)
+        if let desired = result.desired {
+            logger.info(
+                "configuration loaded: \(desired.vms.count) VM(s), \(desired.bindings.count) binding(s)",
+                metadata: ["config": "\(settings.configPath)"])
+            await controller.setDesired(desired, config: .init(path: settings.configPath, valid: true))
+        } else {
+            let errors = result.diagnostics.map(\.description)
+            for error in errors { logger.error("\(error)", metadata: ["config": "\(settings.configPath)"]) }
+            logger.error("configuration rejected; the last good desired state stays in force")
+            await controller.configRejected(path: settings.configPath, errors: errors)
+        }
+    }
+
+    /// Pings only while the controller's actor answers: a wedged loop lets systemd restart us.
+    private func keepWatchdogFed(every interval: Duration) async {
+        while !Task.isCancelled {
+            _ = await controller.currentStatus()
+            notifier.notify(["WATCHDOG": "1"])
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// `3 bindings: 2 Attached, 1 HostMissing`
+    static func summary(_ bindings: [BindingStatus]) -> String {
+        let counts = Dictionary(grouping: bindings, by: \.phase).mapValues(\.count)
+        let parts = Phase.allCases.compactMap { phase in counts[phase].map { "\($0) \(phase.rawValue)" } }
+        return "\(bindings.count) binding(s)" + (parts.isEmpty ? "" : ": " + parts.joined(separator: ", "))
+    }
+}
+
+/// Delivers signals as an async stream instead of running handlers in signal context.
+final class SignalEvents: Sendable {
+    let stream: AsyncStream<Int32>
+    /// Dispatch sources are not Sendable; the mutex makes cancel() safe from any task.
+    private let sources: Mutex<[any DispatchSourceSignal]>
+    private let continuation: AsyncStream<Int32>.Continuation
+
+    init(_ signals: [Int32]) {
+        let (stream, continuation) = AsyncStream.makeStream(of: Int32.self)
+        self.stream = stream
+        self.continuation = continuation
+        let made = signals.map { number in
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { continuation.yield(number) }
+            source.resume()
+            return source
+        }
+        sources = Mutex(made)
+    }
+
+    func cancel() {
+        sources.withLock { sources in
+            for source in sources { source.cancel() }
+            sources = []
+        }
+        continuation.finish()
+    }
+}
