@@ -43,11 +43,13 @@ struct ConfigDecoder {
         if let version = entries["version"] {
             checkVersion(version.value)
         } else {
-            error("missing 'version'; every configuration file declares 'version: \(ConfigRules.supportedVersion)'",
-                  at: location(root))
+            error(
+                "missing 'version'; every configuration file declares 'version: \(ConfigRules.supportedVersion)'",
+                at: location(root))
         }
         var defaults = Defaults()
-        if let node = entries["defaults"], let fields = mapping(node.value, of: "'defaults'", allowed: Self.defaultsKeys)
+        if let node = entries["defaults"],
+            let fields = mapping(node.value, of: "'defaults'", allowed: Self.defaultsKeys)
         {
             defaults.mode = fields["mode"].flatMap { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? .bridge
             defaults.link = fields["link"].flatMap { enumValue($0.value, LinkPolicy.self, field: "link") } ?? .follow
@@ -62,20 +64,23 @@ struct ConfigDecoder {
 
     private mutating func checkVersion(_ node: YAMLNode) {
         guard let scalar = node.scalar, case .int(let version) = YAMLScalarType(scalar) else {
-            error("'version' must be the integer \(ConfigRules.supportedVersion), found \(node.kindDescription)",
-                  at: location(node))
+            error(
+                "'version' must be the integer \(ConfigRules.supportedVersion), found \(node.kindDescription)",
+                at: location(node))
             return
         }
         if version != ConfigRules.supportedVersion {
-            error("unsupported version \(scalar.value); this macvtapd reads version \(ConfigRules.supportedVersion)",
-                  at: location(node))
+            error(
+                "unsupported version \(scalar.value); this macvtapd reads version \(ConfigRules.supportedVersion)",
+                at: location(node))
         }
     }
 
     private mutating func decodeVM(name: String, key: YAMLNode, value: YAMLNode, defaults: Defaults) -> VMDeclaration? {
         if let problem = ConfigRules.vmNameProblem(name) {
-            error("invalid VM name '\(name)': \(problem) (a VM name matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
-                  at: location(key))
+            error(
+                "invalid VM name '\(name)': \(problem) (a VM name matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
+                at: location(key))
         }
         let vmLocation = location(key)
         var declaration = VMDeclaration(
@@ -93,13 +98,15 @@ struct ConfigDecoder {
                 }
             }
         } else {
-            error("VM '\(name)' has no 'qmp': the absolute path of the QMP unix socket macvtapd uses for this VM",
-                  at: vmLocation)
+            error(
+                "VM '\(name)' has no 'qmp': the absolute path of the QMP unix socket macvtapd uses for this VM",
+                at: vmLocation)
         }
 
         guard let nicsEntry = fields["nics"] else {
-            error("VM '\(name)' has no 'nics': the mapping of QEMU NIC device id to host interface",
-                  at: vmLocation)
+            error(
+                "VM '\(name)' has no 'nics': the mapping of QEMU NIC device id to host interface",
+                at: vmLocation)
             return declaration
         }
         guard let nics = mapping(nicsEntry.value, of: "'nics' of VM '\(name)'", allowed: nil) else {
@@ -108,8 +115,10 @@ struct ConfigDecoder {
         var hubs: [Int: (nic: String, location: SourceLocation)] = [:]
         for nic in nics.ordered {
             let bindingKey = BindingKey(vm: name, nic: nic.name)
-            guard let (binding, macLocation, hubLocation) = decodeNIC(bindingKey, key: nic.key, value: nic.value,
-                                                                      defaults: defaults)
+            guard
+                let (binding, macLocation, hubLocation) = decodeNIC(
+                    bindingKey, key: nic.key, value: nic.value,
+                    defaults: defaults)
             else { continue }
             if let mac = binding.mac, let macLocation {
                 declaration.macClaims.append((mac, bindingKey, macLocation))
@@ -143,8 +152,9 @@ struct ConfigDecoder {
         if let node = fields["host"] {
             host = hostMatcher(node.value, of: what)
         } else {
-            error("\(what) has no 'host': the host interface, by name ('host: eth0') or by MAC ('host: {mac: ...}')",
-                  at: location(key))
+            error(
+                "\(what) has no 'host': the host interface, by name ('host: eth0') or by MAC ('host: {mac: ...}')",
+                at: location(key))
         }
         let mode = fields["mode"].map { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? defaults.mode
         let link = fields["link"].map { enumValue($0.value, LinkPolicy.self, field: "link") } ?? defaults.link
@@ -196,8 +206,9 @@ struct ConfigDecoder {
 
     private mutating func hubID(_ node: YAMLNode) -> Int? {
         guard let scalar = node.scalar, case .int(let value) = YAMLScalarType(scalar) else {
-            error("'hub' must be a non-negative integer (a QEMU hub id, like 'hub: 10'), found \(node.kindDescription)",
-                  at: location(node))
+            error(
+                "'hub' must be a non-negative integer (a QEMU hub id, like 'hub: 10'), found \(node.kindDescription)",
+                at: location(node))
             return nil
         }
         guard let value, value >= 0, value <= Int(Int32.max) else {
@@ -214,8 +225,9 @@ struct ConfigDecoder {
         let list = allowed.joined(separator: ", ")
         guard let text = string(node, field: field, expecting: "one of \(list)") else { return nil }
         guard let value = Value(rawValue: text) else {
-            error("invalid '\(field)' '\(text)'; allowed: \(list)\(Suggestion.hint(for: text, among: allowed))",
-                  at: location(node))
+            error(
+                "invalid '\(field)' '\(text)'; allowed: \(list)\(Suggestion.hint(for: text, among: allowed))",
+                at: location(node))
             return nil
         }
         return value
@@ -259,7 +271,8 @@ struct ConfigDecoder {
         var entries = Entries()
         for pair in pairs {
             guard let scalar = pair.key.scalar else {
-                error("a key in \(what) must be a plain name, found \(pair.key.kindDescription)", at: location(pair.key))
+                error(
+                    "a key in \(what) must be a plain name, found \(pair.key.kindDescription)", at: location(pair.key))
                 continue
             }
             let name = scalar.value

@@ -1,7 +1,8 @@
+import MacvtapdCore
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import MacvtapdCore
 
 /// Finds and reads the configuration files under a path, refusing what is too large before parsing.
 enum ConfigFiles {

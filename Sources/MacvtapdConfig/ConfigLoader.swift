@@ -78,7 +78,9 @@ public enum ConfigLoader {
                 declarations += decoder.decode(root)
                 // Walk order checks a mapping's keys before its values; people read a file top to bottom.
                 diagnostics += decoder.diagnostics.sorted {
-                    ($0.location?.line ?? 0, $0.location?.column ?? 0) < ($1.location?.line ?? 0, $1.location?.column ?? 0)
+                    ($0.location?.line ?? 0, $0.location?.column ?? 0) < (
+                        $1.location?.line ?? 0, $1.location?.column ?? 0
+                    )
                 }
             }
         }
@@ -129,7 +131,8 @@ private struct Merge {
         let name = declaration.spec.name
         if let first = vmLocations[name] {
             diagnostics.append(
-                Diagnostic("VM '\(name)' is declared twice; it is first declared at \(first)", at: declaration.location))
+                Diagnostic("VM '\(name)' is declared twice; it is first declared at \(first)", at: declaration.location)
+            )
             return
         }
         vmLocations[name] = declaration.location

@@ -23,8 +23,10 @@ struct YAMLComposer {
         if let (offset, byte) = Self.firstInvalidUTF8(bytes) {
             let (line, column) = Self.position(ofByte: offset, in: bytes)
             let hex = "0x" + String(byte, radix: 16, uppercase: true)
-            return .failure(Failure(message: "not valid UTF-8 (byte \(hex)); save the file as UTF-8",
-                                    line: line, column: column))
+            return .failure(
+                Failure(
+                    message: "not valid UTF-8 (byte \(hex)); save the file as UTF-8",
+                    line: line, column: column))
         }
         guard !bytes.isEmpty else { return .success(nil) }
         return bytes.withUnsafeBufferPointer { buffer in
@@ -87,8 +89,9 @@ struct YAMLComposer {
             case YAML_ALIAS_EVENT:
                 let name = Self.string(event.data.alias.anchor) ?? ""
                 guard let (anchored, weight) = anchors[name] else {
-                    throw Failure(message: "alias '*\(name)' refers to no anchor '&\(name)' defined before it",
-                                  line: line, column: column)
+                    throw Failure(
+                        message: "alias '*\(name)' refers to no anchor '&\(name)' defined before it",
+                        line: line, column: column)
                 }
                 try count(weight, line: line, column: column, alias: name)
                 var node = anchored
@@ -162,8 +165,9 @@ struct YAMLComposer {
                         + "anchors and aliases may not multiply the document past that limit",
                     line: line, column: column)
             }
-            throw Failure(message: "the document has more than \(maxNodes) nodes, the limit for one file",
-                          line: line, column: column)
+            throw Failure(
+                message: "the document has more than \(maxNodes) nodes, the limit for one file",
+                line: line, column: column)
         }
 
         private mutating func next() throws -> yaml_event_t {
