@@ -33,10 +33,10 @@ enum ConfigFiles {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
+            // Editors' backup and swap files are hidden or have another suffix; they are not configuration.
             guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else { continue }
-            var info = stat()
-            // Symlinks are followed; what they point to must be a regular file like any other.
-            guard stat(join(directory, name), &info) == 0, info.st_mode & S_IFMT == S_IFREG else { continue }
+            // A broken symlink or a directory named *.yaml is read (and reported) rather than skipped:
+            // silently dropping a file would silently drop its VMs' bindings.
             names.append(name)
         }
         guard !names.isEmpty else {
@@ -57,6 +57,7 @@ enum ConfigFiles {
 
     /// Reads at most one byte more than the limit, so a file that grows or lies about its size is still bounded.
     private static func readFile(_ path: String, limits: ConfigLimits) -> ConfigSource {
+        // O_NONBLOCK: opening a FIFO must not hang the daemon; fstat below refuses anything irregular.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
         defer { close(fd) }
@@ -68,7 +69,8 @@ enum ConfigFiles {
         if Int(info.st_size) > limits.maxFileBytes {
             return ConfigSource(path: path, problem: tooLarge(path, bytes: Int(info.st_size), limits: limits))
         }
-        var bytes = [UInt8](repeating: 0, count: limits.maxFileBytes + 1)
+        // Sized from fstat, but a file that grows (or reports size 0, like procfs) is still read to the limit.
+        var bytes = [UInt8](repeating: 0, count: min(Int(info.st_size), limits.maxFileBytes) + 1)
         var count = 0
         while count < bytes.count {
             let got = bytes.withUnsafeMutableBytes { buffer in
@@ -78,12 +80,14 @@ enum ConfigFiles {
             guard got >= 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
             if got == 0 { break }
             count += got
+            if count == bytes.count, bytes.count <= limits.maxFileBytes {
+                bytes += [UInt8](repeating: 0, count: min(bytes.count, limits.maxFileBytes + 1 - bytes.count))
+            }
         }
         if count > limits.maxFileBytes {
             return ConfigSource(path: path, problem: tooLarge(path, bytes: count, limits: limits))
         }
-        bytes.removeSubrange(count...)
-        return ConfigSource(path: path, bytes: bytes)
+        return ConfigSource(path: path, bytes: Array(bytes[..<count]))
     }
 
     static func tooLarge(_ path: String, bytes: Int, limits: ConfigLimits) -> Diagnostic {

@@ -120,6 +120,31 @@ struct HostileInputTests {
         #expect(result.diagnostics.first?.message.contains("holds no *.yaml or *.yml file") == true)
     }
 
+    @Test func aBrokenSymlinkInADirectoryIsReportedNotSkipped() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        try directory.write("10-ok.yaml", "version: 1\nvms: {}\n")
+        let link = directory.path + "/20-gone.yaml"
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: directory.path + "/missing")
+        let result = ConfigLoader.load(path: directory.path)
+        #expect(result.desired == nil)
+        #expect(result.diagnostics.map(\.description) == ["error: cannot read '\(link)': No such file or directory"])
+    }
+
+    @Test func aFIFOIsRefusedWithoutBlocking() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let fifo = directory.path + "/pipe.yaml"
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let result = ConfigLoader.load(path: directory.path + "/")
+        #expect(result.diagnostics.map(\.description) == ["error: '\(fifo)' is not a regular file"])
+        let direct = ConfigLoader.load(path: fifo)
+        #expect(
+            direct.diagnostics.map(\.description) == [
+                "error: configuration '\(fifo)' is neither a regular file nor a directory"
+            ])
+    }
+
     @Test func controlCharactersArePlacedOnTheirLine() {
         let result = ConfigLoader.load([ConfigSource(path: "t.yaml", text: "version: 1\nvms: {}\n# bell \u{07}\n")])
         #expect(
