@@ -59,7 +59,8 @@ enum YAMLScalarType: Equatable {
         default:
             if let value = Self.integer(text) {
                 self = .int(value)
-            } else if Self.looksLikeInteger(text) {
+            } else if Self.looksLikeDecimal(text) {
+                // Too large for Int, but still an integer rather than a string.
                 self = .int(nil)
             } else if Self.isFloat(text) {
                 self = .float
@@ -81,15 +82,14 @@ enum YAMLScalarType: Equatable {
 
     /// Decimal (optionally signed), `0x` hexadecimal or `0o` octal, as the core schema defines them.
     private static func integer(_ text: String) -> Int? {
-        if text.hasPrefix("0x"), text.count > 2 { return Int(text.dropFirst(2), radix: 16) }
-        if text.hasPrefix("0o"), text.count > 2 { return Int(text.dropFirst(2), radix: 8) }
+        for (prefix, radix) in [("0x", 16), ("0o", 8)] where text.hasPrefix(prefix) {
+            let digits = text.dropFirst(prefix.count)
+            guard !digits.isEmpty, digits.allSatisfy({ $0.isHexDigit && Int(String($0), radix: radix) != nil })
+            else { return nil }
+            return Int(digits, radix: radix)
+        }
         guard looksLikeDecimal(text) else { return nil }
         return Int(text)
-    }
-
-    /// Integers too large for `Int` are still integers, not strings.
-    private static func looksLikeInteger(_ text: String) -> Bool {
-        looksLikeDecimal(text)
     }
 
     private static func looksLikeDecimal(_ text: String) -> Bool {

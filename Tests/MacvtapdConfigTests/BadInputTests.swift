@@ -162,6 +162,13 @@ let badInputs: [BadInput] = [
         "hub as string", nicDoc("hub: \"10\""), at: "8:14",
         "'hub' must be a non-negative integer (a QEMU hub id, like 'hub: 10'), found the string '10'"),
     BadInput("hub negative", nicDoc("hub: -1"), at: "8:14", "'hub' must be between 0 and 2147483647, found -1"),
+    BadInput(
+        "hub too large", nicDoc("hub: 99999999999999999999"), at: "8:14",
+        "'hub' must be between 0 and 2147483647, found 99999999999999999999"),
+    BadInput("hub octal digits wrong", nicDoc("hub: 0o9"), at: "8:14", "found the string '0o9'"),
+    BadInput(
+        "VM with no body", "version: 1\nvms:\n  web1:\n", at: "4:1",
+        "VM 'web1' must be a mapping with keys qmp, nics, found nothing (null)"),
     BadInput("hub float", nicDoc("hub: 1.5"), at: "8:14", "found a floating-point number (1.5)"),
     BadInput(
         "same hub for two NICs",
