@@ -167,7 +167,7 @@ let badInputs: [BadInput] = [
         "'hub' must be between 0 and 2147483647, found 99999999999999999999"),
     BadInput("hub octal digits wrong", nicDoc("hub: 0o9"), at: "8:14", "found the string '0o9'"),
     BadInput(
-        "VM with no body", "version: 1\nvms:\n  web1:\n", at: "4:1",
+        "VM with no body", "version: 1\nvms:\n  web1:\n", at: "3:8",
         "VM 'web1' must be a mapping with keys qmp, nics, found nothing (null)"),
     BadInput("hub float", nicDoc("hub: 1.5"), at: "8:14", "found a floating-point number (1.5)"),
     BadInput(
