@@ -59,7 +59,7 @@ struct ConfigDecoder {
             return []
         }
         guard let vms = mapping(vmsEntry.value, of: "'vms'", allowed: nil) else { return [] }
-        return vms.ordered.compactMap { decodeVM(name: $0.name, key: $0.key, value: $0.value, defaults: defaults) }
+        return vms.ordered.map { decodeVM(name: $0.name, key: $0.key, value: $0.value, defaults: defaults) }
     }
 
     private mutating func checkVersion(_ node: YAMLNode) {
@@ -76,7 +76,7 @@ struct ConfigDecoder {
         }
     }
 
-    private mutating func decodeVM(name: String, key: YAMLNode, value: YAMLNode, defaults: Defaults) -> VMDeclaration? {
+    private mutating func decodeVM(name: String, key: YAMLNode, value: YAMLNode, defaults: Defaults) -> VMDeclaration {
         if let problem = ConfigRules.vmNameProblem(name) {
             error(
                 "invalid VM name '\(name)': \(problem) (a VM name matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
