@@ -8,7 +8,8 @@ missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-python3 -c 'import jsonschema' 2>/dev/null || need_jsonschema=1
+# scripts/validate-schema.py (the schema tests) needs both jsonschema and PyYAML.
+python3 -c 'import jsonschema, yaml' 2>/dev/null || need_jsonschema=1
 
 if [ ${#missing[@]} -gt 0 ] || [ -n "${need_jsonschema:-}" ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -22,7 +23,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if [ -n "${need_jsonschema:-}" ]; then
-    echo "install-deps: installing the jsonschema validator from PyPI"
-    python3 -m pip install --quiet jsonschema
+    echo "install-deps: installing the jsonschema validator and PyYAML from PyPI"
+    python3 -m pip install --quiet jsonschema pyyaml
 fi
 command -v swift >/dev/null || { echo "install-deps: swift is not on PATH" >&2; exit 1; }

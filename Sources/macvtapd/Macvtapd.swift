@@ -1,5 +1,9 @@
 import ArgumentParser
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @main
 struct Macvtapd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,6 +16,25 @@ struct Macvtapd: AsyncParsableCommand {
             """,
         subcommands: [Validate.self, PlanCommand.self, Apply.self, Run.self, Status.self]
     )
+
+    /// ArgumentParser's own `main`, except that usage errors exit 2 as the commands document
+    /// (ArgumentParser's default is EX_USAGE, 64), so scripts tell "invalid config" (1) from "wrong call" (2).
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            if exitCode(for: error) == .validationFailure {
+                printError(fullMessage(for: error))
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 /// The `-c/--config` option every command that reads the desired state shares.

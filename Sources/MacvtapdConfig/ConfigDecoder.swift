@@ -1,0 +1,310 @@
+import MacvtapdCore
+
+/// A VM as one file declares it, with what the cross-file checks need to point at.
+struct VMDeclaration {
+    var spec: VMSpec
+    /// Where the VM's name is written.
+    var location: SourceLocation
+    var qmpLocation: SourceLocation?
+    var macClaims: [(mac: MACAddress, key: BindingKey, location: SourceLocation)]
+}
+
+/// Validates one file's YAML tree against format version 1 and resolves that file's defaults.
+///
+/// Every problem is recorded and the walk goes on, so one run reports all of them.
+struct ConfigDecoder {
+    let file: String
+    private(set) var diagnostics: [Diagnostic] = []
+
+    init(file: String) {
+        self.file = file
+    }
+
+    static let topLevelKeys = ["version", "defaults", "vms"]
+    static let defaultsKeys = ["mode", "link"]
+    static let vmKeys = ["qmp", "nics"]
+    static let nicKeys = ["host", "mode", "mac", "hub", "link"]
+    static let hostKeys = ["name", "mac"]
+
+    private struct Defaults {
+        var mode = MacvtapMode.bridge
+        var link = LinkPolicy.follow
+    }
+
+    mutating func decode(_ root: YAMLNode?) -> [VMDeclaration] {
+        guard let root, !isNull(root) else {
+            error(
+                "the file is empty; a configuration file is a mapping that starts with 'version: 1' and declares 'vms'",
+                at: root.map(location) ?? SourceLocation(file: file, line: 1, column: 1))
+            return []
+        }
+        guard let entries = mapping(root, of: "the configuration file", allowed: Self.topLevelKeys) else { return [] }
+
+        if let version = entries["version"] {
+            checkVersion(version.value)
+        } else {
+            error(
+                "missing 'version'; every configuration file declares 'version: \(ConfigRules.supportedVersion)'",
+                at: location(root))
+        }
+        var defaults = Defaults()
+        if let node = entries["defaults"],
+            let fields = mapping(node.value, of: "'defaults'", allowed: Self.defaultsKeys)
+        {
+            defaults.mode = fields["mode"].flatMap { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? .bridge
+            defaults.link = fields["link"].flatMap { enumValue($0.value, LinkPolicy.self, field: "link") } ?? .follow
+        }
+        guard let vmsEntry = entries["vms"] else {
+            error("missing 'vms', the mapping of VM name to VM (write 'vms: {}' to declare none)", at: location(root))
+            return []
+        }
+        guard let vms = mapping(vmsEntry.value, of: "'vms'", allowed: nil) else { return [] }
+        return vms.ordered.map { decodeVM(name: $0.name, key: $0.key, value: $0.value, defaults: defaults) }
+    }
+
+    private mutating func checkVersion(_ node: YAMLNode) {
+        guard let scalar = node.scalar, case .int(let version) = YAMLScalarType(scalar) else {
+            error(
+                "'version' must be the integer \(ConfigRules.supportedVersion), found \(node.kindDescription)",
+                at: location(node))
+            return
+        }
+        if version != ConfigRules.supportedVersion {
+            error(
+                "unsupported version \(scalar.value); this macvtapd reads version \(ConfigRules.supportedVersion)",
+                at: location(node))
+        }
+    }
+
+    private mutating func decodeVM(name: String, key: YAMLNode, value: YAMLNode, defaults: Defaults) -> VMDeclaration {
+        if let problem = ConfigRules.vmNameProblem(name) {
+            error(
+                "invalid VM name '\(name)': \(problem) (a VM name matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63})",
+                at: location(key))
+        }
+        let vmLocation = location(key)
+        var declaration = VMDeclaration(
+            spec: VMSpec(name: name, qmp: "", nics: [:], source: vmLocation), location: vmLocation,
+            qmpLocation: nil, macClaims: [])
+        guard let fields = mapping(value, of: "VM '\(name)'", allowed: Self.vmKeys) else { return declaration }
+
+        if let qmp = fields["qmp"] {
+            declaration.qmpLocation = location(qmp.value)
+            if let path = string(qmp.value, field: "qmp") {
+                if let problem = ConfigRules.qmpPathProblem(path) {
+                    error("invalid 'qmp' of VM '\(name)': \(problem)", at: location(qmp.value))
+                } else {
+                    declaration.spec.qmp = path
+                }
+            }
+        } else {
+            error(
+                "VM '\(name)' has no 'qmp': the absolute path of the QMP unix socket macvtapd uses for this VM",
+                at: vmLocation)
+        }
+
+        guard let nicsEntry = fields["nics"] else {
+            error(
+                "VM '\(name)' has no 'nics': the mapping of QEMU NIC device id to host interface",
+                at: vmLocation)
+            return declaration
+        }
+        guard let nics = mapping(nicsEntry.value, of: "'nics' of VM '\(name)'", allowed: nil) else {
+            return declaration
+        }
+        var hubs: [Int: (nic: String, location: SourceLocation)] = [:]
+        for nic in nics.ordered {
+            let bindingKey = BindingKey(vm: name, nic: nic.name)
+            guard
+                let (binding, macLocation, hubLocation) = decodeNIC(
+                    bindingKey, key: nic.key, value: nic.value,
+                    defaults: defaults)
+            else { continue }
+            if let mac = binding.mac, let macLocation {
+                declaration.macClaims.append((mac, bindingKey, macLocation))
+            }
+            if let hub = binding.hub, let hubLocation {
+                if let first = hubs[hub] {
+                    error(
+                        "hub \(hub) is already used by NIC '\(first.nic)' of VM '\(name)' at "
+                            + "\(first.location.line):\(first.location.column); each NIC needs its own hub",
+                        at: hubLocation)
+                } else {
+                    hubs[hub] = (nic.name, hubLocation)
+                }
+            }
+            declaration.spec.nics[nic.name] = binding
+        }
+        return declaration
+    }
+
+    private mutating func decodeNIC(
+        _ bindingKey: BindingKey, key: YAMLNode, value: YAMLNode, defaults: Defaults
+    ) -> (NICBinding, macLocation: SourceLocation?, hubLocation: SourceLocation?)? {
+        let errorsBefore = diagnostics.count
+        if let problem = ConfigRules.nicIDProblem(bindingKey.nic) {
+            error("invalid NIC id '\(bindingKey.nic)' in VM '\(bindingKey.vm)': \(problem)", at: location(key))
+        }
+        let what = "NIC '\(bindingKey.nic)' of VM '\(bindingKey.vm)'"
+        guard let fields = mapping(value, of: what, allowed: Self.nicKeys) else { return nil }
+
+        var host: HostMatcher?
+        if let node = fields["host"] {
+            host = hostMatcher(node.value, of: what)
+        } else {
+            error(
+                "\(what) has no 'host': the host interface, by name ('host: eth0') or by MAC ('host: {mac: ...}')",
+                at: location(key))
+        }
+        let mode = fields["mode"].map { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? defaults.mode
+        let link = fields["link"].map { enumValue($0.value, LinkPolicy.self, field: "link") } ?? defaults.link
+        let mac = fields["mac"].flatMap { macAddress($0.value, field: "mac") }
+        let hub = fields["hub"].flatMap { hubID($0.value) }
+
+        guard diagnostics.count == errorsBefore, let host, let mode, let link else { return nil }
+        let binding = NICBinding(
+            key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, source: location(key))
+        return (binding, fields["mac"].map { location($0.value) }, fields["hub"].map { location($0.value) })
+    }
+
+    private mutating func hostMatcher(_ node: YAMLNode, of what: String) -> HostMatcher? {
+        if case .scalar = node.content {
+            guard let name = string(node, field: "host") else { return nil }
+            return interfaceName(name, at: node)
+        }
+        guard let fields = mapping(node, of: "'host' of \(what)", allowed: Self.hostKeys) else { return nil }
+        switch (fields["name"], fields["mac"]) {
+        case (let name?, nil):
+            return string(name.value, field: "name").flatMap { interfaceName($0, at: name.value) }
+        case (nil, let mac?):
+            return macAddress(mac.value, field: "mac").map { .mac($0) }
+        case (.some, .some):
+            error("'host' of \(what) has both 'name' and 'mac'; give exactly one of them", at: location(node))
+        case (nil, nil):
+            error("'host' of \(what) has neither 'name' nor 'mac'; give exactly one of them", at: location(node))
+        }
+        return nil
+    }
+
+    private mutating func interfaceName(_ name: String, at node: YAMLNode) -> HostMatcher? {
+        if let problem = ConfigRules.interfaceNameProblem(name) {
+            error("invalid host interface name '\(name)': \(problem)", at: location(node))
+            return nil
+        }
+        return .name(name)
+    }
+
+    private mutating func macAddress(_ node: YAMLNode, field: String) -> MACAddress? {
+        guard let text = string(node, field: field) else { return nil }
+        switch ConfigRules.parseMAC(text) {
+        case .success(let mac): return mac
+        case .failure(let problem):
+            error("invalid '\(field)': \(problem.message(text))", at: location(node))
+            return nil
+        }
+    }
+
+    private mutating func hubID(_ node: YAMLNode) -> Int? {
+        guard let scalar = node.scalar, case .int(let value) = YAMLScalarType(scalar) else {
+            error(
+                "'hub' must be a non-negative integer (a QEMU hub id, like 'hub: 10'), found \(node.kindDescription)",
+                at: location(node))
+            return nil
+        }
+        guard let value, value >= 0, value <= Int(Int32.max) else {
+            error("'hub' must be between 0 and \(Int32.max), found \(scalar.value)", at: location(node))
+            return nil
+        }
+        return value
+    }
+
+    private mutating func enumValue<Value: RawRepresentable & CaseIterable>(
+        _ node: YAMLNode, _ type: Value.Type, field: String
+    ) -> Value? where Value.RawValue == String {
+        let allowed = Value.allCases.map(\.rawValue)
+        let list = allowed.joined(separator: ", ")
+        guard let text = string(node, field: field, expecting: "one of \(list)") else { return nil }
+        guard let value = Value(rawValue: text) else {
+            error(
+                "invalid '\(field)' '\(text)'; allowed: \(list)\(Suggestion.hint(for: text, among: allowed))",
+                at: location(node))
+            return nil
+        }
+        return value
+    }
+
+    /// A scalar that the core schema reads as a string.
+    private mutating func string(_ node: YAMLNode, field: String, expecting: String = "a string") -> String? {
+        guard let scalar = node.scalar, YAMLScalarType(scalar) == .string else {
+            var message = "'\(field)' must be \(expecting), found \(node.kindDescription)"
+            if let scalar = node.scalar, YAMLScalarType(scalar) != .null {
+                message += " (quote it to make it a string)"
+            }
+            error(message, at: location(node))
+            return nil
+        }
+        return scalar.value
+    }
+
+    private func isNull(_ node: YAMLNode) -> Bool {
+        node.scalar.map { YAMLScalarType($0) == .null } ?? false
+    }
+
+    // MARK: Mappings
+
+    /// A mapping's entries by key, in document order, duplicates and malformed keys reported.
+    struct Entries {
+        var ordered: [(name: String, key: YAMLNode, value: YAMLNode)] = []
+        var byName: [String: (key: YAMLNode, value: YAMLNode)] = [:]
+
+        subscript(_ name: String) -> (key: YAMLNode, value: YAMLNode)? { byName[name] }
+    }
+
+    /// The entries of `node` as the mapping `what`; nil (with an error) when it is not a mapping.
+    /// `allowed` nil means any key (names chosen by the user, such as VM names).
+    private mutating func mapping(_ node: YAMLNode, of what: String, allowed: [String]?) -> Entries? {
+        guard case .mapping(let pairs) = node.content else {
+            let expected = allowed.map { "a mapping with keys " + $0.joined(separator: ", ") } ?? "a mapping"
+            error("\(what) must be \(expected), found \(node.kindDescription)", at: location(node))
+            return nil
+        }
+        var entries = Entries()
+        for pair in pairs {
+            guard let scalar = pair.key.scalar else {
+                error(
+                    "a key in \(what) must be a plain name, found \(pair.key.kindDescription)", at: location(pair.key))
+                continue
+            }
+            let name = scalar.value
+            if let first = entries.byName[name] {
+                error(
+                    "duplicate key '\(name)' in \(what); it is first defined at \(first.key.line):\(first.key.column)",
+                    at: location(pair.key))
+                continue
+            }
+            if let allowed, !allowed.contains(name) {
+                let hint =
+                    name == "<<"
+                    ? "; merge keys ('<<') are not supported, write the keys out"
+                    : Suggestion.hint(for: name, among: allowed)
+                error(
+                    "unknown key '\(name)' in \(what)\(hint) (allowed: \(allowed.joined(separator: ", ")))",
+                    at: location(pair.key))
+                continue
+            }
+            entries.byName[name] = (pair.key, pair.value)
+            entries.ordered.append((name, pair.key, pair.value))
+        }
+        return entries
+    }
+
+    // MARK: Diagnostics
+
+    private func location(_ node: YAMLNode) -> SourceLocation {
+        SourceLocation(file: file, line: node.line, column: node.column)
+    }
+
+    private mutating func error(_ message: String, at location: SourceLocation) {
+        diagnostics.append(Diagnostic(message, at: location))
+    }
+}

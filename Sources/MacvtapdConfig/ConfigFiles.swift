@@ -1,0 +1,110 @@
+import MacvtapdCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Finds and reads the configuration files under a path, refusing what is too large before parsing.
+enum ConfigFiles {
+    static func read(path: String, limits: ConfigLimits) -> Result<[ConfigSource], Diagnostic> {
+        var info = stat()
+        guard stat(path, &info) == 0 else {
+            return .failure(Diagnostic("cannot read configuration '\(path)': \(errorText())", at: nil))
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            return .success([readFile(path, limits: limits)])
+        case S_IFDIR:
+            return directory(path, limits: limits)
+        default:
+            return .failure(
+                Diagnostic("configuration '\(path)' is neither a regular file nor a directory", at: nil))
+        }
+    }
+
+    /// The `*.yaml` and `*.yml` regular files of `directory`, hidden ones aside, in byte-wise name order.
+    private static func directory(_ directory: String, limits: ConfigLimits) -> Result<[ConfigSource], Diagnostic> {
+        guard let stream = opendir(directory) else {
+            return .failure(Diagnostic("cannot list configuration directory '\(directory)': \(errorText())", at: nil))
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            // Editors' backup and swap files are hidden or have another suffix; they are not configuration.
+            guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else { continue }
+            // A broken symlink or a directory named *.yaml is read (and reported) rather than skipped:
+            // silently dropping a file would silently drop its VMs' bindings.
+            names.append(name)
+        }
+        guard !names.isEmpty else {
+            return .failure(
+                Diagnostic(
+                    "configuration directory '\(directory)' holds no *.yaml or *.yml file "
+                        + "(write one with 'version: 1' and 'vms: {}' to declare no VMs)", at: nil))
+        }
+        guard names.count <= limits.maxFiles else {
+            return .failure(
+                Diagnostic(
+                    "configuration directory '\(directory)' holds \(names.count) files; the limit is \(limits.maxFiles)",
+                    at: nil))
+        }
+        names.sort { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+        return .success(names.map { readFile(join(directory, $0), limits: limits) })
+    }
+
+    /// Reads at most one byte more than the limit, so a file that grows or lies about its size is still bounded.
+    private static func readFile(_ path: String, limits: ConfigLimits) -> ConfigSource {
+        // O_NONBLOCK: opening a FIFO must not hang the daemon; fstat below refuses anything irregular.
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        guard fd >= 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
+        guard info.st_mode & S_IFMT == S_IFREG else {
+            return ConfigSource(path: path, problem: Diagnostic("'\(path)' is not a regular file", at: nil))
+        }
+        if Int(info.st_size) > limits.maxFileBytes {
+            return ConfigSource(path: path, problem: tooLarge(path, bytes: Int(info.st_size), limits: limits))
+        }
+        // Sized from fstat, but a file that grows (or reports size 0, like procfs) is still read to the limit.
+        var bytes = [UInt8](repeating: 0, count: min(Int(info.st_size), limits.maxFileBytes) + 1)
+        var count = 0
+        while count < bytes.count {
+            let got = bytes.withUnsafeMutableBytes { buffer in
+                Glibc.read(fd, buffer.baseAddress! + count, buffer.count - count)
+            }
+            if got < 0, errno == EINTR { continue }
+            guard got >= 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
+            if got == 0 { break }
+            count += got
+            if count == bytes.count, bytes.count <= limits.maxFileBytes {
+                bytes += [UInt8](repeating: 0, count: min(bytes.count, limits.maxFileBytes + 1 - bytes.count))
+            }
+        }
+        if count > limits.maxFileBytes {
+            return ConfigSource(path: path, problem: tooLarge(path, bytes: count, limits: limits))
+        }
+        return ConfigSource(path: path, bytes: Array(bytes[..<count]))
+    }
+
+    static func tooLarge(_ path: String, bytes: Int, limits: ConfigLimits) -> Diagnostic {
+        Diagnostic(
+            "the file is \(bytes) bytes; a configuration file may have at most \(limits.maxFileBytes) bytes",
+            at: SourceLocation(file: path, line: 1, column: 1))
+    }
+
+    private static func cannotRead(_ path: String) -> Diagnostic {
+        Diagnostic("cannot read '\(path)': \(errorText())", at: nil)
+    }
+
+    private static func join(_ directory: String, _ name: String) -> String {
+        directory.hasSuffix("/") ? directory + name : directory + "/" + name
+    }
+
+    private static func errorText() -> String {
+        String(cString: strerror(errno))
+    }
+}
