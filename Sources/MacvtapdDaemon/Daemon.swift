@@ -142,6 +142,7 @@ final class SignalEvents: Sendable {
     let stream: AsyncStream<Int32>
     /// Dispatch sources are not Sendable; the mutex makes cancel() safe from any task.
     private let sources: Mutex<[any DispatchSourceSignal]>
+    private let numbers: [Int32]
     private let continuation: AsyncStream<Int32>.Continuation
 
     init(_ signals: [Int32]) {
@@ -156,12 +157,15 @@ final class SignalEvents: Sendable {
             return source
         }
         sources = Mutex(made)
+        numbers = signals
     }
 
     func cancel() {
         sources.withLock { sources in
+            guard !sources.isEmpty else { return }
             for source in sources { source.cancel() }
             sources = []
+            for number in numbers { signal(number, SIG_DFL) }
         }
         continuation.finish()
     }

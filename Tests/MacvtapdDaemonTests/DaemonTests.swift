@@ -1,0 +1,91 @@
+import Logging
+import MacvtapdCore
+import MacvtapdDaemon
+import MacvtapdReconciler
+import MacvtapdTestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable () async -> Bool) async -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(10))
+    }
+    return await condition()
+}
+
+/// The daemon around the controller: real config files, real inotify, in-memory host and VM.
+@Suite struct DaemonTests {
+    static func config(host: String) -> String {
+        """
+        version: 1
+        vms:
+          web1:
+            qmp: /run/macvtapd-test/web1.sock
+            nics:
+              nic0:
+                host: \(host)
+        """
+    }
+
+    @Test func invalidConfigKeepsBackendsAndFixedConfigIsApplied() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        directory.write("macvtapd.yaml", Self.config(host: "eth0"))
+        let host = EmbeddedHost(lowers: ["eth0", "eth1"])
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
+        let store = StatusStore(path: directory.path + "/status.json")
+        let daemon = Daemon(
+            settings: .init(configPath: directory.path + "/macvtapd.yaml", store: store, controller: .init()),
+            host: host, connector: EmbeddedConnector(vms: ["web1": web1]), logger: Logger(label: "test"),
+            notifier: SystemdNotifier(environment: [:]))
+        let running = Task { await daemon.run() }
+        defer { running.cancel() }
+
+        @Sendable func lower() async -> String? { await daemon.controller.currentStatus().first?.lower }
+        #expect(await eventually { await lower() == "eth0" && web1.netdevIDs.count == 2 })
+
+        directory.write("macvtapd.yaml", "version: 1\nvms:\n  web1:\n    qmp: relative.sock\n")
+        #expect(await eventually { (try? store.read())?.config?.valid == false })
+        let errors = try #require(try store.read()?.config?.errors)
+        #expect(errors.contains { $0.contains("macvtapd.yaml:4:10:") && $0.contains("absolute") }, "\(errors)")
+        #expect(web1.netdevIDs.count == 2, "an invalid config tears nothing down")
+        #expect(host.macvtaps.count == 1)
+
+        directory.write("macvtapd.yaml", Self.config(host: "eth1"))
+        #expect(await eventually { await lower() == "eth1" })
+        #expect(await eventually { (try? store.read())?.config?.valid == true })
+        #expect(host.macvtaps.map(\.lowerIfindex) == [3])
+
+        await daemon.controller.stop()
+        await running.value
+        #expect(web1.netdevIDs.count == 2, "stopping leaves the backend in place")
+    }
+
+    @Test func startsWithoutTouchingAnythingWhenTheConfigIsInvalid() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        directory.write("macvtapd.yaml", "version: 2\n")
+        let host = EmbeddedHost(lowers: ["eth0"])
+        let key = BindingKey(vm: "web1", nic: "nic0")
+        _ = try await host.createMacvtap(
+            MacvtapSpec(
+                name: Ownership.macvtapName(for: key), lowerIfindex: 2, lowerName: "eth0", mode: .bridge,
+                mac: MACAddress("52:54:00:00:00:01")!, alias: Ownership.alias(for: key)))
+        let daemon = Daemon(
+            settings: .init(
+                configPath: directory.path + "/macvtapd.yaml", store: StatusStore(path: directory.path + "/s.json"),
+                controller: .init(resyncInterval: .milliseconds(50))),
+            host: host, connector: EmbeddedConnector(vms: [:]), logger: Logger(label: "test"),
+            notifier: SystemdNotifier(environment: [:]))
+        let running = Task { await daemon.run() }
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(host.macvtaps.count == 1, "no desired state known: the owned macvtap is not an orphan yet")
+        await daemon.controller.stop()
+        await running.value
+    }
+}
