@@ -5,6 +5,11 @@ public struct VMStatus: Hashable, Sendable {
     public let running: Bool
     /// `running`, `paused`, `prelaunch`, `shutdown`, `inmigrate`, ...
     public let status: String
+
+    public init(running: Bool, status: String) {
+        self.running = running
+        self.status = status
+    }
 }
 
 /// A child of `/machine/peripheral`: a `-device` or `device_add` with an id.
@@ -12,6 +17,11 @@ public struct PeripheralDevice: Hashable, Sendable {
     public let id: String
     /// The QOM type inside `child<...>`, e.g. `virtio-net-pci`.
     public let type: String
+
+    public init(id: String, type: String) {
+        self.id = id
+        self.type = type
+    }
 }
 
 /// One NIC's entry of `query-rx-filter`.
@@ -21,6 +31,13 @@ public struct RxFilter: Hashable, Sendable {
     public let mainMAC: MACAddress?
     public let promiscuous: Bool
     public let raw: JSONValue
+
+    public init(name: String, mainMAC: MACAddress?, promiscuous: Bool, raw: JSONValue = .null) {
+        self.name = name
+        self.mainMAC = mainMAC
+        self.promiscuous = promiscuous
+        self.raw = raw
+    }
 }
 
 /// `announce-self` timing; QEMU 7.2 requires all four (defaults are QEMU's migration defaults).

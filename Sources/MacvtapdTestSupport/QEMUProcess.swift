@@ -104,8 +104,7 @@ public final class QEMUProcess: Sendable {
         let clock = ContinuousClock()
         let deadline = clock.now + startupTimeout
         while true {
-            var info = stat()
-            if stat(process.qmpSocketPath, &info) == 0 { return process }
+            if isListening(process.qmpSocketPath) { return process }
             if !process.isRunning {
                 let log = process.log()
                 await process.terminate()
@@ -173,6 +172,21 @@ public final class QEMUProcess: Sendable {
             if await !waitForExit(timeout: grace) { kill() }
         }
         Self.removeDirectory(directory)
+    }
+
+    /// QEMU binds the socket before it listens; a connect in between is refused. The kernel's
+    /// unix socket table shows the listening state (`__SO_ACCEPTCON`, flags 00010000) per path.
+    static func isListening(_ path: String) -> Bool {
+        guard let file = fopen("/proc/net/unix", "r") else { return false }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0 {
+            let fields = String(cString: line!).split(whereSeparator: { $0 == " " || $0 == "\n" })
+            if fields.count >= 8, fields[7] == path, fields[3] == "00010000" { return true }
+        }
+        return false
     }
 
     private static func spawn(_ arguments: [String], logPath: String) throws -> pid_t {
