@@ -1,3 +1,4 @@
+import CMacvtapd
 import Synchronization
 
 #if canImport(Glibc)
@@ -196,6 +197,9 @@ public final class QEMUProcess: Sendable {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Tests run in parallel: without this, QEMU would inherit (and keep open) any descriptor
+        // another test opened without O_CLOEXEC, hiding that test's closes from its peer.
+        cmacvtapd_spawn_closefrom(&actions, 3)
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0

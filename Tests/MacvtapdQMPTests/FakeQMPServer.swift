@@ -32,6 +32,8 @@ final class FakeQMPServer: Sendable {
             while true {
                 let client = accept(fd, nil, nil)
                 if client < 0 { return }
+                // Child processes of parallel tests must not keep this connection open.
+                _ = fcntl(client, F_SETFD, FD_CLOEXEC)
                 let index = self.accepted.withLock { count in
                     defer { count += 1 }
                     return count
