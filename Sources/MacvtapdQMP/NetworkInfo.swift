@@ -153,7 +153,9 @@ extension NetworkInfo {
                         nics.append(Self.nic(peer, peer: .hubPort(hubID: hubID, portID: portID)))
                     }
                 case .nic(let nicIndex):
-                    guard let peer = Self.netClient(body) else { throw failure("NIC peer is not 'id: index=N,type=T,...'") }
+                    guard let peer = Self.netClient(body) else {
+                        throw failure("NIC peer is not 'id: index=N,type=T,...'")
+                    }
                     nics[nicIndex].peer = .netdev(peer)
                     context = .none
                 case .none:
@@ -166,7 +168,9 @@ extension NetworkInfo {
                 context = .hub(hubs.count - 1)
                 continue
             }
-            guard let client = Self.netClient(line) else { throw failure("expected 'hub N' or 'id: index=N,type=T,...'") }
+            guard let client = Self.netClient(line) else {
+                throw failure("expected 'hub N' or 'id: index=N,type=T,...'")
+            }
             if client.type == "nic" {
                 nics.append(Self.nic(client, peer: nil))
                 context = .nic(nics.count - 1)
@@ -196,6 +200,7 @@ extension NetworkInfo {
     private static func nic(_ client: NetClient, peer: NIC.Peer?) -> NIC {
         let parameters = client.parameters
         return NIC(
-            id: client.id, model: parameters["model"], mac: parameters["macaddr"].flatMap { MACAddress($0) }, peer: peer)
+            id: client.id, model: parameters["model"], mac: parameters["macaddr"].flatMap { MACAddress($0) }, peer: peer
+        )
     }
 }

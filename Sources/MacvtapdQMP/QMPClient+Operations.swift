@@ -75,7 +75,8 @@ extension QMPClient {
 
     /// `netdev_add type=tap id=<id> fd=<fdName> vhost=off`: a tap backend on an fd passed with `getfd`.
     public func addTapNetdev(id: String, fdName: String) async throws {
-        try await execute("netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName), "vhost": false])
+        try await execute(
+            "netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName), "vhost": false])
     }
 
     /// `getfd` + `netdev_add` tap; if the netdev is refused, the named fd is closed in QEMU again

@@ -2,7 +2,7 @@ import CMacvtapd
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One QMP socket: a reader thread that splits lines and dispatches replies by id and events to a
@@ -71,13 +71,16 @@ final class QMPConnection: Sendable {
         self.maximumLineLength = maximumLineLength
         self.readFD = fd
         self.writeSide = Mutex(fd)
-        (events, eventSink) = AsyncStream.makeStream(of: QMPEvent.self, bufferingPolicy: .bufferingNewest(eventBufferLimit))
+        (events, eventSink) = AsyncStream.makeStream(
+            of: QMPEvent.self, bufferingPolicy: .bufferingNewest(eventBufferLimit))
         try startReader()
     }
 
     // MARK: Commands
 
-    func execute(command: String, arguments: JSONValue?, passing fd: Int32?, timeout: Duration) async throws -> JSONValue {
+    func execute(command: String, arguments: JSONValue?, passing fd: Int32?, timeout: Duration) async throws
+        -> JSONValue
+    {
         let id = state.withLock { state in
             defer { state.nextID += 1 }
             return state.nextID
@@ -104,7 +107,9 @@ final class QMPConnection: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
                 let early: Result<JSONValue, QMPError>? = state.withLock { state in
                     if id == Self.greetingID, let greeting = state.earlyGreeting { return .success(greeting) }
-                    if let failure = state.failure { return .failure(.connectionClosed(command: command, reason: failure)) }
+                    if let failure = state.failure {
+                        return .failure(.connectionClosed(command: command, reason: failure))
+                    }
                     state.pending[id] = Pending(command: command, continuation: continuation, timer: nil)
                     return nil
                 }
@@ -124,7 +129,9 @@ final class QMPConnection: Sendable {
                 }
                 let timer = Task { [self] in
                     try? await Task.sleep(for: timeout)
-                    if !Task.isCancelled { complete(id: id, with: .failure(QMPError.timeout(command: command, after: timeout))) }
+                    if !Task.isCancelled {
+                        complete(id: id, with: .failure(QMPError.timeout(command: command, after: timeout)))
+                    }
                 }
                 let stillWaiting = state.withLock { state in
                     guard state.pending[id] != nil else { return false }

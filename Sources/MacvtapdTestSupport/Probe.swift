@@ -1,7 +1,7 @@
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A UDP socket pair that puts a test on a QEMU hub:
@@ -53,7 +53,9 @@ public final class Probe: Sendable {
                 }
             }
         }
-        guard sent == frame.count else { throw QEMUFixtureError("probe send to 127.0.0.1:\(qemuPort) failed: errno \(errno)") }
+        guard sent == frame.count else {
+            throw QEMUFixtureError("probe send to 127.0.0.1:\(qemuPort) failed: errno \(errno)")
+        }
     }
 
     /// The first frame from the hub that matches, or nil after `timeout`. Non-matching frames

@@ -2,7 +2,7 @@ import CMacvtapd
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A tap interface in the current network namespace, for proving fd passing end to end without
@@ -115,7 +115,8 @@ public final class ProbeTap: Sendable {
 
     private static func packetSocket(ifindex: Int32, name: String) throws -> Int32 {
         let protocolAll = UInt16(ETH_P_ALL).bigEndian
-        let packet = Glibc.socket(AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(protocolAll))
+        let packet = Glibc.socket(
+            AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(protocolAll))
         guard packet >= 0 else { throw QEMUFixtureError("AF_PACKET socket for \(name) failed: errno \(errno)") }
         var address = sockaddr_ll()
         address.sll_family = UInt16(AF_PACKET)

@@ -2,7 +2,7 @@ import CMacvtapd
 import Synchronization
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A failure of a QEMU or probe fixture, with the object and the operation in the message.

@@ -199,10 +199,13 @@ import Testing
         try await withServer({ peer, _ in
             peer.handshake()
             while let command = peer.readCommand() {
-                peer.send(#"{"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "nic0", "path": "/x"}, "#
-                    + #""timestamp": {"seconds": 1, "microseconds": 2}}"#)
+                peer.send(
+                    #"{"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "nic0", "path": "/x"}, "#
+                        + #""timestamp": {"seconds": 1, "microseconds": 2}}"#)
                 peer.reply(to: command, return: command["arguments"]?["n"] ?? .null)
-                peer.send(#"{"event": "DEVICE_DELETED", "data": {"device": "nic1"}, "timestamp": {"seconds": 1, "microseconds": 3}}"#)
+                peer.send(
+                    #"{"event": "DEVICE_DELETED", "data": {"device": "nic1"}, "timestamp": {"seconds": 1, "microseconds": 3}}"#
+                )
             }
         }) { server in
             let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
@@ -214,7 +217,9 @@ import Testing
                 received.append(event)
                 if received.count == 10 { break }
             }
-            #expect(received.map(\.name) == Array(repeating: ["NIC_RX_FILTER_CHANGED", "DEVICE_DELETED"], count: 5).flatMap { $0 })
+            #expect(
+                received.map(\.name)
+                    == Array(repeating: ["NIC_RX_FILTER_CHANGED", "DEVICE_DELETED"], count: 5).flatMap { $0 })
             #expect(received[0].data["name"] == "nic0")
             #expect(received[0].timestampMicroseconds == 1_000_002)
             #expect(received[1].data["device"] == "nic1")
@@ -307,7 +312,9 @@ import Testing
             // The server thread sees EOF once the descriptor is really closed.
             let clock = ContinuousClock()
             let deadline = clock.now + .seconds(3)
-            while !sawClientClose.withLock({ $0 }), clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+            while !sawClientClose.withLock({ $0 }), clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             #expect(sawClientClose.withLock { $0 })
         }
     }

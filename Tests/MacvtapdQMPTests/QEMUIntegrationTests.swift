@@ -4,7 +4,7 @@ import MacvtapdTestSupport
 import Testing
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs `body` against a freshly started QEMU with a connected client; always closes the client
