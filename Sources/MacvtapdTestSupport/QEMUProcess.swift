@@ -40,17 +40,21 @@ public struct QEMUOptions: Sendable {
     /// `-S`: the VM stays in `prelaunch` and passes no frames until `cont`.
     public var paused: Bool
     public var memoryMiB: Int
+    /// File names of further QMP monitors in the QEMU directory (a monitor serves one client at a
+    /// time); their paths are `QEMUProcess.socketPath(name)`.
+    public var additionalMonitors: [String]
     public var extraArguments: [String]
 
     public init(
         nics: [QEMUNIC] = [QEMUNIC(id: "nic0", mac: "52:54:00:12:34:56", hubID: 10)],
         probes: [(probe: Probe, hubID: Int)] = [], paused: Bool = false, memoryMiB: Int = 64,
-        extraArguments: [String] = []
+        additionalMonitors: [String] = [], extraArguments: [String] = []
     ) {
         self.nics = nics
         self.probes = probes
         self.paused = paused
         self.memoryMiB = memoryMiB
+        self.additionalMonitors = additionalMonitors
         self.extraArguments = extraArguments
     }
 }
@@ -64,11 +68,13 @@ public final class QEMUProcess: Sendable {
     public let qmpSocketPath: String
     public let logPath: String
     public let arguments: [String]
+    public let additionalMonitorPaths: [String]
     private let reaped = Mutex(false)
 
     public static let executable = "qemu-system-x86_64"
 
-    private init(pid: pid_t, directory: String, arguments: [String]) {
+    private init(pid: pid_t, directory: String, arguments: [String], additionalMonitors: [String]) {
+        self.additionalMonitorPaths = additionalMonitors.map { directory + "/" + $0 }
         self.pid = pid
         self.directory = directory
         self.qmpSocketPath = directory + "/qmp.sock"
@@ -87,6 +93,9 @@ public final class QEMUProcess: Sendable {
             executable, "-M", "q35", "-nodefaults", "-display", "none", "-m", "\(options.memoryMiB)",
             "-qmp", "unix:\(directory)/qmp.sock,server=on,wait=off",
         ]
+        for name in options.additionalMonitors {
+            arguments += ["-qmp", "unix:\(directory)/\(name),server=on,wait=off"]
+        }
         if options.paused { arguments.append("-S") }
         for nic in options.nics { arguments += nic.arguments }
         for (index, entry) in options.probes.enumerated() {
@@ -101,11 +110,13 @@ public final class QEMUProcess: Sendable {
             removeDirectory(directory)
             throw error
         }
-        let process = QEMUProcess(pid: pid, directory: directory, arguments: arguments)
+        let process = QEMUProcess(
+            pid: pid, directory: directory, arguments: arguments, additionalMonitors: options.additionalMonitors)
         let clock = ContinuousClock()
         let deadline = clock.now + startupTimeout
         while true {
-            if isListening(process.qmpSocketPath) { return process }
+            let listening = isListening(Set([process.qmpSocketPath] + process.additionalMonitorPaths))
+            if listening { return process }
             if !process.isRunning {
                 let log = process.log()
                 await process.terminate()
@@ -177,7 +188,8 @@ public final class QEMUProcess: Sendable {
 
     /// QEMU binds the socket before it listens; a connect in between is refused. The kernel's
     /// unix socket table shows the listening state (`__SO_ACCEPTCON`, flags 00010000) per path.
-    static func isListening(_ path: String) -> Bool {
+    static func isListening(_ paths: Set<String>) -> Bool {
+        var waiting = paths
         guard let file = fopen("/proc/net/unix", "r") else { return false }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>? = nil
@@ -185,9 +197,9 @@ public final class QEMUProcess: Sendable {
         defer { free(line) }
         while getline(&line, &capacity, file) > 0 {
             let fields = String(cString: line!).split(whereSeparator: { $0 == " " || $0 == "\n" })
-            if fields.count >= 8, fields[7] == path, fields[3] == "00010000" { return true }
+            if fields.count >= 8, fields[3] == "00010000" { waiting.remove(String(fields[7])) }
         }
-        return false
+        return waiting.isEmpty
     }
 
     private static func spawn(_ arguments: [String], logPath: String) throws -> pid_t {
