@@ -33,7 +33,8 @@ final class QMPConnection: Sendable {
         var nextID: Int64 = 1
         var pending: [Int64: Pending] = [:]
         var earlyGreeting: JSONValue?
-        var closeRequested = false
+        /// Set by whoever shuts the socket down, so the reader reports why the stream ended.
+        var shutdownReason: String?
         var failure: String?
         var readerFinished = false
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
@@ -172,7 +173,16 @@ final class QMPConnection: Sendable {
                 }
                 return nil
             }
-            if let failure { throw .sendFailed(command: command, errno: failure) }
+            if let failure {
+                // A partly written command would corrupt the stream for every later command.
+                state.withLock { state in
+                    if state.shutdownReason == nil {
+                        state.shutdownReason = "sending \(command) failed: \(errnoDescription(failure))"
+                    }
+                }
+                _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+                throw .sendFailed(command: command, errno: failure)
+            }
         }
     }
 
@@ -182,7 +192,9 @@ final class QMPConnection: Sendable {
 
     /// Wakes the reader, which fails every waiting command and ends the event stream.
     func shutdown() {
-        state.withLock { $0.closeRequested = true }
+        state.withLock { state in
+            if state.shutdownReason == nil { state.shutdownReason = "closed by the client" }
+        }
         writeSide.withLock { fd in
             if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
         }
@@ -239,7 +251,7 @@ final class QMPConnection: Sendable {
                 break
             }
             if count == 0 {
-                reason = state.withLock { $0.closeRequested } ? "closed by the client" : "peer closed the connection"
+                reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
                 break
             }
             buffer.append(contentsOf: chunk[0..<count])

@@ -25,6 +25,10 @@ public struct QMPEvent: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The device an event is about: `data.device` (DEVICE_DELETED) or `data.name`
+    /// (NIC_RX_FILTER_CHANGED); nil for VM-wide events such as SHUTDOWN or STOP.
+    public var deviceID: String? { data["device"]?.stringValue ?? data["name"]?.stringValue }
+
     public var description: String { "\(name) \(data)" }
 }
 

@@ -223,6 +223,7 @@ import Testing
             #expect(received[0].data["name"] == "nic0")
             #expect(received[0].timestampMicroseconds == 1_000_002)
             #expect(received[1].data["device"] == "nic1")
+            #expect(received.prefix(2).map(\.deviceID) == ["nic0", "nic1"])
             await client.close()
         }
     }
