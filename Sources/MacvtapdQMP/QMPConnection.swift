@@ -14,19 +14,26 @@ import Synchronization
 final class QMPConnection: Sendable {
     /// Reserved id for the greeting, which QEMU sends unasked.
     static let greetingID: Int64 = 0
+    static let idleWake: Duration = .seconds(5)
 
     let path: String
     let maximumLineLength: Int
     let events: AsyncStream<QMPEvent>
     private let eventSink: AsyncStream<QMPEvent>.Continuation
     private let readFD: Int32
+    /// Self-pipe that wakes the reader when a command with an earlier deadline is registered.
+    /// Deadlines live in the reader rather than in a timer task per command: a task per command
+    /// doubled the round-trip time of a trivial command.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
     private let writeSide: Mutex<Int32>
     private let state = Mutex(State())
 
     private struct Pending {
         let command: String
         let continuation: CheckedContinuation<JSONValue, any Error>
-        var timer: Task<Void, Never>?
+        let deadline: ContinuousClock.Instant
+        let timeout: Duration
     }
 
     private struct State {
@@ -37,6 +44,8 @@ final class QMPConnection: Sendable {
         var shutdownReason: String?
         var failure: String?
         var readerFinished = false
+        /// When the reader's poll(2) will next wake by itself; an earlier deadline must wake it.
+        var readerWakesAt: ContinuousClock.Instant?
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
@@ -68,6 +77,18 @@ final class QMPConnection: Sendable {
         var sendTimeout = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &sendTimeout, socklen_t(MemoryLayout<timeval>.size))
 
+        var wake: [Int32] = [-1, -1]
+        guard pipe(&wake) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw .connectFailed(path: path, errno: code)
+        }
+        for end in wake {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, O_NONBLOCK)
+        }
+        self.wakeRead = wake[0]
+        self.wakeWrite = wake[1]
         self.path = path
         self.maximumLineLength = maximumLineLength
         self.readFD = fd
@@ -106,18 +127,26 @@ final class QMPConnection: Sendable {
     ) async throws -> JSONValue {
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
-                let early: Result<JSONValue, QMPError>? = state.withLock { state in
-                    if id == Self.greetingID, let greeting = state.earlyGreeting { return .success(greeting) }
-                    if let failure = state.failure {
-                        return .failure(.connectionClosed(command: command, reason: failure))
+                let deadline = ContinuousClock.now + timeout
+                let registered: Bool = state.withLock { state in
+                    if id == Self.greetingID, let greeting = state.earlyGreeting {
+                        continuation.resume(returning: greeting)
+                        return false
                     }
-                    state.pending[id] = Pending(command: command, continuation: continuation, timer: nil)
-                    return nil
+                    if let failure = state.failure {
+                        continuation.resume(throwing: QMPError.connectionClosed(command: command, reason: failure))
+                        return false
+                    }
+                    state.pending[id] = Pending(
+                        command: command, continuation: continuation, deadline: deadline, timeout: timeout)
+                    if state.readerWakesAt.map({ deadline < $0 }) ?? true {
+                        // Under the lock: the reader closes the pipe under it too, so the fd is never stale.
+                        var byte: UInt8 = 1
+                        _ = Glibc.write(wakeWrite, &byte, 1)
+                    }
+                    return true
                 }
-                if let early {
-                    continuation.resume(with: early)
-                    return
-                }
+                guard registered else { return }
                 if Task.isCancelled {
                     complete(id: id, with: .failure(CancellationError()))
                     return
@@ -126,20 +155,7 @@ final class QMPConnection: Sendable {
                     try send()
                 } catch {
                     complete(id: id, with: .failure(error))
-                    return
                 }
-                let timer = Task { [self] in
-                    try? await Task.sleep(for: timeout)
-                    if !Task.isCancelled {
-                        complete(id: id, with: .failure(QMPError.timeout(command: command, after: timeout)))
-                    }
-                }
-                let stillWaiting = state.withLock { state in
-                    guard state.pending[id] != nil else { return false }
-                    state.pending[id]?.timer = timer
-                    return true
-                }
-                if !stillWaiting { timer.cancel() }
             }
         } onCancel: {
             complete(id: id, with: .failure(CancellationError()))
@@ -148,7 +164,6 @@ final class QMPConnection: Sendable {
 
     private func complete(id: Int64, with result: Result<JSONValue, any Error>) {
         guard let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        pending.timer?.cancel()
         pending.continuation.resume(with: result)
     }
 
@@ -231,6 +246,11 @@ final class QMPConnection: Sendable {
                 Glibc.close(fd)
                 fd = -1
             }
+            state.withLock { state in
+                state.failure = "could not start the reader thread"
+                Glibc.close(wakeRead)
+                Glibc.close(wakeWrite)
+            }
             eventSink.finish()
             throw .connectFailed(path: path, errno: result)
         }
@@ -244,9 +264,15 @@ final class QMPConnection: Sendable {
         var scanFrom = 0
         var reason: String
         reading: while true {
+            guard waitUntilReadable() else { continue }
             let count = chunk.withUnsafeMutableBytes { Glibc.read(readFD, $0.baseAddress, $0.count) }
             if count < 0 {
-                if errno == EINTR { continue }
+                if errno == EINTR || errno == EAGAIN { continue }
+                // A killed QEMU with unread commands in its queue resets instead of closing.
+                if errno == ECONNRESET {
+                    reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
+                    break
+                }
                 reason = "read failed: \(errnoDescription(errno))"
                 break
             }
@@ -276,6 +302,43 @@ final class QMPConnection: Sendable {
             }
         }
         finish(reason: reason)
+    }
+
+    /// Sleeps in poll(2) until the socket is readable (true) or a deadline passed or the wake pipe
+    /// fired (false), failing the commands whose deadline has passed.
+    private func waitUntilReadable() -> Bool {
+        let clock = ContinuousClock()
+        let next = state.withLock { state in
+            // Waking now and then even when idle means a command with a timeout longer than the
+            // idle interval (the usual case) never has to write to the wake pipe.
+            let next = min(state.pending.values.map(\.deadline).min() ?? .now + Self.idleWake, .now + Self.idleWake)
+            state.readerWakesAt = next
+            return next
+        }
+        let (seconds, attoseconds) = (next - clock.now).components
+        let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        let pollTimeout = Int32(clamping: max(0, milliseconds))
+        var descriptors = [
+            pollfd(fd: readFD, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+        ]
+        let ready = poll(&descriptors, 2, pollTimeout)
+        if descriptors[1].revents != 0 {
+            var drain = [UInt8](repeating: 0, count: 64)
+            while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
+        }
+        expireCommands(now: clock.now)
+        return ready > 0 && descriptors[0].revents != 0
+    }
+
+    private func expireCommands(now: ContinuousClock.Instant) {
+        let expired = state.withLock { state in
+            let ids = state.pending.filter { $0.value.deadline <= now }.map(\.key)
+            return ids.compactMap { state.pending.removeValue(forKey: $0) }
+        }
+        for entry in expired {
+            entry.continuation.resume(throwing: QMPError.timeout(command: entry.command, after: entry.timeout))
+        }
     }
 
     /// Returns a reason to drop the connection, or nil to keep reading.
@@ -321,6 +384,8 @@ final class QMPConnection: Sendable {
         let (pending, waiters) = state.withLock { state in
             state.failure = reason
             state.readerFinished = true
+            Glibc.close(wakeRead)
+            Glibc.close(wakeWrite)
             defer {
                 state.pending = [:]
                 state.finishWaiters = []
@@ -332,7 +397,6 @@ final class QMPConnection: Sendable {
             fd = -1
         }
         for entry in pending.values {
-            entry.timer?.cancel()
             entry.continuation.resume(throwing: QMPError.connectionClosed(command: entry.command, reason: reason))
         }
         eventSink.finish()

@@ -115,6 +115,29 @@ import Testing
         }
     }
 
+    @Test func shortTimeoutBehindALongOneExpiresOnTime() async throws {
+        try await withServer({ peer, _ in
+            peer.handshake()
+            _ = peer.readLine(timeout: .seconds(3))
+            _ = peer.readLine(timeout: .seconds(3))
+        }) { server in
+            let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
+            let long = Task { try await client.execute("long", timeout: .seconds(30)) }
+            try await Task.sleep(for: .milliseconds(20))
+            let clock = ContinuousClock()
+            let start = clock.now
+            await #expect(throws: QMPError.timeout(command: "short", after: .milliseconds(150))) {
+                try await client.execute("short", timeout: .milliseconds(150))
+            }
+            let elapsed = clock.now - start
+            #expect(elapsed >= .milliseconds(150) && elapsed < .seconds(1))
+            await client.close()
+            await #expect(throws: QMPError.connectionClosed(command: "long", reason: "closed by the client")) {
+                try await long.value
+            }
+        }
+    }
+
     @Test func disconnectMidReplyFailsAllPendingPromptly() async throws {
         let closedAt = Mutex<ContinuousClock.Instant?>(nil)
         try await withServer({ peer, index in
