@@ -120,6 +120,7 @@ import Testing
             peer.handshake()
             _ = peer.readLine(timeout: .seconds(3))
             _ = peer.readLine(timeout: .seconds(3))
+            _ = peer.waitForClientClose(timeout: .seconds(3))
         }) { server in
             let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
             let long = Task { try await client.execute("long", timeout: .seconds(30)) }
