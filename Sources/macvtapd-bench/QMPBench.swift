@@ -59,12 +59,28 @@ struct QMPBench: AsyncParsableCommand {
             status.append(clock.now - start)
         }
         var attach: [Duration] = []
+        var steps: [[Duration]] = Array(repeating: [], count: 4)
         for _ in 0..<runs {
             let start = clock.now
-            try await client.addTapNetdev(id: "bench.tap", fd: tap.fd, fdName: "bench.fd")
+            try await client.getfd(name: "bench.fd", fd: tap.fd)
+            let afterGetfd = clock.now
+            do {
+                try await client.addTapNetdev(id: "bench.tap", fdName: "bench.fd")
+            } catch {
+                try? await client.closefd(name: "bench.fd")
+                throw error
+            }
+            let afterTap = clock.now
             try await client.addHubPort(id: "bench.port", hubID: 10, netdev: "bench.tap")
+            let afterPort = clock.now
             try await client.setLink(name: "nic0", up: true)
-            attach.append(clock.now - start)
+            let end = clock.now
+            attach.append(end - start)
+            for (index, step) in [afterGetfd - start, afterTap - afterGetfd, afterPort - afterTap, end - afterPort]
+                .enumerated()
+            {
+                steps[index].append(step)
+            }
             try await client.deleteNetdev(id: "bench.port")
             try await client.deleteNetdev(id: "bench.tap")
         }
@@ -74,6 +90,9 @@ struct QMPBench: AsyncParsableCommand {
         print("query-status  bare socket (baseline)  \(LatencySummary(raw))")
         print("query-status  QMPClient               \(LatencySummary(status))")
         print("attach        QMPClient (4 commands)  \(LatencySummary(attach))")
+        for (name, samples) in zip(["getfd", "netdev_add tap", "netdev_add hubport", "set_link"], steps) {
+            print("  " + name.padding(toLength: 36) + "\(LatencySummary(samples))")
+        }
     }
 }
 
@@ -123,5 +142,11 @@ private final class RawQMPSocket {
             guard count > 0 else { throw QEMUFixtureError("baseline read failed: errno \(errno)") }
             buffer += chunk[0..<count]
         }
+    }
+}
+
+extension String {
+    fileprivate func padding(toLength length: Int) -> String {
+        count >= length ? self : self + String(repeating: " ", count: length - count)
     }
 }
