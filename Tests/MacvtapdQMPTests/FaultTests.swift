@@ -343,4 +343,43 @@ import Testing
             #expect(sawClientClose.withLock { $0 })
         }
     }
+
+    @Test func unconsumedEventsAreBoundedKeepingTheNewest() async throws {
+        try await withServer({ peer, _ in
+            peer.handshake()
+            guard let command = peer.readCommand() else { return }
+            for n in 0..<3000 { peer.send(#"{"event": "TICK", "data": {"n": \#(n)}}"#) }
+            peer.reply(to: command, return: .object([:]))
+            _ = peer.waitForClientClose(timeout: .seconds(3))
+        }) { server in
+            var configuration = Self.fast
+            configuration.eventBufferLimit = 100
+            let client = try await QMPClient.connect(to: server.path, configuration: configuration)
+            // The reply follows every event on the wire, so all 3000 were read when it returns.
+            try await client.execute("flood")
+            await client.close()
+            var received: [Int64] = []
+            for await event in client.events { received.append(event.data["n"]?.intValue ?? -1) }
+            #expect(received.count == 100)
+            #expect(received.last == 2999)
+        }
+    }
+
+    @Test func droppingTheClientClosesTheSocket() async throws {
+        let sawClientClose = Mutex(false)
+        try await withServer({ peer, _ in
+            peer.handshake()
+            sawClientClose.withLock { $0 = peer.waitForClientClose(timeout: .seconds(3)) }
+        }) { server in
+            var client: QMPClient? = try await QMPClient.connect(to: server.path, configuration: Self.fast)
+            #expect(client?.isConnected == true)
+            client = nil
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(3)
+            while !sawClientClose.withLock({ $0 }), clock.now < deadline {
+                try await Task.sleep(for: .milliseconds(10))
+            }
+            #expect(sawClientClose.withLock { $0 })
+        }
+    }
 }
