@@ -77,3 +77,8 @@ ssize_t cmacvtapd_recv_with_fd(int sock, void *data, size_t len, int *received_f
 }
 
 int cmacvtapd_setns_net(int ns_fd) { return setns(ns_fd, CLONE_NEWNET); }
+
+// --- QMP / QEMU fixtures ---
+int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
+}

@@ -54,4 +54,11 @@ ssize_t cmacvtapd_recv_with_fd(int sock, void *data, size_t len, int *received_f
 /// Switches the calling thread's network namespace to the one at `ns_fd` (setns CLONE_NEWNET).
 int cmacvtapd_setns_net(int ns_fd);
 
+// --- QMP / QEMU fixtures ---
+#include <spawn.h>
+
+/// posix_spawn_file_actions_addclosefrom_np (glibc >= 2.34), hidden from Swift behind _GNU_SOURCE:
+/// a spawned QEMU must not inherit a parallel test's descriptors.
+int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
+
 #endif

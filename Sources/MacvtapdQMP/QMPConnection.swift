@@ -1,0 +1,409 @@
+import CMacvtapd
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One QMP socket: a reader thread that splits lines and dispatches replies by id and events to a
+/// stream, writers serialised by a lock, and a table of waiting commands.
+///
+/// The reader owns the file descriptor's lifetime: `shutdown()` only wakes it with shutdown(2),
+/// and the reader closes the fd when it exits, under the write lock, so no writer can ever send on
+/// a reused descriptor number.
+final class QMPConnection: Sendable {
+    /// Reserved id for the greeting, which QEMU sends unasked.
+    static let greetingID: Int64 = 0
+    static let idleWake: Duration = .seconds(5)
+
+    let path: String
+    let maximumLineLength: Int
+    let events: AsyncStream<QMPEvent>
+    private let eventSink: AsyncStream<QMPEvent>.Continuation
+    private let readFD: Int32
+    /// Self-pipe that wakes the reader when a command with an earlier deadline is registered.
+    /// Deadlines live in the reader rather than in a timer task per command: a task per command
+    /// doubled the round-trip time of a trivial command.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
+    private let writeSide: Mutex<Int32>
+    private let state = Mutex(State())
+
+    private struct Pending {
+        let command: String
+        let continuation: CheckedContinuation<JSONValue, any Error>
+        let deadline: ContinuousClock.Instant
+        let timeout: Duration
+    }
+
+    private struct State {
+        var nextID: Int64 = 1
+        var pending: [Int64: Pending] = [:]
+        var earlyGreeting: JSONValue?
+        /// Set by whoever shuts the socket down, so the reader reports why the stream ended.
+        var shutdownReason: String?
+        var failure: String?
+        var readerFinished = false
+        /// When the reader's poll(2) will next wake by itself; an earlier deadline must wake it.
+        var readerWakesAt: ContinuousClock.Instant?
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    init(path: String, maximumLineLength: Int, eventBufferLimit: Int) throws(QMPError) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        let pathBytes = Array(path.utf8)
+        guard pathBytes.count < capacity, !pathBytes.isEmpty else {
+            throw .invalidArgument("QMP socket path '\(path)' must be 1...\(capacity - 1) bytes")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: pathBytes)
+            raw[pathBytes.count] = 0
+        }
+        let fd = Glibc.socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .connectFailed(path: path, errno: errno) }
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard connected == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw .connectFailed(path: path, errno: code)
+        }
+        // A peer that stops reading must not block a writer (and every caller queued behind it) forever.
+        var sendTimeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &sendTimeout, socklen_t(MemoryLayout<timeval>.size))
+
+        var wake: [Int32] = [-1, -1]
+        guard pipe(&wake) == 0 else {
+            let code = errno
+            Glibc.close(fd)
+            throw .connectFailed(path: path, errno: code)
+        }
+        for end in wake {
+            _ = fcntl(end, F_SETFD, FD_CLOEXEC)
+            _ = fcntl(end, F_SETFL, O_NONBLOCK)
+        }
+        self.wakeRead = wake[0]
+        self.wakeWrite = wake[1]
+        self.path = path
+        self.maximumLineLength = maximumLineLength
+        self.readFD = fd
+        self.writeSide = Mutex(fd)
+        (events, eventSink) = AsyncStream.makeStream(
+            of: QMPEvent.self, bufferingPolicy: .bufferingNewest(eventBufferLimit))
+        try startReader()
+    }
+
+    // MARK: Commands
+
+    func execute(command: String, arguments: JSONValue?, passing fd: Int32?, timeout: Duration) async throws
+        -> JSONValue
+    {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        var message: [String: JSONValue] = ["execute": .string(command), "id": .int(id)]
+        if let arguments { message["arguments"] = arguments }
+        let bytes = JSONWriter.encode(.object(message)) + [0x0A]
+        return try await awaitReply(id: id, command: command, timeout: timeout) { () throws(QMPError) in
+            try self.write(bytes, passing: fd, command: command)
+        }
+    }
+
+    func awaitGreeting(timeout: Duration) async throws -> JSONValue {
+        try await awaitReply(id: Self.greetingID, command: "greeting", timeout: timeout) { () throws(QMPError) in }
+    }
+
+    /// Registers a waiter for `id`, runs `send`, and arms the timeout. Exactly one of reply,
+    /// timeout, cancellation, send failure or connection loss resumes the continuation: each
+    /// path first removes the entry from the table under the lock.
+    private func awaitReply(
+        id: Int64, command: String, timeout: Duration, send: @escaping @Sendable () throws(QMPError) -> Void
+    ) async throws -> JSONValue {
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<JSONValue, any Error>) in
+                let deadline = ContinuousClock.now + timeout
+                let registered: Bool = state.withLock { state in
+                    if id == Self.greetingID, let greeting = state.earlyGreeting {
+                        continuation.resume(returning: greeting)
+                        return false
+                    }
+                    if let failure = state.failure {
+                        continuation.resume(throwing: QMPError.connectionClosed(command: command, reason: failure))
+                        return false
+                    }
+                    state.pending[id] = Pending(
+                        command: command, continuation: continuation, deadline: deadline, timeout: timeout)
+                    if state.readerWakesAt.map({ deadline < $0 }) ?? true {
+                        // Under the lock: the reader closes the pipe under it too, so the fd is never stale.
+                        var byte: UInt8 = 1
+                        _ = Glibc.write(wakeWrite, &byte, 1)
+                    }
+                    return true
+                }
+                guard registered else { return }
+                if Task.isCancelled {
+                    complete(id: id, with: .failure(CancellationError()))
+                    return
+                }
+                do {
+                    try send()
+                } catch {
+                    complete(id: id, with: .failure(error))
+                }
+            }
+        } onCancel: {
+            complete(id: id, with: .failure(CancellationError()))
+        }
+    }
+
+    private func complete(id: Int64, with result: Result<JSONValue, any Error>) {
+        guard let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
+        pending.continuation.resume(with: result)
+    }
+
+    private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String) throws(QMPError) {
+        try writeSide.withLock { fd throws(QMPError) in
+            guard fd >= 0 else { throw .connectionClosed(command: command, reason: "socket already closed") }
+            let failure: Int32? = bytes.withUnsafeBytes { raw in
+                var offset = 0
+                if let passedFD {
+                    // The fd rides on the first bytes of the command, as QEMU's getfd expects.
+                    let sent = cmacvtapd_send_with_fd(fd, raw.baseAddress, raw.count, passedFD)
+                    guard sent >= 0 else { return errno }
+                    offset = sent
+                }
+                while offset < raw.count {
+                    let sent = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                    if sent < 0 {
+                        if errno == EINTR { continue }
+                        return errno
+                    }
+                    offset += sent
+                }
+                return nil
+            }
+            if let failure {
+                // A partly written command would corrupt the stream for every later command.
+                state.withLock { state in
+                    if state.shutdownReason == nil {
+                        state.shutdownReason = "sending \(command) failed: \(errnoDescription(failure))"
+                    }
+                }
+                _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+                throw .sendFailed(command: command, errno: failure)
+            }
+        }
+    }
+
+    // MARK: Lifecycle
+
+    var failureReason: String? { state.withLock { $0.failure } }
+
+    /// Wakes the reader, which fails every waiting command and ends the event stream.
+    func shutdown() {
+        state.withLock { state in
+            if state.shutdownReason == nil { state.shutdownReason = "closed by the client" }
+        }
+        writeSide.withLock { fd in
+            if fd >= 0 { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    }
+
+    /// `shutdown()`, then waits until the reader has closed the descriptor.
+    func close() async {
+        shutdown()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let finished = state.withLock { state in
+                if state.readerFinished { return true }
+                state.finishWaiters.append(continuation)
+                return false
+            }
+            if finished { continuation.resume() }
+        }
+    }
+
+    // MARK: Reader
+
+    private func startReader() throws(QMPError) {
+        let context = Unmanaged.passRetained(self).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(
+            &thread, nil,
+            { raw in
+                let connection = Unmanaged<QMPConnection>.fromOpaque(raw!).takeRetainedValue()
+                connection.readLoop()
+                return nil
+            }, context)
+        guard result == 0 else {
+            Unmanaged<QMPConnection>.fromOpaque(context).release()
+            writeSide.withLock { fd in
+                Glibc.close(fd)
+                fd = -1
+            }
+            state.withLock { state in
+                state.failure = "could not start the reader thread"
+                Glibc.close(wakeRead)
+                Glibc.close(wakeWrite)
+            }
+            eventSink.finish()
+            throw .connectFailed(path: path, errno: result)
+        }
+        pthread_detach(thread)
+    }
+
+    private func readLoop() {
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        var greeted = false
+        var scanFrom = 0
+        var reason: String
+        reading: while true {
+            guard waitUntilReadable() else { continue }
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(readFD, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR || errno == EAGAIN { continue }
+                // A killed QEMU with unread commands in its queue resets instead of closing.
+                if errno == ECONNRESET {
+                    reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
+                    break
+                }
+                reason = "read failed: \(errnoDescription(errno))"
+                break
+            }
+            if count == 0 {
+                reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
+                break
+            }
+            buffer.append(contentsOf: chunk[0..<count])
+            var lineStart = 0
+            while let newline = buffer[scanFrom...].firstIndex(of: 0x0A) {
+                var lineEnd = newline
+                if lineEnd > lineStart, buffer[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+                if lineEnd > lineStart, let fatal = handle(line: buffer[lineStart..<lineEnd], greeted: &greeted) {
+                    reason = fatal
+                    break reading
+                }
+                lineStart = newline + 1
+                scanFrom = lineStart
+            }
+            if lineStart > 0 {
+                buffer.removeFirst(lineStart)
+            }
+            scanFrom = buffer.count
+            if buffer.count > maximumLineLength {
+                reason = "peer sent a line longer than \(maximumLineLength) bytes"
+                break
+            }
+        }
+        finish(reason: reason)
+    }
+
+    /// Sleeps in poll(2) until the socket is readable (true) or a deadline passed or the wake pipe
+    /// fired (false), failing the commands whose deadline has passed.
+    private func waitUntilReadable() -> Bool {
+        let clock = ContinuousClock()
+        let next = state.withLock { state in
+            // Waking now and then even when idle means a command with a timeout longer than the
+            // idle interval (the usual case) never has to write to the wake pipe.
+            let next = min(state.pending.values.map(\.deadline).min() ?? .now + Self.idleWake, .now + Self.idleWake)
+            state.readerWakesAt = next
+            return next
+        }
+        let (seconds, attoseconds) = (next - clock.now).components
+        let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
+        let pollTimeout = Int32(clamping: max(0, milliseconds))
+        var descriptors = [
+            pollfd(fd: readFD, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
+        ]
+        let ready = poll(&descriptors, 2, pollTimeout)
+        if descriptors[1].revents != 0 {
+            var drain = [UInt8](repeating: 0, count: 64)
+            while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
+        }
+        expireCommands(now: clock.now)
+        return ready > 0 && descriptors[0].revents != 0
+    }
+
+    private func expireCommands(now: ContinuousClock.Instant) {
+        let expired = state.withLock { state in
+            let ids = state.pending.filter { $0.value.deadline <= now }.map(\.key)
+            return ids.compactMap { state.pending.removeValue(forKey: $0) }
+        }
+        for entry in expired {
+            entry.continuation.resume(throwing: QMPError.timeout(command: entry.command, after: entry.timeout))
+        }
+    }
+
+    /// Returns a reason to drop the connection, or nil to keep reading.
+    private func handle(line: ArraySlice<UInt8>, greeted: inout Bool) -> String? {
+        let message: JSONValue
+        do {
+            message = try JSONReader.parse(line)
+        } catch {
+            return "peer sent \(error): \(String(decoding: line.prefix(120), as: UTF8.self))"
+        }
+        guard message.objectValue != nil else { return "peer sent a non-object message: \(message)" }
+        if !greeted {
+            guard message["QMP"] != nil else { return "first message is not a QMP greeting: \(message)" }
+            greeted = true
+            let waiting = state.withLock { state in
+                if state.pending[Self.greetingID] == nil { state.earlyGreeting = message }
+                return state.pending[Self.greetingID] != nil
+            }
+            if waiting { complete(id: Self.greetingID, with: .success(message)) }
+            return nil
+        }
+        if let event = QMPEvent(message: message) {
+            eventSink.yield(event)
+            return nil
+        }
+        // Replies without a known id are late answers to commands that timed out or were cancelled.
+        guard let id = message["id"]?.intValue, id != Self.greetingID else { return nil }
+        if let value = message["return"] {
+            complete(id: id, with: .success(value))
+        } else if let error = message["error"] {
+            let command = state.withLock { $0.pending[id]?.command } ?? "?"
+            complete(
+                id: id,
+                with: .failure(
+                    QMPError.commandFailed(
+                        command: command, class: error["class"]?.stringValue ?? "GenericError",
+                        description: error["desc"]?.stringValue ?? "\(error)")))
+        }
+        return nil
+    }
+
+    private func finish(reason: String) {
+        let (pending, waiters) = state.withLock { state in
+            state.failure = reason
+            state.readerFinished = true
+            Glibc.close(wakeRead)
+            Glibc.close(wakeWrite)
+            defer {
+                state.pending = [:]
+                state.finishWaiters = []
+            }
+            return (state.pending, state.finishWaiters)
+        }
+        writeSide.withLock { fd in
+            Glibc.close(fd)
+            fd = -1
+        }
+        for entry in pending.values {
+            entry.continuation.resume(throwing: QMPError.connectionClosed(command: entry.command, reason: reason))
+        }
+        eventSink.finish()
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+func errnoDescription(_ code: Int32) -> String {
+    "\(String(cString: strerror(code))) (errno \(code))"
+}
