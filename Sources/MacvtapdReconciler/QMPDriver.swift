@@ -1,0 +1,107 @@
+import MacvtapdCore
+import MacvtapdQMP
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Opens one QMP session per VM with the client from MacvtapdQMP.
+public struct QMPConnector: VMConnector {
+    public var configuration: QMPClient.Configuration
+
+    public init(timeout: Duration) {
+        configuration = QMPClient.Configuration(connectTimeout: timeout, commandTimeout: timeout)
+    }
+
+    public func connect(vm: String, qmp: String) async throws(VMConnectError) -> any VMConnection {
+        do {
+            return QMPVMConnection(client: try await QMPClient.connect(to: qmp, configuration: configuration))
+        } catch QMPError.connectFailed(_, let code) where code == ENOENT || code == ECONNREFUSED {
+            // Nobody listens, so no QEMU holds a backend fd of ours through this socket.
+            throw .absent("QMP socket \(qmp): \(errnoText(code))")
+        } catch {
+            throw .unresponsive("\(error)")
+        }
+    }
+}
+
+/// The reconciler's view of one VM, over one QMP session.
+final class QMPVMConnection: VMConnection {
+    let client: QMPClient
+
+    init(client: QMPClient) {
+        self.client = client
+    }
+
+    func observe(vm: String) async throws -> ObservedVM {
+        async let status = client.queryStatus()
+        let network = try await client.networkInfo()
+        var nics: [String: ObservedNIC] = [:]
+        for nic in network.nics {
+            nics[nic.id] = ObservedNIC(id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id))
+        }
+        return ObservedVM(
+            name: vm, reachability: .reachable, running: try await status.running, nics: nics,
+            backends: Self.backends(in: network))
+    }
+
+    /// Our backends from the hub topology: ports on hubs, and taps behind ports or standing alone
+    /// (an attach interrupted between the two netdev_adds leaves a lone tap).
+    static func backends(in network: NetworkInfo) -> [ObservedBackend] {
+        var found: [Ownership.BackendIDs: ObservedBackend] = [:]
+        func note(_ id: String, hub: Int?) {
+            guard let (ids, part) = Ownership.parseBackendID(id) else { return }
+            var backend = found[ids] ?? ObservedBackend(ids: ids, hasTap: false, hasPort: false, hub: nil)
+            switch part {
+            case .tap: backend.hasTap = true
+            case .port:
+                backend.hasPort = true
+                backend.hub = hub
+            }
+            found[ids] = backend
+        }
+        for hub in network.hubs {
+            for port in hub.ports {
+                note(port.id, hub: hub.id)
+                if let peer = port.peer { note(peer.id, hub: nil) }
+            }
+        }
+        for netdev in network.standaloneNetdevs { note(netdev.id, hub: nil) }
+        return found.values.sorted { $0.ids.tap < $1.ids.tap }
+    }
+
+    func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
+        try await client.addTapNetdev(id: ids.tap, fd: fd, fdName: ids.fdName)
+        do {
+            try await client.addHubPort(id: ids.port, hubID: hub, netdev: ids.tap)
+        } catch {
+            try? await client.deleteNetdev(id: ids.tap)
+            throw error
+        }
+    }
+
+    func detachBackend(_ backend: ObservedBackend) async throws {
+        if backend.hasPort { try await client.deleteNetdev(id: backend.ids.port) }
+        if backend.hasTap { try await client.deleteNetdev(id: backend.ids.tap) }
+    }
+
+    func setLink(nic: String, up: Bool) async throws {
+        try await client.setLink(name: nic, up: up)
+    }
+
+    /// The client's event stream has one consumer: the controller's session task.
+    var events: AsyncStream<String> {
+        let source = client.events
+        return AsyncStream { continuation in
+            let relay = Task {
+                for await event in source { continuation.yield(event.name) }
+                continuation.finish()
+            }
+            continuation.onTermination = { _ in relay.cancel() }
+        }
+    }
+
+    func close() async {
+        await client.close()
+    }
+}
