@@ -87,7 +87,7 @@ let package = Package(
         .testTarget(name: "MacvtapdCoreTests", dependencies: ["MacvtapdCore"], swiftSettings: strict),
         .testTarget(
             name: "MacvtapdConfigTests",
-            dependencies: ["MacvtapdConfig", "MacvtapdCore"],
+            dependencies: ["MacvtapdConfig", "MacvtapdCore", "MacvtapdTestSupport"],
             resources: [.copy("Fixtures")],
             swiftSettings: strict
         ),

@@ -1,5 +1,6 @@
 import MacvtapdConfig
 import MacvtapdCore
+import MacvtapdTestSupport
 import Testing
 
 /// One invalid document, the position of the error it must produce, and words the message must hold.

@@ -1,6 +1,7 @@
 import Foundation
 import MacvtapdConfig
 import MacvtapdCore
+import MacvtapdTestSupport
 import Testing
 
 /// "Billion laughs": nine levels of nine aliases, 9^9 ≈ 387 million nodes once expanded.

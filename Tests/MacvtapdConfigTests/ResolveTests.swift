@@ -1,5 +1,6 @@
 import MacvtapdConfig
 import MacvtapdCore
+import MacvtapdTestSupport
 import Testing
 
 @Suite("Valid configurations resolve to the desired state")

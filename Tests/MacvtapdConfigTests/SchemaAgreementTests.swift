@@ -1,5 +1,6 @@
 import Foundation
 import MacvtapdConfig
+import MacvtapdTestSupport
 import Testing
 
 /// The JSON schema (for editors) and the loader (for the daemon) must accept and reject the same files.

@@ -1,3 +1,4 @@
+import MacvtapdTestSupport
 import Testing
 
 /// `macvtapd validate` as operators and scripts run it: the built binary, its output and exit status.

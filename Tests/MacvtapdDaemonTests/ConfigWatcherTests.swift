@@ -1,29 +1,10 @@
 import MacvtapdDaemon
+import MacvtapdTestSupport
 import Testing
 
 #if canImport(Glibc)
     import Glibc
 #endif
-
-/// A fresh directory under /tmp, removed by `remove()`.
-struct TemporaryDirectory {
-    let path: String
-
-    init() {
-        var template = Array("/tmp/macvtapd-test.XXXXXX".utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
-
-    func write(_ name: String, _ text: String) {
-        let file = fopen(path + "/" + name, "w")!
-        fputs(text, file)
-        fclose(file)
-    }
-
-    func remove() {
-        _ = system("rm -rf '\(path)'")
-    }
-}
 
 /// Waits for the next element of `stream`, or nil after `timeout`.
 func next(_ stream: AsyncStream<Void>, within timeout: Duration) async -> Bool {
@@ -44,40 +25,40 @@ func next(_ stream: AsyncStream<Void>, within timeout: Duration) async -> Bool {
 
 @Suite struct ConfigWatcherTests {
     @Test func seesAtomicRenameOverTheFile() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        directory.write("macvtapd.yaml", "version: 1\n")
+        try directory.write("macvtapd.yaml", "version: 1\n")
         let watcher = try ConfigWatcher(path: directory.path + "/macvtapd.yaml", debounce: .milliseconds(20))
         defer { watcher.close() }
 
         // What editors and config-management tools do: write a new file, rename it over the old.
-        directory.write(".macvtapd.yaml.tmp", "version: 1\nvms: {}\n")
+        try directory.write(".macvtapd.yaml.tmp", "version: 1\nvms: {}\n")
         rename(directory.path + "/.macvtapd.yaml.tmp", directory.path + "/macvtapd.yaml")
         #expect(await next(watcher.changes, within: .seconds(2)))
     }
 
     @Test func ignoresOtherFilesNextToTheConfigFile() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        directory.write("macvtapd.yaml", "version: 1\n")
+        try directory.write("macvtapd.yaml", "version: 1\n")
         let watcher = try ConfigWatcher(path: directory.path + "/macvtapd.yaml", debounce: .milliseconds(20))
         defer { watcher.close() }
-        directory.write("unrelated.txt", "x")
+        try directory.write("unrelated.txt", "x")
         #expect(!(await next(watcher.changes, within: .milliseconds(300))))
     }
 
     @Test func coalescesABurstInAConfDirectory() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let watcher = try ConfigWatcher(path: directory.path, debounce: .milliseconds(150))
         defer { watcher.close() }
-        for index in 0..<5 { directory.write("\(index)-vm.yaml", "version: 1\n") }
+        for index in 0..<5 { try directory.write("\(index)-vm.yaml", "version: 1\n") }
         #expect(await next(watcher.changes, within: .seconds(2)))
         #expect(!(await next(watcher.changes, within: .milliseconds(400))), "one signal for the burst")
     }
 
     @Test func closeEndsTheStream() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let watcher = try ConfigWatcher(path: directory.path)
         watcher.close()

@@ -33,9 +33,9 @@ func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable (
     }
 
     @Test func invalidConfigKeepsBackendsAndFixedConfigIsApplied() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        directory.write("macvtapd.yaml", Self.config(host: "eth0"))
+        try directory.write("macvtapd.yaml", Self.config(host: "eth0"))
         let host = EmbeddedHost(lowers: ["eth0", "eth1"])
         let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
         let store = StatusStore(path: directory.path + "/status.json")
@@ -49,14 +49,14 @@ func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable (
         @Sendable func lower() async -> String? { await daemon.controller.currentStatus().first?.lower }
         #expect(await eventually { await lower() == "eth0" && web1.netdevIDs.count == 2 })
 
-        directory.write("macvtapd.yaml", "version: 1\nvms:\n  web1:\n    qmp: relative.sock\n")
+        try directory.write("macvtapd.yaml", "version: 1\nvms:\n  web1:\n    qmp: relative.sock\n")
         #expect(await eventually { (try? store.read())?.config?.valid == false })
         let errors = try #require(try store.read()?.config?.errors)
         #expect(errors.contains { $0.contains("macvtapd.yaml:4:10:") && $0.contains("absolute") }, "\(errors)")
         #expect(web1.netdevIDs.count == 2, "an invalid config tears nothing down")
         #expect(host.macvtaps.count == 1)
 
-        directory.write("macvtapd.yaml", Self.config(host: "eth1"))
+        try directory.write("macvtapd.yaml", Self.config(host: "eth1"))
         #expect(await eventually { await lower() == "eth1" })
         #expect(await eventually { (try? store.read())?.config?.valid == true })
         #expect(host.macvtaps.map(\.lowerIfindex) == [3])
@@ -67,9 +67,9 @@ func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable (
     }
 
     @Test func startsWithoutTouchingAnythingWhenTheConfigIsInvalid() async throws {
-        let directory = TemporaryDirectory()
+        let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        directory.write("macvtapd.yaml", "version: 2\n")
+        try directory.write("macvtapd.yaml", "version: 2\n")
         let host = EmbeddedHost(lowers: ["eth0"])
         let key = BindingKey(vm: "web1", nic: "nic0")
         _ = try await host.createMacvtap(

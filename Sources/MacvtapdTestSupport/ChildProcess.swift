@@ -5,17 +5,17 @@ import Foundation
 #endif
 
 /// A finished child process: its exit status, output and the resources it used, measured by wait4.
-struct ChildResult {
-    var status: Int32
-    var stdout: String
-    var stderr: String
-    var seconds: Double
-    var maxResidentKiB: Int
+public struct ChildResult: Sendable {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
+    public var seconds: Double
+    public var maxResidentKiB: Int
 }
 
-enum ChildProcess {
+public enum ChildProcess {
     /// Runs `executable` with `arguments`, output to temporary files (no pipe to fill), and waits for it.
-    static func run(_ executable: String, _ arguments: [String]) throws -> ChildResult {
+    public static func run(_ executable: String, _ arguments: [String]) throws -> ChildResult {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let outPath = directory.path + "/stdout"
@@ -52,7 +52,7 @@ enum ChildProcess {
     }
 
     /// The `macvtapd` binary SwiftPM built next to this test bundle.
-    static func macvtapdBinary() throws -> String {
+    public static func macvtapdBinary() throws -> String {
         let bundle = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
         let binary = URL(fileURLWithPath: bundle).deletingLastPathComponent().appendingPathComponent("macvtapd").path
         guard FileManager.default.isExecutableFile(atPath: binary) else {
@@ -62,7 +62,7 @@ enum ChildProcess {
     }
 }
 
-struct ChildError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
+public struct ChildError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
