@@ -14,8 +14,18 @@ public struct ChildResult: Sendable {
 }
 
 public enum ChildProcess {
-    /// Runs `executable` with `arguments`, output to temporary files (no pipe to fill), and waits for it.
-    public static func run(_ executable: String, _ arguments: [String]) throws -> ChildResult {
+    /// Runs `executable` with `arguments`, output to temporary files (no pipe to fill), and waits for it
+    /// on a thread of its own: a blocking wait on one of the few cooperative threads would stall
+    /// every other test running in parallel.
+    public static func run(_ executable: String, _ arguments: [String]) async throws -> ChildResult {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread {
+                continuation.resume(with: Result { try runBlocking(executable, arguments) })
+            }
+        }
+    }
+
+    static func runBlocking(_ executable: String, _ arguments: [String]) throws -> ChildResult {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
         let outPath = directory.path + "/stdout"

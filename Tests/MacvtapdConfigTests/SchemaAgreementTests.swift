@@ -20,8 +20,8 @@ struct SchemaAgreementTests {
     static let invalidFiles = yamlFiles(in: fixtures + "/invalid")
 
     /// Runs the real `jsonschema` validator through scripts/validate-schema.py; one verdict per file.
-    private func schemaVerdicts(_ files: [String]) throws -> [String: Bool] {
-        let run = try ChildProcess.run(
+    private func schemaVerdicts(_ files: [String]) async throws -> [String: Bool] {
+        let run = try await ChildProcess.run(
             "/usr/bin/env", ["python3", repositoryRoot + "/scripts/validate-schema.py", Self.schema] + files)
         #expect(run.status == 0 || run.status == 1, "validate-schema.py failed: \(run.stderr)")
         var verdicts: [String: Bool] = [:]
@@ -39,8 +39,8 @@ struct SchemaAgreementTests {
         #expect(Self.invalidFiles.count >= 10)
     }
 
-    @Test func everyExampleIsValidForTheSchemaAndTheLoader() throws {
-        let verdicts = try schemaVerdicts(Self.validFiles)
+    @Test func everyExampleIsValidForTheSchemaAndTheLoader() async throws {
+        let verdicts = try await schemaVerdicts(Self.validFiles)
         for file in Self.validFiles {
             #expect(verdicts[file] == true, "schema rejects \(file)")
             let result = ConfigLoader.load(path: file)
@@ -55,8 +55,8 @@ struct SchemaAgreementTests {
         #expect(desired.bindings.count == 4)
     }
 
-    @Test func everyInvalidFixtureIsRejectedByBoth() throws {
-        let verdicts = try schemaVerdicts(Self.invalidFiles)
+    @Test func everyInvalidFixtureIsRejectedByBoth() async throws {
+        let verdicts = try await schemaVerdicts(Self.invalidFiles)
         for file in Self.invalidFiles {
             #expect(verdicts[file] == false, "schema accepts \(file)")
             let result = ConfigLoader.load(path: file)

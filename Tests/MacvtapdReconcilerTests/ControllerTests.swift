@@ -130,16 +130,15 @@ func eventually(
 
     @Test func hungVMDoesNotDelayOthers() async throws {
         let world = Fixture()
-        world.web1.state.withLock { $0.observeDelay = .seconds(3) }
+        // web1's monitor hangs for a minute; db1 must converge and follow events meanwhile.
+        world.web1.state.withLock { $0.observeDelay = .seconds(60) }
         let controller = world.controller()
         await controller.setDesired(world.desired, config: nil)
         await Self.running(controller) {
-            let start = ContinuousClock.now
-            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
-            #expect(ContinuousClock.now - start < .seconds(1))
+            #expect(await eventually(within: .seconds(10)) { await Self.phase(controller, "db1") == .attached })
             world.host.removeLower("eth1")
-            #expect(await eventually(within: .seconds(1)) { await Self.phase(controller, "db1") == .hostMissing })
-            world.web1.state.withLock { $0.observeDelay = .zero }
+            #expect(await eventually(within: .seconds(10)) { await Self.phase(controller, "db1") == .hostMissing })
+            #expect(world.web1.netdevIDs.isEmpty, "web1 is still hanging")
         }
     }
 
