@@ -54,4 +54,7 @@ ssize_t cmacvtapd_recv_with_fd(int sock, void *data, size_t len, int *received_f
 /// Switches the calling thread's network namespace to the one at `ns_fd` (setns CLONE_NEWNET).
 int cmacvtapd_setns_net(int ns_fd);
 
+// --- netlink client (MacvtapdNetlink): the link monitor's wakeup descriptor.
+#include <sys/eventfd.h>
+
 #endif
