@@ -90,20 +90,31 @@ public struct MacvtapDevice: Sendable {
         try descriptor.withRawValue { fd in
             var size: Int32 = 0
             guard cmacvtapd_ioctl_intptr(fd, CMACVTAPD_TUNGETVNETHDRSZ, &size) == 0 else {
-                throw MacvtapDeviceError(operation: "TUNGETVNETHDRSZ", interface: "\(descriptor)", path: nil, errno: errno)
+                throw MacvtapDeviceError(operation: "TUNGETVNETHDRSZ", interface: "fd \(fd)", path: nil, errno: errno)
             }
             return Int(size)
         }
     }
 
-    /// TUNGETIFF flags (IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, ...). ENOLINK once the macvtap is gone.
-    public static func queueFlags(of descriptor: FileDescriptor) throws -> Int32 {
+    /// The TUNGETIFF flags of a tap queue.
+    public struct QueueFlags: OptionSet, Hashable, Sendable {
+        public var rawValue: Int32
+        public init(rawValue: Int32) { self.rawValue = rawValue }
+
+        public static let tap = QueueFlags(rawValue: Int32(IFF_TAP))
+        public static let noPacketInformation = QueueFlags(rawValue: Int32(IFF_NO_PI))
+        public static let vnetHeader = QueueFlags(rawValue: Int32(IFF_VNET_HDR))
+        public static let multiQueue = QueueFlags(rawValue: Int32(IFF_MULTI_QUEUE))
+    }
+
+    /// TUNGETIFF. Fails with ENOLINK once the macvtap is gone: how a dead backend is recognised.
+    public static func queueFlags(of descriptor: FileDescriptor) throws -> QueueFlags {
         try descriptor.withRawValue { fd in
             var request = ifreq()
             guard cmacvtapd_ioctl_ifreq(fd, CMACVTAPD_TUNGETIFF, &request) == 0 else {
-                throw MacvtapDeviceError(operation: "TUNGETIFF", interface: "\(descriptor)", path: nil, errno: errno)
+                throw MacvtapDeviceError(operation: "TUNGETIFF", interface: "fd \(fd)", path: nil, errno: errno)
             }
-            return Int32(request.ifr_ifru.ifru_flags)
+            return QueueFlags(rawValue: Int32(UInt16(bitPattern: request.ifr_ifru.ifru_flags)))
         }
     }
 }
