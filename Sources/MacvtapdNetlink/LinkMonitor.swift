@@ -10,7 +10,13 @@ public final class LinkMonitor: Sendable {
     public let events: AsyncStream<LinkEvent>
 
     private let reader: LinkMonitorReader
-    private let thread: Mutex<pthread_t?>
+    private let thread: Mutex<ReaderThread>
+
+    private enum ReaderThread {
+        case notStarted
+        case running(pthread_t)
+        case stopped
+    }
 
     /// Events buffered for a slow consumer before the overflow turns into `.resyncNeeded`.
     public static let defaultEventBufferLimit = 4096
@@ -20,16 +26,29 @@ public final class LinkMonitor: Sendable {
     public convenience init(receiveBufferSize: Int? = nil, eventBufferLimit: Int = defaultEventBufferLimit) throws {
         let fd = try Self.openSubscribedSocket(receiveBufferSize: receiveBufferSize, operation: "open link monitor")
         try self.init(adopting: fd, eventBufferLimit: eventBufferLimit)
+        try startReading()
     }
 
     /// Monitors the network namespace at `path` (e.g. `/run/netns/NAME`).
     public convenience init(
         networkNamespace path: String, receiveBufferSize: Int? = nil, eventBufferLimit: Int = defaultEventBufferLimit
     ) throws {
+        try self.init(
+            networkNamespace: path, receiveBufferSize: receiveBufferSize, eventBufferLimit: eventBufferLimit,
+            startReading: true)
+    }
+
+    /// With `startReading` false the socket is subscribed but nobody reads it until
+    /// `startReading()`: how tests make the kernel overflow it deterministically.
+    package convenience init(
+        networkNamespace path: String, receiveBufferSize: Int?, eventBufferLimit: Int, startReading: Bool
+    ) throws {
         let fd = try withNetworkNamespace(path) {
-            try Self.openSubscribedSocket(receiveBufferSize: receiveBufferSize, operation: "open link monitor in \(path)")
+            try Self.openSubscribedSocket(
+                receiveBufferSize: receiveBufferSize, operation: "open link monitor in \(path)")
         }
         try self.init(adopting: fd, eventBufferLimit: eventBufferLimit)
+        if startReading { try self.startReading() }
     }
 
     private init(adopting socketFD: Int32, eventBufferLimit: Int) throws {
@@ -43,24 +62,31 @@ public final class LinkMonitor: Sendable {
             of: LinkEvent.self, bufferingPolicy: .bufferingOldest(eventBufferLimit))
         let reader = LinkMonitorReader(socketFD: socketFD, wakeFD: wakeFD, continuation: continuation)
         continuation.onTermination = { _ in reader.requestStop() }
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(reader).toOpaque()
-        let created = pthread_create(
-            &thread, nil,
-            { context in
-                let reader = Unmanaged<LinkMonitorReader>.fromOpaque(context!).takeRetainedValue()
-                reader.run()
-                return nil
-            }, context)
-        guard created == 0 else {
-            Unmanaged<LinkMonitorReader>.fromOpaque(context).release()
-            reader.closeDescriptors()
-            continuation.finish()
-            throw NetlinkError(operation: "start link monitor thread", interface: nil, errno: created)
-        }
         self.events = stream
         self.reader = reader
-        self.thread = Mutex(thread)
+        self.thread = Mutex(.notStarted)
+    }
+
+    package func startReading() throws {
+        try thread.withLock { thread in
+            guard case .notStarted = thread else { return }
+            var created = pthread_t()
+            let context = Unmanaged.passRetained(reader).toOpaque()
+            let result = pthread_create(
+                &created, nil,
+                { context in
+                    let reader = Unmanaged<LinkMonitorReader>.fromOpaque(context!).takeRetainedValue()
+                    reader.run()
+                    return nil
+                }, context)
+            guard result == 0 else {
+                Unmanaged<LinkMonitorReader>.fromOpaque(context).release()
+                thread = .stopped
+                reader.finish()
+                throw NetlinkError(operation: "start link monitor thread", interface: nil, errno: result)
+            }
+            thread = .running(created)
+        }
     }
 
     deinit { close() }
@@ -69,14 +95,22 @@ public final class LinkMonitor: Sendable {
     /// returning. Safe to call more than once.
     public func close() {
         reader.requestStop()
-        guard let thread = self.thread.withLock({ thread in defer { thread = nil }; return thread }) else { return }
-        pthread_join(thread, nil)
+        let previous = thread.withLock { thread in
+            defer { thread = .stopped }
+            return thread
+        }
+        switch previous {
+        case .running(let running): pthread_join(running, nil)
+        case .notStarted: reader.finish()
+        case .stopped: break
+        }
     }
 
     private static func openSubscribedSocket(receiveBufferSize: Int?, operation: String) throws -> Int32 {
         let fd = try NetlinkSocket.open(operation: operation)
         do {
-            try NetlinkSocket.setOption(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, Int32(RTNLGRP_LINK.rawValue), operation: operation)
+            try NetlinkSocket.setOption(
+                fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, Int32(RTNLGRP_LINK.rawValue), operation: operation)
             if let receiveBufferSize {
                 try NetlinkSocket.setOption(fd, SOL_SOCKET, SO_RCVBUF, Int32(receiveBufferSize), operation: operation)
             }
@@ -126,11 +160,15 @@ final class LinkMonitorReader: Sendable {
         }
     }
 
+    /// Closes both descriptors, then ends the stream: a consumer that sees the end can rely on them
+    /// being gone.
+    func finish() {
+        closeDescriptors()
+        continuation.finish()
+    }
+
     func run() {
-        defer {
-            closeDescriptors()
-            continuation.finish()
-        }
+        defer { finish() }
         var emitter = Emitter(continuation: continuation)
         var buffer = [UInt8](repeating: 0, count: NetlinkSocket.receiveBufferSize)
         var polled = [

@@ -26,8 +26,10 @@ public struct MacvtapDevice: Sendable {
     }
 
     public func open(name: String, index: Int32) throws -> FileDescriptor {
-        func failure(_ operation: String, _ path: String?, _ code: Int32, _ detail: String? = nil) -> MacvtapDeviceError {
-            MacvtapDeviceError(operation: operation, interface: "\(name) (ifindex \(index))", path: path, errno: code, detail: detail)
+        func failure(_ operation: String, _ path: String?, _ code: Int32, _ detail: String? = nil) -> MacvtapDeviceError
+        {
+            MacvtapDeviceError(
+                operation: operation, interface: "\(name) (ifindex \(index))", path: path, errno: code, detail: detail)
         }
         try InterfaceName.validate(name)
         // The ifindex in the path ties the device number to this very macvtap: a namesake

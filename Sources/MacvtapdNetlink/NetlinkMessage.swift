@@ -36,7 +36,8 @@ package struct NetlinkMessage: Hashable, Sendable {
                 throw NetlinkMessageError(
                     "message type \(header.type) claims \(length) bytes, \(available) available", offset: offset)
             }
-            messages.append(NetlinkMessage(header: header, payload: buffer[(offset + NetlinkHeader.size)..<(offset + length)]))
+            messages.append(
+                NetlinkMessage(header: header, payload: buffer[(offset + NetlinkHeader.size)..<(offset + length)]))
             offset += min(alignedTo4(length), available)
         }
         return messages
@@ -55,7 +56,8 @@ package struct NetlinkStatus: Hashable, Sendable {
     package static func decodeError(_ message: NetlinkMessage) throws -> NetlinkStatus {
         let payload = message.payload
         guard payload.count >= 4 + NetlinkHeader.size else {
-            throw NetlinkMessageError("NLMSG_ERROR body has \(payload.count) bytes, needs 20", offset: payload.startIndex)
+            throw NetlinkMessageError(
+                "NLMSG_ERROR body has \(payload.count) bytes, needs 20", offset: payload.startIndex)
         }
         let code = readInteger(Int32.self, from: payload, at: payload.startIndex)
         var tlvStart = payload.startIndex + 4 + NetlinkHeader.size

@@ -21,7 +21,8 @@ extension RouteSocket {
                 continue
             }
         }
-        throw NetlinkError(operation: "dump links", interface: nil, errno: EINTR, message: "dump kept being interrupted")
+        throw NetlinkError(
+            operation: "dump links", interface: nil, errno: EINTR, message: "dump kept being interrupted")
     }
 
     /// The link with that ifindex; NetlinkError ENODEV when there is none.

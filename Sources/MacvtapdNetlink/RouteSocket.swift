@@ -23,7 +23,9 @@ public final class RouteSocket: Sendable {
     /// A socket in the network namespace at `path` (e.g. `/run/netns/NAME`); every request made
     /// through it acts on that namespace, whichever thread makes it.
     public convenience init(networkNamespace path: String) throws {
-        let fd = try withNetworkNamespace(path) { try NetlinkSocket.open(operation: "open rtnetlink socket in \(path)") }
+        let fd = try withNetworkNamespace(path) {
+            try NetlinkSocket.open(operation: "open rtnetlink socket in \(path)")
+        }
         try self.init(adopting: fd)
     }
 

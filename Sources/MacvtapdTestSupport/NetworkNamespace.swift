@@ -48,10 +48,14 @@ public final class NetworkNamespace: Sendable {
     /// Synchronous: the thread is switched back before anything else can run on it.
     public func withEntered<Result>(_ body: () throws -> Result) throws -> Result {
         let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
-        guard original >= 0 else { throw NetworkNamespaceCommandError(command: ["open own netns"], status: errno, output: "") }
+        guard original >= 0 else {
+            throw NetworkNamespaceCommandError(command: ["open own netns"], status: errno, output: "")
+        }
         defer { close(original) }
         let target = open(path, O_RDONLY | O_CLOEXEC)
-        guard target >= 0 else { throw NetworkNamespaceCommandError(command: ["open \(path)"], status: errno, output: "") }
+        guard target >= 0 else {
+            throw NetworkNamespaceCommandError(command: ["open \(path)"], status: errno, output: "")
+        }
         defer { close(target) }
         guard cmacvtapd_setns_net(target) == 0 else {
             throw NetworkNamespaceCommandError(command: ["setns \(path)"], status: errno, output: "")

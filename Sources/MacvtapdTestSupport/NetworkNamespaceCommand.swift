@@ -17,7 +17,9 @@ public enum NetworkNamespaceCommand {
     @discardableResult
     public static func run(_ arguments: [String]) throws -> String {
         let (status, output) = try runReturningStatus(arguments)
-        guard status == 0 else { throw NetworkNamespaceCommandError(command: arguments, status: status, output: output) }
+        guard status == 0 else {
+            throw NetworkNamespaceCommandError(command: arguments, status: status, output: output)
+        }
         return output
     }
 

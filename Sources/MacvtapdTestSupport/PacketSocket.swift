@@ -15,7 +15,9 @@ public final class PacketSocket: Sendable {
             guard index != 0 else { throw PacketSocketError(operation: "find \(interface)", errno: errno) }
             let protocolAll = UInt16(ETH_P_ALL).bigEndian
             let fd = socket(AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(protocolAll))
-            guard fd >= 0 else { throw PacketSocketError(operation: "open packet socket on \(interface)", errno: errno) }
+            guard fd >= 0 else {
+                throw PacketSocketError(operation: "open packet socket on \(interface)", errno: errno)
+            }
             var ignoreOutgoing: Int32 = 1
             setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &ignoreOutgoing, socklen_t(MemoryLayout<Int32>.size))
             var address = sockaddr_ll()

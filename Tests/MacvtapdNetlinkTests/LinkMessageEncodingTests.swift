@@ -62,7 +62,8 @@ struct LinkMessageEncodingTests {
     }
 
     @Test func setLinkOnlyTouchesWhatIsGiven() {
-        let down = message(type: 19, flags: 0x5, sequence: 3, body: interfaceInfo(index: 5, flags: 0, change: 1, type: 0))
+        let down = message(
+            type: 19, flags: 0x5, sequence: 3, body: interfaceInfo(index: 5, flags: 0, change: 1, type: 0))
         #expect(LinkMessage.setRequest(index: 5, up: false, sequence: 3) == down)
         let alias = message(
             type: 19, flags: 0x5, sequence: 4, body: interfaceInfo(index: 5, type: 0) + attribute(20, cString("x")))

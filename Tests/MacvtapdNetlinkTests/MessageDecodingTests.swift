@@ -45,7 +45,9 @@ struct MessageDecodingTests {
     @Test func linkWithoutAliasOrKindReportsNil() throws {
         var body = interfaceInfo(index: 1, flags: 0x8)
         body += attribute(3, cString("lo")) + attribute(1, [0, 0, 0, 0, 0, 0]) + attribute(20, [0])
-        let link = try LinkMessage.decode(try NetlinkMessage.split(message(type: 16, flags: 0, sequence: 0, body: body)[...])[0]).link
+        let link = try LinkMessage.decode(
+            try NetlinkMessage.split(message(type: 16, flags: 0, sequence: 0, body: body)[...])[0]
+        ).link
         #expect(link.kind == nil)
         #expect(link.alias == nil, "an empty alias is no alias")
         #expect(link.macvtapMode == nil)
@@ -60,7 +62,8 @@ struct MessageDecodingTests {
 
     @Test func multipartDumpSplitsAtAlignedBoundariesAndEndsWithDone() throws {
         let first = message(type: RTM_NEWLINK, flags: NLM_F_MULTI, sequence: 4, body: macvtapLinkBody(index: 7))
-        let second = message(type: RTM_NEWLINK, flags: NLM_F_MULTI, sequence: 4, body: macvtapLinkBody(index: 8, alias: nil))
+        let second = message(
+            type: RTM_NEWLINK, flags: NLM_F_MULTI, sequence: 4, body: macvtapLinkBody(index: 8, alias: nil))
         let done = message(type: NLMSG_DONE, flags: NLM_F_MULTI, sequence: 4, body: le32(0))
         let messages = try NetlinkMessage.split((first + second + done)[...])
         #expect(messages.map(\.header.type) == [RTM_NEWLINK, RTM_NEWLINK, NLMSG_DONE])
@@ -123,7 +126,8 @@ struct MessageDecodingTests {
     }
 
     @Test func uncappedErrorSkipsTheEchoedRequest() throws {
-        let request = message(type: 16, flags: 0x605, sequence: 7, body: interfaceInfo(index: 0) + attribute(3, cString("x")))
+        let request = message(
+            type: 16, flags: 0x605, sequence: 7, body: interfaceInfo(index: 0) + attribute(3, cString("x")))
         let body = le32(UInt32(bitPattern: -EINVAL)) + request + attribute(1, cString("bad"))
         let bytes = message(type: NLMSG_ERROR, flags: 0x200, sequence: 7, body: body)
         let status = try NetlinkStatus.decodeError(NetlinkMessage.split(bytes[...])[0])
@@ -164,7 +168,8 @@ struct NamesAndErrorsTests {
     }
 
     @Test func netlinkErrorNamesOperationInterfaceAndErrno() {
-        let error = NetlinkError(operation: "create macvtap", interface: "mvt0 on ifindex 3", errno: EEXIST, message: "x")
+        let error = NetlinkError(
+            operation: "create macvtap", interface: "mvt0 on ifindex 3", errno: EEXIST, message: "x")
         #expect(error.description == "create macvtap mvt0 on ifindex 3: EEXIST (File exists): x")
         #expect(error.isAlreadyExists)
         #expect(NetlinkError(operation: "get link", interface: "ifindex 9", errno: ENODEV).isNoSuchDevice)

@@ -76,7 +76,8 @@ struct RouteSocketIntegrationTests {
         defer { host.tearDown() }
         _ = try host.route.createMacvtap(host.macvtap("mvt0", mode: .passthru))
         let error = #expect(throws: NetlinkError.self) {
-            try host.route.createMacvtap(host.macvtap("mvt1", mode: .passthru, address: MACAddress("02:00:5e:00:00:02")))
+            try host.route.createMacvtap(
+                host.macvtap("mvt1", mode: .passthru, address: MACAddress("02:00:5e:00:00:02")))
         }
         #expect(error?.operation == "create macvtap")
         #expect(error?.interface == "mvt1 on ifindex \(host.lower.index)")
