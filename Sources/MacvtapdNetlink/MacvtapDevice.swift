@@ -59,7 +59,17 @@ public struct MacvtapDevice: Sendable {
         let fd = Glibc.open(nodePath, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK)
         let openError = errno
         unlink(nodePath)
-        guard fd >= 0 else { throw failure("open device node", nodePath, openError) }
+        guard fd >= 0 else {
+            var filesystem = statvfs()
+            if openError == EACCES, statvfs(runtimeDirectory, &filesystem) == 0,
+                filesystem.f_flag & mountFlagNoDevices != 0
+            {
+                throw failure(
+                    "open device node", nodePath, openError,
+                    "\(runtimeDirectory) is on a nodev filesystem; use a runtime directory that allows device nodes")
+            }
+            throw failure("open device node", nodePath, openError)
+        }
         let owned = FileDescriptor(adopting: fd)
 
         var info = stat()
@@ -170,3 +180,6 @@ func makePrivateDirectory(_ path: String) -> Result<Void, SystemErrno> {
     guard info.st_mode & S_IFMT == S_IFDIR else { return .failure(SystemErrno(rawValue: ENOTDIR)) }
     return .success(())
 }
+
+/// ST_NODEV of statvfs(3); glibc declares it only under _GNU_SOURCE, so Swift does not see it.
+let mountFlagNoDevices: UInt = 4

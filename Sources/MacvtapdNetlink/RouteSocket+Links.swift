@@ -13,7 +13,7 @@ extension RouteSocket {
                     request: { LinkMessage.dumpRequest(sequence: $0) },
                     receive: { message in
                         if message.header.type == MessageType.newLink {
-                            links.append(try LinkMessage.decode(message).link)
+                            links.append(try decodeLink(message, operation: "dump links", interface: nil))
                         }
                     })
                 return links
@@ -42,9 +42,11 @@ extension RouteSocket {
             operation: "get link", interface: interface, reply: .single, request: request,
             receive: { message in
                 guard message.header.type == MessageType.newLink else {
-                    throw NetlinkMessageError("reply of type \(message.header.type) to RTM_GETLINK", offset: 0)
+                    throw NetlinkError(
+                        operation: "get link", interface: interface, errno: EPROTO,
+                        message: "reply of type \(message.header.type) to RTM_GETLINK")
                 }
-                found = try LinkMessage.decode(message).link
+                found = try decodeLink(message, operation: "get link", interface: interface)
             })
         guard let found else { throw NetlinkError(operation: "get link", interface: interface, errno: ENODEV) }
         return found
@@ -98,5 +100,14 @@ extension RouteSocket {
         try exchange(
             operation: up ? "bring up" : "bring down", interface: "ifindex \(index)", reply: .ack,
             request: { LinkMessage.setRequest(index: index, up: up, sequence: $0) })
+    }
+}
+
+/// A link message that does not parse fails the operation that asked for it, named as such.
+private func decodeLink(_ message: NetlinkMessage, operation: String, interface: String?) throws -> Link {
+    do {
+        return try LinkMessage.decode(message).link
+    } catch {
+        throw NetlinkError(operation: operation, interface: interface, errno: EPROTO, message: "\(error)")
     }
 }

@@ -89,16 +89,28 @@ public final class RouteSocket: Sendable {
                     throw failure(code == EAGAIN || code == EWOULDBLOCK ? ETIMEDOUT : code)
                 }
                 guard count <= state.buffer.count else { throw failure(EMSGSIZE, "reply of \(count) bytes truncated") }
-                for message in try NetlinkMessage.split(state.buffer[0..<count]) {
+                let messages: [NetlinkMessage]
+                do {
+                    messages = try NetlinkMessage.split(state.buffer[0..<count])
+                } catch {
+                    throw failure(EPROTO, "\(error)")
+                }
+                for message in messages {
                     // Replies to an earlier request that timed out are stale: skip them.
                     guard message.header.sequence == sequence else { continue }
                     switch message.header.type {
                     case MessageType.error:
-                        let status = try NetlinkStatus.decodeError(message)
+                        let status: NetlinkStatus
+                        do { status = try NetlinkStatus.decodeError(message) } catch {
+                            throw failure(EPROTO, "\(error)")
+                        }
                         guard status.errno == 0 else { throw failure(status.errno, status.message) }
                         return
                     case MessageType.done:
-                        let status = try NetlinkStatus.decodeDone(message)
+                        let status: NetlinkStatus
+                        do { status = try NetlinkStatus.decodeDone(message) } catch {
+                            throw failure(EPROTO, "\(error)")
+                        }
                         guard status.errno == 0 else { throw failure(status.errno, status.message) }
                         if interrupted { throw DumpInterrupted() }
                         return

@@ -168,4 +168,31 @@ struct RouteSocketIntegrationTests {
         let error = #expect(throws: NetlinkError.self) { try host.route.links() }
         #expect(error?.errno == EBADF)
     }
+
+    @Test func tapOfAnotherNamespaceIsNotFoundThroughOurSysfs() throws {
+        let host = try NetlinkTestHost()
+        defer { host.tearDown() }
+        let macvtap = try host.route.createMacvtap(host.macvtap())
+        let hostSysfs = MacvtapDevice(sysfsRoot: "/sys", runtimeDirectory: host.runtimeDirectory)
+        let error = #expect(throws: MacvtapDeviceError.self) { try hostSysfs.open(macvtap) }
+        #expect(error?.errno == ENOENT)
+        #expect(
+            error?.description.hasPrefix("read device number for macvtap mvt0 (ifindex \(macvtap.index)) at /sys/")
+                == true)
+    }
+
+    @Test func nodevRuntimeDirectoryIsExplained() throws {
+        let host = try NetlinkTestHost()
+        defer { host.tearDown() }
+        let macvtap = try host.route.createMacvtap(host.macvtap())
+        var template = Array("/tmp/mvtd-nodev-XXXXXX".utf8CString)
+        let directory = String(cString: try #require(mkdtemp(&template)))
+        defer { rmdir(directory) }
+        try #require(mount("tmpfs", directory, "tmpfs", UInt(MS_NODEV), nil) == 0)
+        defer { umount2(directory, Int32(MNT_DETACH)) }
+        let device = MacvtapDevice(sysfsRoot: host.sysfs.path, runtimeDirectory: directory)
+        let error = #expect(throws: MacvtapDeviceError.self) { try device.open(macvtap) }
+        #expect(error?.errno == EACCES)
+        #expect(error?.detail?.contains("nodev") == true)
+    }
 }
