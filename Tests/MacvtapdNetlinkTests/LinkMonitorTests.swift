@@ -192,6 +192,27 @@ struct LinkMonitorTests {
     }
 }
 
+@Suite("Own namespace")
+struct OwnNamespaceTests {
+    /// Read-only: the process's own namespace is shared with everything else on the machine.
+    @Test func socketAndMonitorWithoutANamespacePathUseTheCallersNamespace() async throws {
+        let route = try RouteSocket()
+        defer { route.close() }
+        let loopback = try route.link(named: "lo")
+        #expect(loopback.index == 1)
+        #expect(try route.links().contains { $0.name == "lo" })
+        let monitor = try LinkMonitor()
+        monitor.close()
+        for await event in monitor.events { Issue.record("unexpected \(event) after close") }
+    }
+
+    @Test func unknownNamespacePathIsAClearError() {
+        let error = #expect(throws: NetlinkError.self) { try RouteSocket(networkNamespace: "/run/netns/mvtd-none") }
+        #expect(error?.errno == ENOENT)
+        #expect(error?.operation == "open network namespace /run/netns/mvtd-none")
+    }
+}
+
 /// Descriptors of this process open on one character device (unique to one live macvtap).
 func openDescriptors(ofDevice device: dev_t) -> Int {
     guard let directory = opendir("/proc/self/fd") else { return -1 }
