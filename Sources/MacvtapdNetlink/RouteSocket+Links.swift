@@ -55,7 +55,7 @@ extension RouteSocket {
     /// Creates a macvtap in one RTM_NEWLINK (name, lower, MAC, alias, mode, up) and returns it as
     /// the kernel reports it afterwards. Kernels that ignore IFLA_IFALIAS on creation get it with a
     /// follow-up RTM_SETLINK; if that fails the new macvtap is deleted again, so nothing unmarked is
-    /// left behind.
+    /// left behind. A link monitor may see the new macvtap without its alias for that instant.
     public func createMacvtap(_ configuration: MacvtapConfiguration) throws -> Link {
         try InterfaceName.validate(configuration.name)
         let interface = "\(configuration.name) on ifindex \(configuration.lowerIndex)"
