@@ -9,3 +9,23 @@ public enum LinkEvent: Hashable, Sendable {
     /// behind, or a message did not parse): observed state must be re-read with a full dump.
     case resyncNeeded
 }
+
+extension LinkEvent {
+    /// The event an RTNLGRP_LINK notification stands for; nil for messages about anything else.
+    /// A notification that does not parse is a lost event, hence `.resyncNeeded`.
+    package init?(notification message: NetlinkMessage) {
+        let type = message.header.type
+        guard type == MessageType.newLink || type == MessageType.deleteLink else { return nil }
+        guard let decoded = try? LinkMessage.decode(message) else {
+            self = .resyncNeeded
+            return
+        }
+        if type == MessageType.deleteLink {
+            self = .deleted(decoded.link)
+        } else if decoded.change == LinkMessage.newLinkChangeMask {
+            self = .added(decoded.link)
+        } else {
+            self = .changed(decoded.link)
+        }
+    }
+}

@@ -185,11 +185,13 @@ final class LinkMonitorReader: Sendable {
             }
             if polled[1].revents != 0 { return }
             emitter.retryOwedResync()
-            if polled[0].revents != 0 { drain(into: &emitter, buffer: &buffer) }
+            if polled[0].revents != 0, !drain(into: &emitter, buffer: &buffer) { return }
         }
     }
 
-    private func drain(into emitter: inout Emitter, buffer: inout [UInt8]) {
+    /// Reads until the socket is empty; false when it failed for good (the stream then ends, after a
+    /// resync notice, rather than spinning on a broken socket).
+    private func drain(into emitter: inout Emitter, buffer: inout [UInt8]) -> Bool {
         while !emitter.isTerminated {
             let fd = socketFD
             let count = buffer.withUnsafeMutableBytes {
@@ -198,12 +200,12 @@ final class LinkMonitorReader: Sendable {
             if count < 0 {
                 switch errno {
                 case EINTR: continue
-                case EAGAIN, EWOULDBLOCK: return
+                case EAGAIN, EWOULDBLOCK: return true
                 // The kernel dropped notifications for us: never swallow that.
                 case ENOBUFS: emitter.emit(.resyncNeeded)
                 default:
                     emitter.emit(.resyncNeeded)
-                    return
+                    return false
                 }
                 continue
             }
@@ -212,21 +214,10 @@ final class LinkMonitorReader: Sendable {
                 continue
             }
             for message in messages {
-                guard message.header.type == MessageType.newLink || message.header.type == MessageType.deleteLink
-                else { continue }
-                guard let decoded = try? LinkMessage.decode(message) else {
-                    emitter.emit(.resyncNeeded)
-                    continue
-                }
-                if message.header.type == MessageType.deleteLink {
-                    emitter.emit(.deleted(decoded.link))
-                } else if decoded.change == LinkMessage.newLinkChangeMask {
-                    emitter.emit(.added(decoded.link))
-                } else {
-                    emitter.emit(.changed(decoded.link))
-                }
+                if let event = LinkEvent(notification: message) { emitter.emit(event) }
             }
         }
+        return true
     }
 
     /// Turns a full stream buffer into one `.resyncNeeded` instead of silently dropped events.

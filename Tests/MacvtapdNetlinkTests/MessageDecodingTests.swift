@@ -176,3 +176,50 @@ struct NamesAndErrorsTests {
         #expect(NetlinkError(operation: "delete link", interface: nil, errno: EPERM).isPermissionDenied)
     }
 }
+
+@Suite("Notification classification")
+struct NotificationClassificationTests {
+    func event(type: UInt16, body: [UInt8]) throws -> LinkEvent? {
+        LinkEvent(
+            notification: try NetlinkMessage.split(message(type: type, flags: 0, sequence: 0, body: body)[...])[0])
+    }
+
+    func macvtap(change: UInt32) -> [UInt8] {
+        interfaceInfo(index: 7, flags: 0x1003, change: change) + Array(macvtapLinkBody().dropFirst(16))
+    }
+
+    @Test func everyFlagChangedMeansANewLink() throws {
+        guard case .added(let link) = try event(type: RTM_NEWLINK, body: macvtap(change: 0xFFFF_FFFF)) else {
+            Issue.record("not .added")
+            return
+        }
+        #expect(link.name == "mvt0")
+    }
+
+    @Test func otherNewLinkNotificationsAreChanges() throws {
+        for change: UInt32 in [0, 1, 0x1_0000] {
+            guard case .changed(let link) = try event(type: RTM_NEWLINK, body: macvtap(change: change)) else {
+                Issue.record("change mask \(change) not .changed")
+                continue
+            }
+            #expect(link.index == 7)
+        }
+    }
+
+    @Test func delLinkIsADeletion() throws {
+        guard case .deleted(let link) = try event(type: RTM_DELLINK, body: macvtap(change: 0)) else {
+            Issue.record("not .deleted")
+            return
+        }
+        #expect(link.alias == "macvtapd:web1/nic0")
+    }
+
+    @Test func malformedNotificationAsksForAResync() throws {
+        #expect(try event(type: RTM_NEWLINK, body: [1, 2, 3, 4]) == .resyncNeeded)
+    }
+
+    @Test func otherMessagesAreNotLinkEvents() throws {
+        #expect(try event(type: 20, body: macvtap(change: 0)) == nil)  // RTM_NEWADDR
+        #expect(try event(type: NLMSG_DONE, body: le32(0)) == nil)
+    }
+}
