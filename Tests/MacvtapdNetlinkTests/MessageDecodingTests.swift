@@ -55,6 +55,22 @@ struct MessageDecodingTests {
         #expect(!link.isAdministrativelyUp)
     }
 
+    @Test func permanentAddressAndForeignLowerAreReported() throws {
+        var body = interfaceInfo(index: 4, flags: 0x1)
+        body += attribute(3, cString("eth0")) + attribute(5, le32(12)) + attribute(37, le32(2))
+        body += attribute(54, [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]) + attribute(1, [0x02, 0, 0, 0, 0, 0x01])
+        body += attribute(0x8012, attribute(1, cString("veth")))
+        let link = try LinkMessage.decode(
+            NetlinkMessage.split(message(type: 16, flags: 0, sequence: 0, body: body)[...])[0]
+        ).link
+        #expect(link.permanentAddress == MACAddress("52:54:00:12:34:56"))
+        #expect(link.address == MACAddress("02:00:00:00:00:01"))
+        #expect(link.lowerIndex == 12)
+        #expect(link.lowerNetnsID == 2, "ifindex 12 is in another namespace")
+        #expect(link.kind == "veth")
+        #expect(link.macvtapMode == nil)
+    }
+
     @Test func sourceModeIsNotAManagedMode() throws {
         let bytes = message(type: RTM_NEWLINK, flags: 0, sequence: 1, body: macvtapLinkBody(mode: 16))
         #expect(try LinkMessage.decode(NetlinkMessage.split(bytes[...])[0]).link.macvtapMode == nil)
