@@ -21,7 +21,7 @@ trap 'exit 130' INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_ns() { ip netns exec "$ns" "$@"; }
-macvtapd() { in_ns "$bin" "$@" --status-file "$work/status.json" --runtime-dir "$work/run"; }
+macvtapd() { in_ns "$bin" "$@" --status-file "$work/status.json" --device-dir "$work/dev"; }
 
 step "sandbox: namespace $ns with host interfaces uplink0 and uplink1 (veth pairs)"
 ip netns add "$ns"

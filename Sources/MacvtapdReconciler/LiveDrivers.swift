@@ -1,14 +1,12 @@
 /// The drivers that talk to the real kernel and QEMU.
 public struct LiveDrivers: Sendable {
+    public static let defaultDeviceDirectory = "/dev/macvtapd"
+
     public var host: any HostDriver
     public var connector: any VMConnector
 
-    public init(runtimeDirectory: String, qmpTimeout: Duration) throws {
-        throw LiveDriversUnavailable()
+    public init(deviceDirectory: String = LiveDrivers.defaultDeviceDirectory, qmpTimeout: Duration) throws {
+        host = try NetlinkHostDriver(deviceDirectory: deviceDirectory)
+        connector = QMPConnector(timeout: qmpTimeout)
     }
-}
-
-/// Until the rtnetlink and QMP clients are joined in, the CLI says so instead of pretending.
-struct LiveDriversUnavailable: Error, CustomStringConvertible {
-    var description: String { "the rtnetlink and QMP drivers are not built into this version yet" }
 }

@@ -1,3 +1,4 @@
+import CMacvtapd
 import Synchronization
 
 #if canImport(Glibc)

@@ -11,8 +11,12 @@ struct WorldOptions: ParsableArguments {
     @Option(help: "Where the JSON status document is written and read.")
     var statusFile: String = StatusStore.defaultPath
 
-    @Option(help: "Directory for the private tap device nodes macvtapd opens.")
-    var runtimeDir: String = "/run/macvtapd"
+    @Option(
+        help: """
+            Directory for the private tap device nodes macvtapd makes and unlinks right after opening; \
+            it must allow device nodes (/run is often mounted nodev).
+            """)
+    var deviceDir: String = LiveDrivers.defaultDeviceDirectory
 
     @Option(help: "Seconds to wait for a VM's QMP monitor before calling it unresponsive.")
     var qmpTimeout: Double = 5
@@ -33,7 +37,7 @@ struct WorldOptions: ParsableArguments {
     func reconciler() throws -> Reconciler {
         var logger = Logger(label: "macvtapd")
         logger.logLevel = logLevel ?? .warning
-        let drivers = try LiveDrivers(runtimeDirectory: runtimeDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)))
+        let drivers = try LiveDrivers(deviceDirectory: deviceDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)))
         return Reconciler(
             host: drivers.host, connector: drivers.connector, store: StatusStore(path: statusFile), logger: logger)
     }

@@ -39,7 +39,7 @@ struct Run: AsyncParsableCommand {
         }
         let logger = Logger(label: "macvtapd")
         let drivers = try LiveDrivers(
-            runtimeDirectory: options.runtimeDir, qmpTimeout: .milliseconds(Int(options.qmpTimeout * 1000)))
+            deviceDirectory: options.deviceDir, qmpTimeout: .milliseconds(Int(options.qmpTimeout * 1000)))
         let settings = Daemon.Settings(
             configPath: options.config.config, store: StatusStore(path: options.statusFile),
             controller: Controller.Options(

@@ -61,4 +61,7 @@ int cmacvtapd_setns_net(int ns_fd);
 /// a spawned QEMU must not inherit a parallel test's descriptors.
 int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
 
+// --- netlink client (MacvtapdNetlink): the link monitor's wakeup descriptor.
+#include <sys/eventfd.h>
+
 #endif

@@ -1,0 +1,113 @@
+import Glibc
+import MacvtapdCore
+
+extension RouteSocket {
+    /// Every link of the namespace (RTM_GETLINK dump).
+    public func links() throws -> [Link] {
+        // The kernel flags a dump that raced with a change; a fresh one is consistent.
+        for _ in 0..<4 {
+            var links: [Link] = []
+            do {
+                try exchange(
+                    operation: "dump links", interface: nil, reply: .dump,
+                    request: { LinkMessage.dumpRequest(sequence: $0) },
+                    receive: { message in
+                        if message.header.type == MessageType.newLink {
+                            links.append(try decodeLink(message, operation: "dump links", interface: nil))
+                        }
+                    })
+                return links
+            } catch is DumpInterrupted {
+                continue
+            }
+        }
+        throw NetlinkError(
+            operation: "dump links", interface: nil, errno: EINTR, message: "dump kept being interrupted")
+    }
+
+    /// The link with that ifindex; NetlinkError ENODEV when there is none.
+    public func link(index: Int32) throws -> Link {
+        try getLink(interface: "ifindex \(index)") { LinkMessage.getRequest(index: index, sequence: $0) }
+    }
+
+    /// The link with that name; NetlinkError ENODEV when there is none.
+    public func link(named name: String) throws -> Link {
+        try InterfaceName.validate(name)
+        return try getLink(interface: name) { LinkMessage.getRequest(name: name, sequence: $0) }
+    }
+
+    private func getLink(interface: String, request: (UInt32) -> [UInt8]) throws -> Link {
+        var found: Link?
+        try exchange(
+            operation: "get link", interface: interface, reply: .single, request: request,
+            receive: { message in
+                guard message.header.type == MessageType.newLink else {
+                    throw NetlinkError(
+                        operation: "get link", interface: interface, errno: EPROTO,
+                        message: "reply of type \(message.header.type) to RTM_GETLINK")
+                }
+                found = try decodeLink(message, operation: "get link", interface: interface)
+            })
+        guard let found else { throw NetlinkError(operation: "get link", interface: interface, errno: ENODEV) }
+        return found
+    }
+
+    /// Creates a macvtap in one RTM_NEWLINK (name, lower, MAC, alias, mode, up) and returns it as
+    /// the kernel reports it afterwards. Kernels that ignore IFLA_IFALIAS on creation get it with a
+    /// follow-up RTM_SETLINK; if that fails the new macvtap is deleted again, so nothing unmarked is
+    /// left behind. A link monitor may see the new macvtap without its alias for that instant.
+    public func createMacvtap(_ configuration: MacvtapConfiguration) throws -> Link {
+        try InterfaceName.validate(configuration.name)
+        let interface = "\(configuration.name) on ifindex \(configuration.lowerIndex)"
+        try exchange(
+            operation: "create macvtap", interface: interface, reply: .ack,
+            request: { LinkMessage.createMacvtapRequest(configuration, sequence: $0) })
+        var created = try link(named: configuration.name)
+        if let alias = configuration.alias, created.alias != alias {
+            do {
+                try setAlias(alias, index: created.index)
+            } catch {
+                try? deleteLink(index: created.index)
+                throw error
+            }
+            created.alias = alias
+        }
+        return created
+    }
+
+    /// RTM_DELLINK. Deleting a lower deletes its macvtaps with it.
+    public func deleteLink(index: Int32) throws {
+        try exchange(
+            operation: "delete link", interface: "ifindex \(index)", reply: .ack,
+            request: { LinkMessage.deleteRequest(index: index, sequence: $0) })
+    }
+
+    public func setAddress(_ address: MACAddress, index: Int32) throws {
+        try exchange(
+            operation: "set address \(address) of", interface: "ifindex \(index)", reply: .ack,
+            request: { LinkMessage.setRequest(index: index, address: address, sequence: $0) })
+    }
+
+    /// nil clears the alias.
+    public func setAlias(_ alias: String?, index: Int32) throws {
+        try exchange(
+            operation: "set alias of", interface: "ifindex \(index)", reply: .ack,
+            request: { LinkMessage.setRequest(index: index, alias: alias ?? "", sequence: $0) })
+    }
+
+    /// Sets or clears IFF_UP.
+    public func setUp(_ up: Bool, index: Int32) throws {
+        try exchange(
+            operation: up ? "bring up" : "bring down", interface: "ifindex \(index)", reply: .ack,
+            request: { LinkMessage.setRequest(index: index, up: up, sequence: $0) })
+    }
+}
+
+/// A link message that does not parse fails the operation that asked for it, named as such.
+private func decodeLink(_ message: NetlinkMessage, operation: String, interface: String?) throws -> Link {
+    do {
+        return try LinkMessage.decode(message).link
+    } catch {
+        throw NetlinkError(operation: operation, interface: interface, errno: EPROTO, message: "\(error)")
+    }
+}

@@ -1,0 +1,85 @@
+import MacvtapdCore
+import MacvtapdNetlink
+
+/// The host, through rtnetlink and the macvtap character devices.
+public struct NetlinkHostDriver: HostDriver {
+    let socket: RouteSocket
+    let device: MacvtapDevice
+
+    /// `deviceDirectory` holds the private tap nodes: it must be on a filesystem that allows device
+    /// nodes (`/run` is often mounted nodev; `/dev` is devtmpfs and always allows them).
+    public init(deviceDirectory: String, sysfsRoot: String = "/sys") throws {
+        socket = try RouteSocket()
+        device = MacvtapDevice(sysfsRoot: sysfsRoot, runtimeDirectory: deviceDirectory)
+    }
+
+    public func links() async throws -> [ObservedLink] {
+        try socket.links().map(ObservedLink.init)
+    }
+
+    public func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
+        ObservedLink(
+            try socket.createMacvtap(
+                MacvtapConfiguration(
+                    name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
+                    alias: spec.alias, up: true)))
+    }
+
+    public func deleteMacvtap(ifindex: Int32, name: String) async throws {
+        // Check the mark right before deleting: the ifindex came from an observation, and only a
+        // macvtap carrying our alias may go.
+        let link = try socket.link(index: ifindex)
+        guard ObservedLink(link).owner != nil else {
+            throw HostDriverError("refusing to delete \(link.name) (ifindex \(ifindex)): it is not marked as ours")
+        }
+        try socket.deleteLink(index: ifindex)
+    }
+
+    public func setMacvtapUp(ifindex: Int32, name: String) async throws {
+        try socket.setUp(true, index: ifindex)
+    }
+
+    public func withOpenTap<T: Sendable>(
+        ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
+    ) async throws -> T {
+        let descriptor = try device.open(name: name, index: ifindex)
+        defer { descriptor.close() }
+        let raw = try descriptor.withRawValue { $0 }
+        return try await body(raw)
+    }
+
+    public func linkChanges() throws -> AsyncStream<LinkChange> {
+        let monitor = try LinkMonitor()
+        let (stream, continuation) = AsyncStream.makeStream(of: LinkChange.self)
+        let relay = Task {
+            for await event in monitor.events {
+                switch event {
+                case .added(let link), .changed(let link): continuation.yield(.updated(ObservedLink(link)))
+                case .deleted(let link): continuation.yield(.removed(ObservedLink(link)))
+                case .resyncNeeded: continuation.yield(.resyncNeeded)
+                }
+            }
+            continuation.finish()
+        }
+        continuation.onTermination = { _ in
+            relay.cancel()
+            monitor.close()
+        }
+        return stream
+    }
+}
+
+struct HostDriverError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension ObservedLink {
+    init(_ link: Link) {
+        self.init(
+            ifindex: link.index, name: link.name, kind: link.kind, mac: link.address,
+            permanentMAC: link.permanentAddress, adminUp: link.isAdministrativelyUp,
+            carrier: link.hasCarrier ?? (link.operationalState == .up), lowerIfindex: link.lowerIndex,
+            alias: link.alias, macvtapMode: link.macvtapMode)
+    }
+}

@@ -1,0 +1,70 @@
+import CMacvtapd
+import Glibc
+import Synchronization
+
+/// A network namespace created for one test (`ip netns add`), deleted by `delete()` or on deinit.
+/// Names are unique per process and per call, so tests can run in parallel.
+public final class NetworkNamespace: Sendable {
+    public let name: String
+    private let deleted = Atomic<Bool>(false)
+
+    /// `/run/netns/NAME`: what `RouteSocket(networkNamespace:)` and friends take.
+    public var path: String { "/run/netns/\(name)" }
+
+    public init(prefix: String = "mvtd") throws {
+        name = "\(prefix)-\(getpid())-\(NetworkNamespace.counter.add(1, ordering: .relaxed).newValue)"
+        try NetworkNamespaceCommand.run(["ip", "netns", "add", name])
+        do {
+            try ip("link", "set", "lo", "up")
+        } catch {
+            _ = try? NetworkNamespaceCommand.run(["ip", "netns", "del", name])
+            throw error
+        }
+    }
+
+    deinit { try? delete() }
+
+    /// Removes the namespace. Its interfaces go when the last socket into it is closed.
+    public func delete() throws {
+        guard !deleted.exchange(true, ordering: .relaxed) else { return }
+        try NetworkNamespaceCommand.run(["ip", "netns", "del", name])
+    }
+
+    public var exists: Bool { access(path, F_OK) == 0 }
+
+    /// `ip -n NAME ARGS...`
+    @discardableResult
+    public func ip(_ arguments: String...) throws -> String {
+        try NetworkNamespaceCommand.run(["ip", "-n", name] + arguments)
+    }
+
+    /// Any command inside the namespace (`ip netns exec NAME ...`).
+    @discardableResult
+    public func exec(_ arguments: [String]) throws -> String {
+        try NetworkNamespaceCommand.run(["ip", "netns", "exec", name] + arguments)
+    }
+
+    /// Runs `body` with the calling thread inside the namespace; sockets made there stay there.
+    /// Synchronous: the thread is switched back before anything else can run on it.
+    public func withEntered<Result>(_ body: () throws -> Result) throws -> Result {
+        let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+        guard original >= 0 else {
+            throw NetworkNamespaceCommandError(command: ["open own netns"], status: errno, output: "")
+        }
+        defer { close(original) }
+        let target = open(path, O_RDONLY | O_CLOEXEC)
+        guard target >= 0 else {
+            throw NetworkNamespaceCommandError(command: ["open \(path)"], status: errno, output: "")
+        }
+        defer { close(target) }
+        guard cmacvtapd_setns_net(target) == 0 else {
+            throw NetworkNamespaceCommandError(command: ["setns \(path)"], status: errno, output: "")
+        }
+        defer {
+            if cmacvtapd_setns_net(original) != 0 { fatalError("cannot leave network namespace \(path)") }
+        }
+        return try body()
+    }
+
+    private static let counter = Atomic<UInt64>(0)
+}
