@@ -40,7 +40,7 @@ qemu-system-x86_64 -M q35 -nodefaults -display none -m 64 \
     -netdev hubport,id=nic0.port,hubid=10 -device virtio-net-pci,id=nic0,netdev=nic0.port,mac=52:54:00:00:00:10 \
     -netdev hubport,id=nic1.port,hubid=11 -device virtio-net-pci,id=nic1,netdev=nic1.port,mac=52:54:00:00:00:11 \
     -netdev "socket,id=probe,udp=127.0.0.1:$probe_port,localaddr=127.0.0.1:$((probe_port + 1))" \
-    -netdev hubport,id=probe.port,hubid=10,netdev=probe &
+    -netdev hubport,id=probe.port,hubid=10,netdev=probe 2>"$work/qemu.log" &
 qemu_pid=$!
 for _ in $(seq 50); do [ -S "$work/web1.qmp" ] && break; sleep 0.1; done
 

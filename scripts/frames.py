@@ -2,6 +2,7 @@
 """Data-plane check for the demo: sends one Ethernet frame into a host interface and waits for it
 on the probe QEMU forwards the NIC's hub to (DESIGN.md, "Testing the data plane without a guest")."""
 import argparse
+import ctypes
 import os
 import socket
 import sys
@@ -27,12 +28,16 @@ def main() -> int:
     frame = bytes.fromhex(args.dst.replace(":", "")) + bytes.fromhex("020000000001")
     frame += ETHERTYPE.to_bytes(2, "big") + b"macvtapd-demo " + marker + bytes(32)
 
-    # Enter the namespace only for the raw socket; the probe stays in ours.
+    # Enter the namespace only for the raw socket; the probe stays in ours. (os.setns is 3.12+.)
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
     with open(f"/run/netns/{args.netns}") as ns:
         home = os.open("/proc/self/ns/net", os.O_RDONLY)
-        os.setns(ns.fileno(), os.CLONE_NEWNET)
+        if libc.setns(ns.fileno(), clone_newnet) != 0:
+            raise OSError(ctypes.get_errno(), "setns into the namespace")
         raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-        os.setns(home, os.CLONE_NEWNET)
+        libc.setns(home, clone_newnet)
+        os.close(home)
     raw.bind((args.iface, 0))
 
     start = time.monotonic()

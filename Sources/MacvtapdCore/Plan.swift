@@ -114,20 +114,24 @@ public struct BindingPlan: Hashable, Sendable {
     public var isDesired: Bool
     /// Where the binding stands once the actions are carried out.
     public var phase: Phase
+    /// Why the plan is what it is ("host eth0 appeared", "backend bound to deleted macvtap 42").
     public var reason: Reason
+    /// What status says once the actions succeeded ("attached to eth0 through ... on hub 10").
+    public var settled: Reason
     public var change: ChangeKind
     public var actions: [Action]
     /// The host interface the binding resolves to, when it exists.
     public var lower: String?
 
     public init(
-        key: BindingKey, isDesired: Bool = true, phase: Phase, reason: Reason, change: ChangeKind,
-        actions: [Action], lower: String? = nil
+        key: BindingKey, isDesired: Bool = true, phase: Phase, reason: Reason, settled: Reason? = nil,
+        change: ChangeKind, actions: [Action], lower: String? = nil
     ) {
         self.key = key
         self.isDesired = isDesired
         self.phase = phase
         self.reason = reason
+        self.settled = settled ?? reason
         self.change = change
         self.actions = actions
         self.lower = lower

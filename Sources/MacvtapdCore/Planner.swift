@@ -99,14 +99,15 @@ public enum Planner {
         }
 
         let phase: Phase = linkUp ? .attached : .noCarrier
+        let settled =
+            linkUp
+            ? Reason("Converged", "attached to \(lower.name) through \(wanted?.name ?? name) on hub \(hub)")
+            : Reason("NoCarrier", "attached to \(lower.name), which has no carrier; guest carrier down")
         let change: ChangeKind
         let reason: Reason
         if actions.isEmpty {
             change = .none
-            reason =
-                linkUp
-                ? Reason("Converged", "attached to \(lower.name) through \(wanted?.name ?? name) on hub \(hub)")
-                : Reason("NoCarrier", "attached to \(lower.name), which has no carrier; guest carrier down")
+            reason = settled
         } else if !staleReasons.isEmpty && attaching {
             change = .replace
             reason = staleReasons[0]
@@ -117,7 +118,9 @@ public enum Planner {
             change = .update
             reason = staleReasons.first ?? describeLinkChange(recorded: recordedLink, up: linkUp, lower: lower)
         }
-        return BindingPlan(key: key, phase: phase, reason: reason, change: change, actions: actions, lower: lower.name)
+        return BindingPlan(
+            key: key, phase: phase, reason: reason, settled: settled, change: change, actions: actions,
+            lower: lower.name)
     }
 
     /// Host interface gone: detach whatever backend is left (its fd is dead and QEMU spins on it),
@@ -131,13 +134,15 @@ public enum Planner {
         if recordedLink != false {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: false))
         }
-        var message = "host \(binding.host) does not exist"
+        let missing = "host \(binding.host) does not exist"
+        var message = missing
         if let backend = backends.first {
             message += "; backend bound to deleted macvtap \(backend.ids.ifindex)"
         }
         let tearsDown = !backends.isEmpty || !owned.isEmpty
         return BindingPlan(
             key: key, phase: .hostMissing, reason: Reason("HostMissing", message),
+            settled: Reason("HostMissing", missing + "; guest carrier down"),
             change: actions.isEmpty ? .none : (tearsDown ? .destroy : .update), actions: actions)
     }
 

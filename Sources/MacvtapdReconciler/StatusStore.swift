@@ -98,8 +98,8 @@ public enum StatusBuilder {
         if !plan.isDesired && outcome.succeeded && plan.phase == .removed { return nil }
         let phase = outcome.failure == nil ? plan.phase : .failed
         var status = BindingStatus(
-            vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.reason.code,
-            message: plan.reason.message, since: before?.phase == phase ? before!.since : now,
+            vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.settled.code,
+            message: plan.settled.message, since: before?.phase == phase ? before!.since : now,
             attempts: 0, lastError: before?.lastError, lower: plan.lower,
             macvtap: phase == .attached || phase == .noCarrier ? Ownership.macvtapName(for: plan.key) : nil,
             hub: desired.binding(plan.key)?.hub, guestLink: outcome.guestLinkSet ?? before?.guestLink,
