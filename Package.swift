@@ -80,7 +80,7 @@ let package = Package(
         // Real-kernel, real-QEMU fixtures shared by the test targets: namespaces, veths, QEMU, probe.
         .target(
             name: "MacvtapdTestSupport",
-            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdReconciler"],
+            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdQMP", "MacvtapdReconciler"],
             swiftSettings: strict
         ),
 

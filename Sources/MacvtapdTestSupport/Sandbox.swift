@@ -1,0 +1,263 @@
+import Foundation
+import MacvtapdCore
+import MacvtapdQMP
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// An end-to-end sandbox: a network namespace whose veth pairs stand in for host interfaces, a
+/// real QEMU whose NICs sit on hubs with a probe on each hub (DESIGN.md), and the `macvtapd`
+/// binary run inside the namespace exactly as an operator runs it on a host.
+public final class Sandbox: Sendable {
+    public let namespace: NetworkNamespace
+    public let qemu: QEMUProcess
+    public let nics: [QEMUNIC]
+    /// NIC id → the probe on that NIC's hub.
+    public let probes: [String: Probe]
+    public let directory: TemporaryDirectory
+    public let binary: String
+
+    public var configPath: String { directory.path + "/macvtapd.yaml" }
+    public var statusPath: String { directory.path + "/status.json" }
+    public var deviceDirectory: String { directory.path + "/dev" }
+    /// A second QMP monitor for the test's own checks (macvtapd holds the first).
+    public var testMonitorPath: String { qemu.additionalMonitorPaths[0] }
+
+    /// Runs `body` with a fresh sandbox and always cleans it up afterwards, even when `body` throws.
+    public static func with<Result>(
+        nics: [QEMUNIC], lowers: [String], paused: Bool = false, _ body: (Sandbox) async throws -> Result
+    ) async throws -> Result {
+        let sandbox = try await start(nics: nics, lowers: lowers, paused: paused)
+        do {
+            let result = try await body(sandbox)
+            await sandbox.cleanup()
+            return result
+        } catch {
+            await sandbox.cleanup()
+            throw error
+        }
+    }
+
+    /// Host interfaces `lowers` (each a veth whose peer is `<name>p`, both up) and a VM `vm` with `nics`.
+    public static func start(nics: [QEMUNIC], lowers: [String], paused: Bool = false) async throws -> Sandbox {
+        let namespace = try NetworkNamespace(prefix: "mvte2e")
+        do {
+            for lower in lowers { try addLower(lower, in: namespace) }
+            let probes = try Dictionary(uniqueKeysWithValues: nics.map { ($0.id, try Probe()) })
+            let qemu = try await QEMUProcess.launch(
+                QEMUOptions(
+                    nics: nics, probes: nics.map { (probes[$0.id]!, $0.hubID) }, paused: paused,
+                    additionalMonitors: ["test.qmp"]))
+            return try Sandbox(namespace: namespace, qemu: qemu, nics: nics, probes: probes)
+        } catch {
+            try? namespace.delete()
+            throw error
+        }
+    }
+
+    private init(namespace: NetworkNamespace, qemu: QEMUProcess, nics: [QEMUNIC], probes: [String: Probe]) throws {
+        self.namespace = namespace
+        self.qemu = qemu
+        self.nics = nics
+        self.probes = probes
+        directory = try TemporaryDirectory()
+        binary = try ChildProcess.macvtapdBinary()
+    }
+
+    /// Stops QEMU and removes the namespace, the probes and the files. Always call it.
+    public func cleanup() async {
+        await qemu.terminate()
+        for probe in probes.values { probe.close() }
+        try? namespace.delete()
+        directory.remove()
+    }
+
+    // MARK: Host interfaces
+
+    static func addLower(_ name: String, in namespace: NetworkNamespace) throws {
+        try namespace.ip("link", "add", name, "type", "veth", "peer", "name", name + "p")
+        try namespace.ip("link", "set", name, "up")
+        try namespace.ip("link", "set", name + "p", "up")
+    }
+
+    public func addLower(_ name: String) throws { try Self.addLower(name, in: namespace) }
+
+    /// Hot-removes the host interface (and with it, in the kernel, every macvtap on it).
+    public func deleteLower(_ name: String) throws { try namespace.ip("link", "del", name) }
+
+    /// The macvtaps in the namespace, as `ip -d link` shows them: name and alias.
+    public func macvtaps() throws -> [(name: String, alias: String?)] {
+        let output = try namespace.ip("-o", "-d", "link", "show", "type", "macvtap")
+        return output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 1 else { return nil }
+            let name = fields[1].split(separator: "@").first.map(String.init) ?? ""
+            let alias = line.range(of: "alias ").map {
+                String(line[$0.upperBound...]).trimmingCharacters(in: .whitespaces)
+            }
+            return (name, alias)
+        }
+    }
+
+    // MARK: macvtapd
+
+    public func writeConfig(_ yaml: String) throws {
+        try directory.write("macvtapd.yaml", yaml)
+    }
+
+    /// A config binding every NIC of the VM, `nic → lower`, with `extra` lines per NIC.
+    public func writeConfig(vm: String = "web1", bindings: [(nic: String, lower: String)], link: String = "follow")
+        throws
+    {
+        var yaml = "version: 1\ndefaults:\n  link: \(link)\nvms:\n  \(vm):\n    qmp: \(qemu.qmpSocketPath)\n    nics:\n"
+        for binding in bindings {
+            yaml += "      \(binding.nic):\n        host: \(binding.lower)\n"
+        }
+        try writeConfig(yaml)
+    }
+
+    /// `macvtapd <command> ...` inside the namespace, with this sandbox's config, status and runtime paths.
+    public func macvtapd(_ command: String, _ arguments: [String] = []) async throws -> ChildResult {
+        var all = [command] + arguments
+        if command != "status" && command != "validate" {
+            all += ["-c", configPath, "--device-dir", deviceDirectory, "--qmp-timeout", "3"]
+        }
+        if command != "validate" { all += ["--status-file", statusPath] }
+        return try await ChildProcess.run("/usr/sbin/ip", ["netns", "exec", namespace.name, binary] + all)
+    }
+
+    /// Starts `macvtapd run` in the background inside the namespace; stop it with `stop(daemon:)`.
+    public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
+        try BackgroundProcess.start(
+            "/usr/sbin/ip",
+            [
+                "netns", "exec", namespace.name, binary, "run", "-c", configPath, "--device-dir", deviceDirectory,
+                "--status-file", statusPath, "--metrics-file", directory.path + "/macvtapd.prom", "--qmp-timeout", "3",
+            ]
+                + arguments,
+            logPath: directory.path + "/daemon.log")
+    }
+
+    public func status() throws -> StatusDocument? {
+        guard let data = FileManager.default.contents(atPath: statusPath) else { return nil }
+        return try JSONDecoder().decode(StatusDocument.self, from: data)
+    }
+
+    // MARK: Data plane
+
+    func nic(_ id: String) -> QEMUNIC { nics.first { $0.id == id }! }
+
+    /// Sends frames addressed to the NIC into the lower's peer until one reaches the NIC's hub probe.
+    public func frameReachesHub(from lower: String, nic id: String, within timeout: Duration = .seconds(3)) async throws
+        -> Bool
+    {
+        let socket = try PacketSocket(interface: lower + "p", in: namespace)
+        defer { socket.close() }
+        let marker = EthernetFrame.uniqueMarker()
+        let frame = EthernetFrame.make(destination: MACAddress(nic(id).mac)!.bytes, payload: marker)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            try socket.send(frame)
+            if await probes[id]!.receive(timeout: .milliseconds(200), matching: FrameFilter(marker: marker)) != nil {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// Sends frames from the NIC's hub probe until one comes out of the lower's peer.
+    public func frameLeavesThrough(_ lower: String, nic id: String, within timeout: Duration = .seconds(3)) async throws
+        -> Bool
+    {
+        let socket = try PacketSocket(interface: lower + "p", in: namespace)
+        defer { socket.close() }
+        let marker = EthernetFrame.uniqueMarker()
+        let frame = EthernetFrame.make(source: MACAddress(nic(id).mac)!.bytes, payload: marker)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            try probes[id]!.send(frame)
+            let seen = try socket.receive(timeout: .milliseconds(200)) { received in
+                received.count >= marker.count
+                    && received.indices.dropLast(marker.count - 1).contains {
+                        Array(received[$0..<$0 + marker.count]) == marker
+                    }
+            }
+            if seen != nil { return true }
+        }
+        return false
+    }
+
+    // MARK: QEMU
+
+    /// `info network` through the test's own monitor.
+    public func network() async throws -> NetworkInfo {
+        let client = try await QMPClient.connect(to: testMonitorPath)
+        defer { Task { await client.close() } }
+        return try await client.networkInfo()
+    }
+
+    /// QEMU's CPU use (user + system) over `window`, as a fraction of one core.
+    public func qemuCPU(over window: Duration = .seconds(1)) async throws -> Double {
+        func ticks() throws -> Double {
+            let stat = try String(contentsOfFile: "/proc/\(qemu.pid)/stat", encoding: .utf8)
+            let fields = stat[stat.index(after: stat.lastIndex(of: ")")!)...].split(separator: " ")
+            // After the command name: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+            return Double(fields[11])! + Double(fields[12])!
+        }
+        let hertz = Double(sysconf(Int32(_SC_CLK_TCK)))
+        let before = try ticks()
+        let start = ContinuousClock.now
+        try await Task.sleep(for: window)
+        let elapsed = ContinuousClock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        return (try ticks() - before) / hertz / seconds
+    }
+}
+
+/// A child process left running (the daemon), with its output in a file.
+public final class BackgroundProcess: Sendable {
+    public let pid: pid_t
+    public let logPath: String
+
+    public static func start(_ executable: String, _ arguments: [String], logPath: String) throws -> BackgroundProcess {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        guard spawned == 0 else {
+            throw ChildError("cannot start \(executable): \(String(cString: strerror(spawned)))")
+        }
+        return BackgroundProcess(pid: pid, logPath: logPath)
+    }
+
+    private init(pid: pid_t, logPath: String) {
+        self.pid = pid
+        self.logPath = logPath
+    }
+
+    public func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Sends `signal` and reaps the process; returns its exit status (or 128 + signal).
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) async -> Int32 {
+        kill(pid, signal)
+        let deadline = ContinuousClock.now + timeout
+        var status: Int32 = 0
+        while ContinuousClock.now < deadline {
+            if waitpid(pid, &status, WNOHANG) == pid {
+                return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        kill(pid, SIGKILL)
+        waitpid(pid, &status, 0)
+        return 128 + SIGKILL
+    }
+}
