@@ -1,6 +1,7 @@
 import Foundation
 import MacvtapdCore
 import MacvtapdQMP
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -11,7 +12,10 @@ import MacvtapdQMP
 /// binary run inside the namespace exactly as an operator runs it on a host.
 public final class Sandbox: Sendable {
     public let namespace: NetworkNamespace
-    public let qemu: QEMUProcess
+    /// The VM; replaced by `restartQEMU()`.
+    public var qemu: QEMUProcess { vm.withLock { $0 } }
+    private let vm: Mutex<QEMUProcess>
+    private let paused: Bool
     public let nics: [QEMUNIC]
     /// NIC id → the probe on that NIC's hub.
     public let probes: [String: Probe]
@@ -49,20 +53,47 @@ public final class Sandbox: Sendable {
                 QEMUOptions(
                     nics: nics, probes: nics.map { (probes[$0.id]!, $0.hubID) }, paused: paused,
                     additionalMonitors: ["test.qmp"]))
-            return try Sandbox(namespace: namespace, qemu: qemu, nics: nics, probes: probes)
+            return try Sandbox(namespace: namespace, qemu: qemu, nics: nics, probes: probes, paused: paused)
         } catch {
             try? namespace.delete()
             throw error
         }
     }
 
-    private init(namespace: NetworkNamespace, qemu: QEMUProcess, nics: [QEMUNIC], probes: [String: Probe]) throws {
+    private init(
+        namespace: NetworkNamespace, qemu: QEMUProcess, nics: [QEMUNIC], probes: [String: Probe], paused: Bool
+    ) throws {
         self.namespace = namespace
-        self.qemu = qemu
+        vm = Mutex(qemu)
+        self.paused = paused
         self.nics = nics
         self.probes = probes
         directory = try TemporaryDirectory()
         binary = try ChildProcess.macvtapdBinary()
+        try pointQMPLink(at: qemu)
+    }
+
+    /// The QMP path the config names: a symlink to the running QEMU's socket, so a restarted VM
+    /// answers on the same path, as a VM restarted by libvirt or systemd does.
+    public var qmpPath: String { directory.path + "/web1.qmp" }
+
+    private func pointQMPLink(at qemu: QEMUProcess) throws {
+        unlink(qmpPath)
+        guard symlink(qemu.qmpSocketPath, qmpPath) == 0 else {
+            throw ChildError("symlink \(qmpPath): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// Kills the VM (as a crash or `quit` would) and starts it again with the same command line.
+    public func restartQEMU() async throws {
+        let old = qemu
+        await old.terminate()
+        let fresh = try await QEMUProcess.launch(
+            QEMUOptions(
+                nics: nics, probes: nics.map { (probes[$0.id]!, $0.hubID) }, paused: paused,
+                additionalMonitors: ["test.qmp"]))
+        vm.withLock { $0 = fresh }
+        try pointQMPLink(at: fresh)
     }
 
     /// Stops QEMU and removes the namespace, the probes and the files. Always call it.
@@ -110,7 +141,7 @@ public final class Sandbox: Sendable {
     public func writeConfig(vm: String = "web1", bindings: [(nic: String, lower: String)], link: String = "follow")
         throws
     {
-        var yaml = "version: 1\ndefaults:\n  link: \(link)\nvms:\n  \(vm):\n    qmp: \(qemu.qmpSocketPath)\n    nics:\n"
+        var yaml = "version: 1\ndefaults:\n  link: \(link)\nvms:\n  \(vm):\n    qmp: \(qmpPath)\n    nics:\n"
         for binding in bindings {
             yaml += "      \(binding.nic):\n        host: \(binding.lower)\n"
         }

@@ -1,0 +1,182 @@
+import Foundation
+import MacvtapdCore
+import MacvtapdQMP
+import MacvtapdTestSupport
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `macvtapd run` end to end: the real daemon in a network namespace, a real QEMU, frames through
+/// the hub probe.
+@Suite(.serialized) struct DaemonEndToEndTests {
+    static let nic0 = QEMUNIC(id: "nic0", mac: "52:54:00:d0:00:00", hubID: 10)
+
+    /// Polls until `condition` holds or `timeout` passes.
+    static func until(
+        _ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool
+    ) async rethrows -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+        return try await condition()
+    }
+
+    static func phase(_ sandbox: Sandbox, _ vm: String = "web1", _ nic: String = "nic0") -> Phase? {
+        (try? sandbox.status())?.binding(BindingKey(vm: vm, nic: nic))?.phase
+    }
+
+    static func ourNetdevs(_ sandbox: Sandbox) async throws -> [String] {
+        let network = try await sandbox.network()
+        let ids = network.hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }
+        return (ids + network.standaloneNetdevs.map(\.id)).filter { $0.hasPrefix("mvtd.") }.sorted()
+    }
+
+    static func openFDs(_ pid: pid_t) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
+    }
+
+    @Test func hundredFlapsReattachEveryTimeWithoutLeaks() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let daemon = try sandbox.startDaemon()
+            #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+            let baselineFDs = Self.openFDs(daemon.pid)
+
+            var reconnects: [Duration] = []
+            for flap in 0..<100 {
+                try sandbox.deleteLower("up0")
+                let detached = try await Self.until(.seconds(5)) { try await Self.ourNetdevs(sandbox).isEmpty }
+                #expect(detached, "flap \(flap): dead backend detached")
+                let start = ContinuousClock.now
+                try sandbox.addLower("up0")
+                let flowing = try await sandbox.frameReachesHub(from: "up0", nic: "nic0", within: .seconds(5))
+                reconnects.append(ContinuousClock.now - start)
+                #expect(flowing, "flap \(flap): frames flow again")
+                if !detached || !flowing { break }
+            }
+            let summary = LatencySummary(reconnects)
+            print("lower back → first frame at the hub probe: \(summary)")
+            #expect(summary.max < .seconds(5))
+
+            #expect(await Self.until { Self.phase(sandbox) == .attached })
+            #expect(try sandbox.macvtaps().count == 1, "no leaked macvtaps")
+            #expect(try await Self.ourNetdevs(sandbox).count == 2, "no leaked QEMU netdevs")
+            #expect(Self.openFDs(daemon.pid) <= baselineFDs + 2, "no leaked fds in the daemon")
+            #expect(await daemon.stop() == 0, "graceful stop: \(daemon.log())")
+            #expect(try sandbox.macvtaps().count == 1, "stopping leaves the backend in place")
+            #expect(try await Self.ourNetdevs(sandbox).count == 2)
+        }
+    }
+
+    @Test func restartedQEMUIsReattached() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let daemon = try sandbox.startDaemon()
+            #expect(await Self.until { Self.phase(sandbox) == .attached })
+            try await sandbox.restartQEMU()
+            #expect(
+                try await Self.until(.seconds(15)) { try await Self.ourNetdevs(sandbox).count == 2 },
+                "\(daemon.log())")
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+            #expect(try sandbox.macvtaps().count == 1, "the old macvtap was replaced, not duplicated")
+            await daemon.stop()
+        }
+    }
+
+    @Test func killedDaemonIsAdoptedByTheNextOne() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let first = try sandbox.startDaemon()
+            #expect(await Self.until { Self.phase(sandbox) == .attached })
+            let before = try await Self.ourNetdevs(sandbox)
+            await first.stop(signal: SIGKILL)
+
+            let plan = try await sandbox.macvtapd("plan", ["--detailed-exitcode"])
+            #expect(plan.status == 0, "a fresh macvtapd plans nothing: \(plan.stdout)")
+            let second = try sandbox.startDaemon()
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(try await Self.ourNetdevs(sandbox) == before, "adopted, nothing replaced")
+            #expect(try sandbox.macvtaps().count == 1)
+            #expect(await second.stop() == 0)
+        }
+    }
+
+    @Test func invalidConfigWhileRunningKeepsFlowingAndTheFixIsApplied() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0", "up1"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let daemon = try sandbox.startDaemon()
+            #expect(await Self.until { Self.phase(sandbox) == .attached })
+
+            try sandbox.writeConfig("version: 1\nvms:\n  web1:\n    qmp: relative\n")
+            #expect(await Self.until { (try? sandbox.status())?.config?.valid == false }, "\(daemon.log())")
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"), "old bindings keep flowing")
+            let table = try await sandbox.macvtapd("status")
+            #expect(table.stdout.contains("is invalid; the last good desired state stays in force"))
+
+            try sandbox.writeConfig(bindings: [("nic0", "up1")])
+            #expect(await Self.until { (try? sandbox.status())?.bindings.first?.lower == "up1" })
+            #expect(try await sandbox.frameReachesHub(from: "up1", nic: "nic0"))
+            await daemon.stop()
+        }
+    }
+
+    @Test func hungQMPSocketDoesNotStopOtherVMs() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            // A socket that accepts connections but never greets: a wedged QEMU monitor.
+            let hung = try ListeningSocket(path: sandbox.directory.path + "/hung.qmp")
+            defer { hung.close() }
+            try sandbox.writeConfig(
+                """
+                version: 1
+                vms:
+                  web1:
+                    qmp: \(sandbox.qmpPath)
+                    nics:
+                      nic0: {host: up0}
+                  wedged:
+                    qmp: \(hung.path)
+                    nics:
+                      nic0: {host: up0}
+                """)
+            let start = ContinuousClock.now
+            let daemon = try sandbox.startDaemon()
+            #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
+            #expect(ContinuousClock.now - start < .seconds(3), "web1 did not wait for the wedged VM")
+            #expect(await Self.until { Self.phase(sandbox, "wedged") == .vmUnreachable })
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+            await daemon.stop()
+        }
+    }
+}
+
+/// A unix stream socket that listens and never accepts.
+final class ListeningSocket: Sendable {
+    let fd: Int32
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard bound == 0, listen(fd, 8) == 0 else { throw ChildError("cannot listen on \(path)") }
+    }
+
+    func close() {
+        Glibc.close(fd)
+        unlink(path)
+    }
+}
