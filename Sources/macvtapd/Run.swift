@@ -27,6 +27,9 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Ignore rtnetlink events and rely on the periodic resync alone (a baseline for benchmarks).")
     var noEvents = false
 
+    @Flag(help: "Do not watch the configuration with inotify; reload only on SIGHUP.")
+    var noWatchConfig = false
+
     @Option(help: "Prometheus textfile to write (for node_exporter's textfile collector); '' disables it.")
     var metricsFile: String = "/run/macvtapd/macvtapd.prom"
 
@@ -44,7 +47,8 @@ struct Run: AsyncParsableCommand {
             configPath: options.config.config, store: StatusStore(path: options.statusFile),
             controller: Controller.Options(
                 resyncInterval: .milliseconds(Int(resync * 1000)), useLinkEvents: !noEvents,
-                metricsPath: metricsFile.isEmpty ? nil : metricsFile))
+                metricsPath: metricsFile.isEmpty ? nil : metricsFile),
+            watchConfig: !noWatchConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
     }

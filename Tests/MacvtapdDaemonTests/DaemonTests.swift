@@ -41,7 +41,8 @@ func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable (
         let store = StatusStore(path: directory.path + "/status.json")
         let daemon = Daemon(
             settings: .init(configPath: directory.path + "/macvtapd.yaml", store: store, controller: .init()),
-            host: host, connector: EmbeddedConnector(vms: ["web1": web1]), logger: Logger(label: "test"),
+            host: host, connector: EmbeddedConnector(vms: ["web1": web1]),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             notifier: SystemdNotifier(environment: [:]))
         let running = Task { await daemon.run() }
         defer { running.cancel() }
@@ -80,7 +81,8 @@ func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable (
             settings: .init(
                 configPath: directory.path + "/macvtapd.yaml", store: StatusStore(path: directory.path + "/s.json"),
                 controller: .init(resyncInterval: .milliseconds(50))),
-            host: host, connector: EmbeddedConnector(vms: [:]), logger: Logger(label: "test"),
+            host: host, connector: EmbeddedConnector(vms: [:]),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             notifier: SystemdNotifier(environment: [:]))
         let running = Task { await daemon.run() }
         try await Task.sleep(for: .milliseconds(300))

@@ -39,7 +39,7 @@ func eventually(
         func controller(resync: Duration = .seconds(60)) -> Controller {
             Controller(
                 host: host, connector: EmbeddedConnector(vms: ["web1": web1, "db1": db1]), store: nil,
-                logger: Logger(label: "test"),
+                logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
                 options: .init(
                     resyncInterval: resync, backoffBase: .milliseconds(20), backoffCap: .milliseconds(200),
                     reconnectBase: .milliseconds(10), reconnectCap: .milliseconds(50)))
@@ -88,7 +88,7 @@ func eventually(
         let world = Fixture()
         let controller = Controller(
             host: world.host, connector: EmbeddedConnector(vms: ["web1": world.web1, "db1": world.db1]),
-            store: nil, logger: Logger(label: "test"),
+            store: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
             options: .init(resyncInterval: .milliseconds(100), useLinkEvents: false))
         await controller.setDesired(world.desired, config: nil)
         await Self.running(controller) {

@@ -125,6 +125,26 @@ import Testing
         }
     }
 
+    @Test func sighupReloadsAndMetricsAreWritten() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0", "up1"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let daemon = try sandbox.startDaemon(["--no-watch-config"])
+            #expect(await Self.until { Self.phase(sandbox) == .attached })
+            try sandbox.writeConfig(bindings: [("nic0", "up1")])
+            try await Task.sleep(for: .milliseconds(300))
+            #expect((try? sandbox.status())?.bindings.first?.lower == "up0", "not watching: nothing reloaded yet")
+            kill(daemon.pid, SIGHUP)
+            #expect(await Self.until { (try? sandbox.status())?.bindings.first?.lower == "up1" }, "\(daemon.log())")
+
+            let metrics = try String(contentsOfFile: sandbox.directory.path + "/macvtapd.prom", encoding: .utf8)
+            #expect(metrics.contains("macvtapd_bindings{phase=\"Attached\"} 1"), "\(metrics)")
+            #expect(metrics.contains("macvtapd_config_reloads_total{result=\"success\"} 2"))
+            #expect(metrics.contains("macvtapd_attach_duration_seconds_count 2"))
+            #expect(daemon.log().contains("binding=web1/nic0"), "log lines name the binding")
+            await daemon.stop()
+        }
+    }
+
     @Test func hungQMPSocketDoesNotStopOtherVMs() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             // A socket that accepts connections but never greets: a wedged QEMU monitor.

@@ -32,7 +32,8 @@ import Testing
         var reconciler: Reconciler {
             Reconciler(
                 host: host, connector: EmbeddedConnector(vms: ["web1": web1, "db1": db1]),
-                store: StatusStore(path: statusPath), logger: Logger(label: "test"))
+                store: StatusStore(path: statusPath),
+                logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
         }
 
         func cleanup() { unlink(statusPath) }
