@@ -52,12 +52,18 @@ public actor Controller {
     private var config: StatusDocument.ConfigStatus?
     /// The link cache: a full dump, then kept current by link events and by our own changes.
     private var links: [Int32: ObservedLink] = [:]
+    /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
+    /// ifindex in a namespace, so a link our executor created and an event already deleted (while
+    /// the reconcile that created it was still running) is never put back into the cache.
+    private var deletedIfindexes: Set<Int32> = []
     private var sessions: [String: Session] = [:]
     private var statuses: [BindingKey: BindingStatus] = [:]
     private var retries: [BindingKey: Retry] = [:]
     private var dirty: Set<String> = []
     private var reconciling: Set<String> = []
     private var stopping = false
+    /// When the resync in progress started; cleared once every VM it marked was reconciled.
+    private var resyncStarted: ContinuousClock.Instant?
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
     private var statusDirty = false
@@ -125,11 +131,12 @@ public actor Controller {
 
     /// Every VM reconciled again from a fresh link dump.
     public func resync() async {
+        let started = ContinuousClock.now
         do {
             let dump = try await host.links()
             links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
-            metrics.resynced(at: Reconciler.now())
-            writeMetrics()
+            deletedIfindexes = []
+            if hasDesired { resyncStarted = resyncStarted ?? started }
         } catch {
             logger.error("link dump failed: \(error)")
         }
@@ -217,11 +224,13 @@ public actor Controller {
             logger.warning("link notifications were lost (ENOBUFS); resyncing")
             await resync()
         case .updated(let link):
+            guard !deletedIfindexes.contains(link.ifindex) else { return }
             let before = links[link.ifindex]
             links[link.ifindex] = link
             // A change that does not touch what the planner reads (e.g. statistics) marks nothing.
             if before != link { markDirty(vmsAffected(by: link, before: before)) }
         case .removed(let link):
+            deletedIfindexes.insert(link.ifindex)
             let before = links.removeValue(forKey: link.ifindex)
             markDirty(vmsAffected(by: link, before: before))
         }
@@ -338,6 +347,7 @@ public actor Controller {
             reconciling.remove(vm)
             if dirty.contains(vm) { wake.yield() }
             writeStatusIfChanged()
+            finishResyncIfDrained()
         }
         let clock = ContinuousClock()
         let started = clock.now
@@ -388,14 +398,44 @@ public actor Controller {
             }
             let outcome = await executor.execute(
                 binding, host: ObservedHost(links: Array(links.values)), connection: connection)
-            for link in outcome.createdLinks { links[link.ifindex] = link }
-            for index in outcome.deletedLinks { links[index] = nil }
+            for link in outcome.createdLinks where !deletedIfindexes.contains(link.ifindex) {
+                links[link.ifindex] = links[link.ifindex] ?? link
+            }
+            for index in outcome.deletedLinks {
+                links[index] = nil
+                deletedIfindexes.insert(index)
+            }
             outcomes.append(outcome)
         }
         record(outcomes)
+        if outcomes.contains(where: { !$0.succeeded }) {
+            // Like an informer's relist: a failure may come from a stale cache, so the retry plans
+            // from a fresh dump.
+            await refreshLinks()
+        }
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
         if outcomes.contains(where: { $0.plan.isDesired == false && $0.succeeded }) { updateSessions() }
+    }
+
+    private func refreshLinks() async {
+        do {
+            let dump = try await host.links()
+            links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
+            deletedIfindexes = []
+        } catch {
+            logger.error("link dump failed: \(error)")
+        }
+    }
+
+    /// A resync is done when no VM is dirty or being reconciled any more.
+    private func finishResyncIfDrained() {
+        guard let started = resyncStarted, dirty.isEmpty, reconciling.isEmpty else { return }
+        resyncStarted = nil
+        let duration = ContinuousClock.now - started
+        metrics.resynced(at: Reconciler.now(), duration: duration)
+        logger.debug("resync done in \(duration.milliseconds) ms")
+        writeMetrics()
     }
 
     private func record(_ outcomes: [BindingOutcome]) {
@@ -403,6 +443,13 @@ public actor Controller {
         for outcome in outcomes {
             let key = outcome.key
             if let duration = outcome.attachDuration { metrics.attached(duration: duration) }
+            if let failure = outcome.failure, failure.isStale {
+                // The world moved on since the observation: observe again now, no backoff, no
+                // failure recorded (the status keeps what it said).
+                logger.debug("re-planning: \(failure)", metadata: ["binding": "\(key)"])
+                markDirty([key.vm])
+                continue
+            }
             if let failure = outcome.failure {
                 metrics.failed()
                 let failures = (retries[key]?.failures ?? 0) + 1

@@ -25,6 +25,9 @@ public struct BindingOutcome: Sendable {
 public struct ActionFailure: Error, Sendable, CustomStringConvertible {
     public var action: Action
     public var error: String
+    /// The step found the world no longer as observed (its target vanished or already exists):
+    /// not a fault to back off from, but a reason to observe again and re-plan at once.
+    public var isStale = false
 
     public var description: String { "\(action.summary): \(error)" }
 }
@@ -100,7 +103,8 @@ public struct Executor: Sendable {
                 log(plan.key, action, "ok", clock.now - start)
             } catch {
                 log(plan.key, action, "failed: \(error)", clock.now - start, level: .error)
-                outcome.failure = ActionFailure(action: action, error: "\(error)")
+                outcome.failure = ActionFailure(
+                    action: action, error: "\(error)", isStale: error is StaleObservation)
                 return outcome
             }
         }
@@ -119,6 +123,14 @@ public struct Executor: Sendable {
             level: level, "\(action.summary): \(result)",
             metadata: ["binding": "\(key)", "duration_ms": "\(duration.milliseconds)"])
     }
+}
+
+/// Thrown by drivers when an operation's target is not as the plan observed it: a macvtap or NIC
+/// that vanished, a name or netdev id that now exists. The controller re-plans from fresh state
+/// instead of counting a failure.
+public struct StaleObservation: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 struct ExecutorError: Error, CustomStringConvertible {

@@ -17,6 +17,7 @@ public final class Metrics: Sendable {
         var reloadSuccesses = 0
         var reloadFailures = 0
         var lastResync: Double?
+        var lastResyncDuration: Double?
     }
     private let state = Mutex(State())
 
@@ -24,7 +25,12 @@ public final class Metrics: Sendable {
 
     func reconciled(duration: Duration) { state.withLock { $0.reconciles += 1 } }
     func failed() { state.withLock { $0.failures += 1 } }
-    func resynced(at time: Double) { state.withLock { $0.lastResync = time } }
+    func resynced(at time: Double, duration: Duration) {
+        state.withLock { state in
+            state.lastResync = time
+            state.lastResyncDuration = duration.milliseconds / 1000
+        }
+    }
 
     func configReloaded(success: Bool) {
         state.withLock { state in
@@ -85,6 +91,10 @@ public final class Metrics: Sendable {
         metric(
             "macvtapd_last_resync_timestamp_seconds", "gauge", "When the last full resync finished.",
             [("", String(state.lastResync ?? 0))])
+        metric(
+            "macvtapd_last_resync_duration_seconds", "gauge",
+            "How long the last full resync took: link dump to every VM reconciled.",
+            [("", String(state.lastResyncDuration ?? 0))])
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -1,3 +1,4 @@
+import Glibc
 import MacvtapdCore
 import MacvtapdNetlink
 
@@ -18,31 +19,51 @@ public struct NetlinkHostDriver: HostDriver {
     }
 
     public func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
-        ObservedLink(
-            try socket.createMacvtap(
-                MacvtapConfiguration(
-                    name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
-                    alias: spec.alias, up: true)))
+        do {
+            return ObservedLink(
+                try socket.createMacvtap(
+                    MacvtapConfiguration(
+                        name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
+                        alias: spec.alias, up: true)))
+        } catch let error as NetlinkError where error.isNoSuchDevice || error.isAlreadyExists {
+            // The lower vanished, or the name is taken since the observation: re-plan.
+            throw StaleObservation("\(error)")
+        }
     }
 
+    /// Deleting what is already gone succeeds: the step's goal is that the macvtap does not exist.
     public func deleteMacvtap(ifindex: Int32, name: String) async throws {
-        // Check the mark right before deleting: the ifindex came from an observation, and only a
-        // macvtap carrying our alias may go.
-        let link = try socket.link(index: ifindex)
-        guard ObservedLink(link).owner != nil else {
-            throw HostDriverError("refusing to delete \(link.name) (ifindex \(ifindex)): it is not marked as ours")
+        do {
+            // Check the mark right before deleting: the ifindex came from an observation, and only a
+            // macvtap carrying our alias may go.
+            let link = try socket.link(index: ifindex)
+            guard ObservedLink(link).owner != nil else {
+                throw HostDriverError("refusing to delete \(link.name) (ifindex \(ifindex)): it is not marked as ours")
+            }
+            try socket.deleteLink(index: ifindex)
+        } catch let error as NetlinkError where error.isNoSuchDevice {
+            return
         }
-        try socket.deleteLink(index: ifindex)
     }
 
     public func setMacvtapUp(ifindex: Int32, name: String) async throws {
-        try socket.setUp(true, index: ifindex)
+        do {
+            try socket.setUp(true, index: ifindex)
+        } catch let error as NetlinkError where error.isNoSuchDevice {
+            throw StaleObservation("\(error)")
+        }
     }
 
     public func withOpenTap<T: Sendable>(
         ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
     ) async throws -> T {
-        let descriptor = try device.open(name: name, index: ifindex)
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try device.open(name: name, index: ifindex)
+        } catch let error as MacvtapDeviceError where error.errno == ENOENT || error.errno == ENODEV {
+            // The macvtap went away (with its lower) after the observation.
+            throw StaleObservation("\(error)")
+        }
         defer { descriptor.close() }
         let raw = try descriptor.withRawValue { $0 }
         return try await body(raw)

@@ -71,6 +71,15 @@ final class QMPVMConnection: VMConnection {
     }
 
     func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
+        do {
+            try await attach(ids, fd: fd, hub: hub)
+        } catch let error as QMPError where error.description.contains("Duplicate ID") {
+            // A backend with these ids exists since the observation: re-plan from what is there.
+            throw StaleObservation("\(error)")
+        }
+    }
+
+    private func attach(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {
         try await client.addTapNetdev(id: ids.tap, fd: fd, fdName: ids.fdName)
         do {
             try await client.addHubPort(id: ids.port, hubID: hub, netdev: ids.tap)
@@ -80,13 +89,23 @@ final class QMPVMConnection: VMConnection {
         }
     }
 
+    /// Detaching what is already gone succeeds (QEMU says DeviceNotFound).
     func detachBackend(_ backend: ObservedBackend) async throws {
-        if backend.hasPort { try await client.deleteNetdev(id: backend.ids.port) }
-        if backend.hasTap { try await client.deleteNetdev(id: backend.ids.tap) }
+        for (present, id) in [(backend.hasPort, backend.ids.port), (backend.hasTap, backend.ids.tap)] where present {
+            do {
+                try await client.deleteNetdev(id: id)
+            } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
+                continue
+            }
+        }
     }
 
     func setLink(nic: String, up: Bool) async throws {
-        try await client.setLink(name: nic, up: up)
+        do {
+            try await client.setLink(name: nic, up: up)
+        } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
+            throw StaleObservation("\(error)")
+        }
     }
 
     /// The client's event stream has one consumer: the controller's session task.

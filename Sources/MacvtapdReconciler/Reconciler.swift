@@ -37,8 +37,17 @@ public struct Reconciler: Sendable {
         return Planner.plan(desired: desired, observed: observation.state)
     }
 
-    /// Observes, plans, executes and writes the status document.
+    /// Observes, plans, executes and writes the status document. A step that found the world changed
+    /// since the observation (see `StaleObservation`) makes it observe and plan again, a few times.
     public func apply(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) async throws -> Result {
+        var result = try await applyOnce(desired, config: config)
+        for _ in 0..<3 where result.outcomes.contains(where: { $0.failure?.isStale == true }) {
+            result = try await applyOnce(desired, config: config)
+        }
+        return result
+    }
+
+    func applyOnce(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) async throws -> Result {
         let previous = try? store.read()
         let observation = try await observer.observe(
             vms: VMTarget.targets(desired: desired, previous: previous),

@@ -122,6 +122,8 @@ public final class EmbeddedVM: VMConnection {
         public var failAttach = false
         /// Observe hangs this long, like a QEMU whose monitor stopped answering.
         public var observeDelay: Duration = .zero
+        /// set_link takes this long, widening the window in which events race a reconcile.
+        public var setLinkDelay: Duration = .zero
         public var calls: [String] = []
         var eventContinuations: [AsyncStream<String>.Continuation] = []
     }
@@ -182,6 +184,8 @@ public final class EmbeddedVM: VMConnection {
     }
 
     public func setLink(nic: String, up: Bool) async throws {
+        let delay = state.withLock { $0.setLinkDelay }
+        if delay > .zero { try await Task.sleep(for: delay) }
         state.withLock { state in
             state.calls.append("link \(nic) \(up)")
             state.link[nic] = up

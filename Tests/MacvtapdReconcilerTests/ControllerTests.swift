@@ -84,6 +84,24 @@ func eventually(
         }
     }
 
+    @Test func linkDeletedWhileItsReconcileRunsIsNotResurrectedInTheCache() async throws {
+        let world = Fixture()
+        world.web1.state.withLock { $0.setLinkDelay = .milliseconds(300) }
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            // The backend is attached and set_link is still running when the lower goes away.
+            #expect(await eventually { world.web1.netdevIDs.count == 2 })
+            world.host.removeLower("eth0")
+            world.web1.state.withLock { $0.setLinkDelay = .zero }
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            #expect(world.web1.netdevIDs.isEmpty)
+            #expect(
+                !world.host.operations.contains { $0.hasPrefix("delete") },
+                "the kernel deleted the macvtap with its lower; a stale cache would try again")
+        }
+    }
+
     @Test func withoutEventsThePeriodicResyncRepairs() async throws {
         let world = Fixture()
         let controller = Controller(

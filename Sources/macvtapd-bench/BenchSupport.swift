@@ -1,0 +1,85 @@
+import Foundation
+import MacvtapdCore
+import MacvtapdQMP
+import MacvtapdTestSupport
+
+/// Waits for `condition`, checking every `interval`; returns when it held, or nil after `timeout`.
+func waitUntil(
+    timeout: Duration, every interval: Duration = .milliseconds(1), _ condition: () async throws -> Bool
+) async rethrows -> ContinuousClock.Instant? {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return ContinuousClock.now }
+        if interval > .zero { try? await Task.sleep(for: interval) }
+    }
+    return nil
+}
+
+/// The ids of macvtapd's netdevs for one NIC, from `info network`.
+func backendIDs(_ network: NetworkInfo, nic: String) -> [String] {
+    let ids = network.hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }
+    return (ids + network.standaloneNetdevs.map(\.id)).filter { $0.hasPrefix("mvtd.\(nic).") }
+}
+
+/// Process accounting from /proc: CPU time and resident memory.
+enum ProcessStats {
+    /// User + system CPU seconds the process used so far.
+    static func cpuSeconds(_ pid: pid_t) -> Double {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return 0 }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// VmRSS in MiB.
+    static func residentMiB(_ pid: pid_t) -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmRSS:") {
+            let kib = line.split(separator: " ").dropFirst().first.flatMap { Double($0) } ?? 0
+            return kib / 1024
+        }
+        return 0
+    }
+}
+
+/// Reads one sample from a Prometheus textfile the daemon writes.
+func metric(_ path: String, _ name: String) -> Double? {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
+        return Double(line.dropFirst(name.count + 1))
+    }
+    return nil
+}
+
+/// A row of the results table.
+struct ResultRow {
+    var measure: String
+    var macvtapd: LatencySummary?
+    var baseline: LatencySummary?
+    var target: String
+
+    static func header() -> String {
+        "| measure | macvtapd median | p99 | max | baseline median | p99 | max | ratio (median) | target |\n"
+            + "|---|---|---|---|---|---|---|---|---|"
+    }
+
+    var markdown: String {
+        func cells(_ summary: LatencySummary?) -> String {
+            guard let summary else { return "– | – | –" }
+            return [summary.median, summary.p99, summary.max].map(LatencySummary.milliseconds).joined(separator: " | ")
+        }
+        var ratio = "–"
+        if let macvtapd, let baseline {
+            ratio = String(format: "%.0fx", baseline.median.seconds / max(macvtapd.median.seconds, 1e-9))
+        }
+        return "| \(measure) | \(cells(macvtapd)) | \(cells(baseline)) | \(ratio) | \(target) |"
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}

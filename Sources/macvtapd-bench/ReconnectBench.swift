@@ -1,0 +1,175 @@
+import ArgumentParser
+import Foundation
+import MacvtapdCore
+import MacvtapdNetlink
+import MacvtapdQMP
+import MacvtapdTestSupport
+import Synchronization
+
+struct ReconnectBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reconnect",
+        abstract: "Lower interface loss and return: the daemon with events beside a 1 s polling baseline.",
+        discussion: """
+            In a network namespace with a veth host interface and a real QEMU (NIC on a hub with a
+            probe), `macvtapd run` is started twice: with rtnetlink events (the product), and with
+            `--no-events --resync 1` (the proof of concept's approach: poll every second). Each flap
+            deletes the lower and adds it again. Times start at the RTM_DELLINK / RTM_NEWLINK the
+            benchmark's own link monitor receives (the same notification the daemon gets):
+            - loss → detached: until `info network` shows no macvtapd netdev for the NIC;
+            - loss → link down recorded: until the status file records guest carrier down;
+            - return → attached: until `info network` shows the new backend;
+            - return → first frame: until a frame sent into the lower's peer every millisecond
+              reaches the hub probe.
+            """)
+
+    @Option(help: "Flaps with events.") var flaps = 50
+    @Option(help: "Flaps of the 1 s polling baseline.") var baselineFlaps = 20
+
+    struct Samples {
+        var detached: [Duration] = []
+        var linkDown: [Duration] = []
+        var attached: [Duration] = []
+        var frame: [Duration] = []
+    }
+
+    func run() async throws {
+        print("reconnect: \(flaps) flaps with events, \(baselineFlaps) with 1 s polling")
+        let events = try await measure(flaps: flaps, daemonArguments: [])
+        let polling = try await measure(flaps: baselineFlaps, daemonArguments: ["--no-events", "--resync", "1"])
+        let rows = [
+            ResultRow(
+                measure: "lower deleted → dead backend detached", macvtapd: LatencySummary(events.detached),
+                baseline: LatencySummary(polling.detached), target: "p99 ≤ 20 ms"),
+            ResultRow(
+                measure: "lower deleted → guest link down recorded", macvtapd: LatencySummary(events.linkDown),
+                baseline: LatencySummary(polling.linkDown), target: ""),
+            ResultRow(
+                measure: "lower back (RTM_NEWLINK) → backend attached", macvtapd: LatencySummary(events.attached),
+                baseline: LatencySummary(polling.attached), target: "median ≤ 5 ms, p99 ≤ 20 ms"),
+            ResultRow(
+                measure: "lower back (RTM_NEWLINK) → first frame at the probe", macvtapd: LatencySummary(events.frame),
+                baseline: LatencySummary(polling.frame), target: ""),
+        ]
+        print(ResultRow.header())
+        for row in rows { print(row.markdown) }
+    }
+
+    func measure(flaps: Int, daemonArguments: [String]) async throws -> Samples {
+        let nic = QEMUNIC(id: "nic0", mac: "52:54:00:be:00:00", hubID: 10)
+        return try await Sandbox.with(nics: [nic], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            let daemon = try sandbox.startDaemon(daemonArguments)
+            defer { Task { await daemon.stop() } }
+            let qmp = try await QMPClient.connect(to: sandbox.testMonitorPath)
+            let monitor = try LinkMonitor(networkNamespace: sandbox.namespace.path)
+            let notifications = LinkNotifications(monitor)
+            defer {
+                monitor.close()
+                Task { await qmp.close() }
+            }
+            guard
+                try await waitUntil(
+                    timeout: .seconds(10), { !backendIDs(try await qmp.networkInfo(), nic: "nic0").isEmpty })
+                    != nil
+            else { throw ChildError("the daemon never attached: \(daemon.log())") }
+
+            var samples = Samples()
+            for _ in 0..<flaps {
+                try sandbox.deleteLower("up0")
+                let deleted = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
+                    if case .deleted(let link) = event { return link.name == "up0" }
+                    return false
+                }
+                let detached = try await waitUntil(timeout: .seconds(10)) {
+                    backendIDs(try await qmp.networkInfo(), nic: "nic0").isEmpty
+                }
+                let linkDown = await waitUntil(timeout: .seconds(10)) {
+                    (try? sandbox.status())?.bindings.first?.guestLink == false
+                }
+                guard let detached, let linkDown else { throw ChildError("not detached: \(daemon.log())") }
+                samples.detached.append(detached - deleted)
+                samples.linkDown.append(linkDown - deleted)
+
+                try sandbox.namespace.exec([
+                    "sh", "-c", "ip link add up0 type veth peer name up0p && ip link set up0p up && ip link set up0 up",
+                ])
+                let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
+                    if case .added(let link) = event { return link.name == "up0" }
+                    return false
+                }
+                let attached = try await waitUntil(timeout: .seconds(10)) {
+                    backendIDs(try await qmp.networkInfo(), nic: "nic0").count == 2
+                }
+                guard let attached else { throw ChildError("not reattached: \(daemon.log())") }
+                samples.attached.append(attached - added)
+                let frame = try await firstFrame(sandbox: sandbox, nic: nic)
+                samples.frame.append(frame - added)
+                // Let the daemon settle (guest link up, status written) before the next flap.
+                _ = await waitUntil(timeout: .seconds(5)) { (try? sandbox.status())?.bindings.first?.guestLink == true }
+            }
+            let failures = daemon.log().split(separator: "\n").filter { $0.contains("failed") }
+            if !failures.isEmpty {
+                print("daemon reported \(failures.count) failed step(s), e.g. \(failures[0])")
+            }
+            return samples
+        }
+    }
+
+    /// Sends a marked frame into the lower's peer every millisecond until the probe sees one.
+    func firstFrame(sandbox: Sandbox, nic: QEMUNIC) async throws -> ContinuousClock.Instant {
+        let socket = try PacketSocket(interface: "up0p", in: sandbox.namespace)
+        defer { socket.close() }
+        let marker = EthernetFrame.uniqueMarker()
+        let frame = EthernetFrame.make(destination: MACAddress(nic.mac)!.bytes, payload: marker)
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            try socket.send(frame)
+            if await sandbox.probes["nic0"]!.receive(timeout: .milliseconds(1), matching: FrameFilter(marker: marker))
+                != nil
+            {
+                return ContinuousClock.now
+            }
+        }
+        throw ChildError("no frame reached the probe")
+    }
+}
+
+/// Link notifications with the time each was received, for timing what follows them. One task
+/// consumes the monitor's stream (it has a single consumer) into a buffer the waits read.
+final class LinkNotifications: Sendable {
+    final class Log: Sendable {
+        let entries = Mutex<[(event: LinkEvent, at: ContinuousClock.Instant)]>([])
+    }
+    private let log = Log()
+    private let consumed = Mutex(0)
+    private let task: Task<Void, Never>
+
+    init(_ monitor: LinkMonitor) {
+        let events = monitor.events
+        let log = self.log
+        task = Task {
+            for await event in events {
+                let now = ContinuousClock.now
+                log.entries.withLock { $0.append((event, now)) }
+            }
+        }
+    }
+
+    deinit { task.cancel() }
+
+    /// The receive time of the next event, after those already returned, that `matching` accepts.
+    func next(timeout: Duration, matching: (LinkEvent) -> Bool) async throws -> ContinuousClock.Instant {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let start = consumed.withLock { $0 }
+            let events = log.entries.withLock { Array($0.dropFirst(start)) }
+            if let index = events.firstIndex(where: { matching($0.event) }) {
+                consumed.withLock { $0 = start + index + 1 }
+                return events[index].at
+            }
+            try await Task.sleep(for: .microseconds(200))
+        }
+        throw ChildError("no matching link notification within \(timeout)")
+    }
+}
