@@ -102,7 +102,11 @@ public struct Executor: Sendable {
                 }
                 log(plan.key, action, "ok", clock.now - start)
             } catch {
-                log(plan.key, action, "failed: \(error)", clock.now - start, level: .error)
+                let stale = error is StaleObservation
+                log(
+                    plan.key, action,
+                    stale ? "world changed since the observation, re-planning: \(error)" : "failed: \(error)",
+                    clock.now - start, level: stale ? .info : .error)
                 outcome.failure = ActionFailure(
                     action: action, error: "\(error)", isStale: error is StaleObservation)
                 return outcome
