@@ -46,6 +46,8 @@ public actor Controller {
     public let metrics = Metrics()
 
     private var desired = DesiredState()
+    /// `desired.bindings`, kept because every link event scans it.
+    private var bindings: [NICBinding] = []
     /// False until a valid configuration arrives: without one, macvtapd does not know what is
     /// wanted, so it changes nothing (an empty desired state would tear everything down).
     private var hasDesired = false
@@ -103,6 +105,7 @@ public actor Controller {
     public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
         let before = Set(self.desired.vms.keys)
         self.desired = desired
+        bindings = desired.bindings
         hasDesired = true
         self.config = config
         metrics.configReloaded(success: true)
@@ -246,7 +249,7 @@ public actor Controller {
         }
         let lowerOf = Set(links.values.filter { $0.lowerIfindex == link.ifindex }.compactMap { $0.owner?.vm })
         vms.formUnion(lowerOf)
-        for binding in desired.bindings where !vms.contains(binding.key.vm) {
+        for binding in bindings where !vms.contains(binding.key.vm) {
             let matches = versions.contains { version in
                 switch binding.host {
                 case .name(let name): return version.name == name

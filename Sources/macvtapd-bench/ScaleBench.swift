@@ -1,0 +1,203 @@
+import ArgumentParser
+import Foundation
+import MacvtapdCore
+import MacvtapdNetlink
+import MacvtapdTestSupport
+
+struct ScaleBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scale",
+        abstract: "1,000 bindings: converge, no-op resync, a 100-binding lower flap, footprint; beside 1 s polling.",
+        discussion: """
+            Starts --vms QEMUs with --nics NICs each (paused with -S: no frames are needed) and
+            --lowers veth host interfaces in a network namespace; NIC j of VM i is bound to lower
+            (i * nics + j) mod lowers. Progress is read from the daemon's metrics textfile
+            (bindings by phase), which is rewritten whenever status changes.
+            """)
+
+    @Option(help: "QEMU processes.") var vms = 40
+    @Option(help: "NICs per QEMU (q35 fits about 28).") var nics = 25
+    @Option(help: "Host interfaces.") var lowers = 10
+    @Option(help: "Flaps of lower 0.") var flaps = 5
+    @Option(help: "Seconds of idle CPU measurement (default resync of 30 s).") var idleSeconds = 60
+    @Option(help: "Seconds of idle CPU measurement of the 1 s polling baseline.") var baselineIdleSeconds = 20
+
+    func run() async throws {
+        let total = vms * nics
+        print("scale: \(vms) VMs x \(nics) NICs = \(total) bindings over \(lowers) lowers")
+        let namespace = try NetworkNamespace(prefix: "mvtdscale")
+        defer { try? namespace.delete() }
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        try addLowers((0..<lowers).map { "l\($0)" }, in: namespace)
+
+        var qemus: [QEMUProcess] = []
+        do {
+            for vm in 0..<vms {
+                let devices = (0..<nics).map { nic in
+                    QEMUNIC(id: "n\(nic)", mac: String(format: "52:54:%02x:%02x:00:01", vm, nic), hubID: nic + 1)
+                }
+                qemus.append(try await QEMUProcess.launch(QEMUOptions(nics: devices, paused: true)))
+            }
+            try await measure(qemus: qemus, namespace: namespace, directory: directory)
+        } catch {
+            for qemu in qemus { await qemu.terminate() }
+            throw error
+        }
+        for qemu in qemus { await qemu.terminate() }
+    }
+
+    func measure(qemus: [QEMUProcess], namespace: NetworkNamespace, directory: TemporaryDirectory) async throws {
+        let total = vms * nics
+        var yaml = "version: 1\nvms:\n"
+        for (vm, qemu) in qemus.enumerated() {
+            yaml += "  vm\(vm):\n    qmp: \(qemu.qmpSocketPath)\n    nics:\n"
+            for nic in 0..<nics { yaml += "      n\(nic): {host: l\((vm * nics + nic) % lowers)}\n" }
+        }
+        let config = try directory.write("macvtapd.yaml", yaml)
+        let metrics = directory.path + "/macvtapd.prom"
+        func attached() -> Int { Int(metric(metrics, "macvtapd_bindings{phase=\"Attached\"}") ?? 0) }
+        func start(_ extra: [String]) throws -> BackgroundProcess {
+            try BackgroundProcess.start(
+                "/usr/sbin/ip",
+                [
+                    "netns", "exec", namespace.name, try ChildProcess.macvtapdBinary(), "run", "-c", config,
+                    "--status-file", directory.path + "/status.json", "--metrics-file", metrics,
+                    "--device-dir", directory.path + "/dev", "--log-level", "warning",
+                ] + extra,
+                logPath: directory.path + "/daemon.log")
+        }
+        let monitor = try LinkMonitor(networkNamespace: namespace.path)
+        let notifications = LinkNotifications(monitor)
+        defer { monitor.close() }
+
+        // 1. Converge from nothing, then no-op resyncs every 5 s.
+        let clock = ContinuousClock()
+        let started = clock.now
+        var daemon = try start(["--resync", "5"])
+        guard let converged = await waitUntil(timeout: .seconds(120), every: .milliseconds(5), { attached() == total })
+        else { throw ChildError("did not converge: \(attached()) attached\n\(daemon.log().suffix(2000))") }
+        let convergeTime = converged - started
+        let rssConverged = ProcessStats.residentMiB(daemon.pid)
+        print(
+            "converge \(total) bindings from nothing: \(LatencySummary.milliseconds(convergeTime)), RSS \(rssConverged) MiB"
+        )
+
+        var resyncs: [Duration] = []
+        var lastStamp = metric(metrics, "macvtapd_last_resync_timestamp_seconds") ?? 0
+        let cpuBefore = ProcessStats.cpuSeconds(daemon.pid)
+        let resyncWindowStart = clock.now
+        while resyncs.count < 6, clock.now - resyncWindowStart < .seconds(60) {
+            try await Task.sleep(for: .milliseconds(50))
+            let stamp = metric(metrics, "macvtapd_last_resync_timestamp_seconds") ?? 0
+            if stamp != lastStamp, let seconds = metric(metrics, "macvtapd_last_resync_duration_seconds") {
+                lastStamp = stamp
+                resyncs.append(.milliseconds(seconds * 1000))
+            }
+        }
+        let cpuPerResync = (ProcessStats.cpuSeconds(daemon.pid) - cpuBefore) / Double(max(1, resyncs.count))
+
+        // 2. Flap lower 0 (total / lowers bindings) with events.
+        let flapEvents = try await flap(
+            "l0", count: flaps, expected: total, attached: attached, namespace: namespace,
+            notifications: notifications)
+        await daemon.stop()
+
+        // 3. Idle footprint with the default resync; the restart adopts everything.
+        let restarted = clock.now
+        daemon = try start([])
+        guard let adopted = await waitUntil(timeout: .seconds(120), every: .milliseconds(5), { attached() == total })
+        else { throw ChildError("restart did not adopt: \(daemon.log().suffix(2000))") }
+        let adoptTime = adopted - restarted
+        try await Task.sleep(for: .seconds(1))
+        let idleCPU = try await cpuFraction(daemon.pid, over: .seconds(idleSeconds))
+        let rssIdle = ProcessStats.residentMiB(daemon.pid)
+        await daemon.stop()
+
+        // 4. The baseline: no events, a resync every second.
+        daemon = try start(["--no-events", "--resync", "1"])
+        _ = await waitUntil(timeout: .seconds(120), every: .milliseconds(5)) { attached() == total }
+        let flapPolling = try await flap(
+            "l0", count: max(2, flaps / 2), expected: total, attached: attached, namespace: namespace,
+            notifications: notifications)
+        let idlePolling = try await cpuFraction(daemon.pid, over: .seconds(baselineIdleSeconds))
+        let rssPolling = ProcessStats.residentMiB(daemon.pid)
+        await daemon.stop()
+
+        print(ResultRow.header())
+        print(
+            ResultRow(
+                measure: "converge \(total) bindings from nothing", macvtapd: LatencySummary([convergeTime]),
+                baseline: nil, target: "≤ 2 s"
+            ).markdown)
+        print(
+            ResultRow(
+                measure: "restart adopts \(total) bindings (no changes)", macvtapd: LatencySummary([adoptTime]),
+                baseline: nil, target: ""
+            ).markdown)
+        print(
+            ResultRow(
+                measure: "no-op resync of \(total) bindings", macvtapd: resyncs.isEmpty ? nil : LatencySummary(resyncs),
+                baseline: nil, target: "≤ 100 ms"
+            ).markdown)
+        print(
+            ResultRow(
+                measure: "flap of a lower carrying \(total / lowers) bindings → all reattached",
+                macvtapd: LatencySummary(flapEvents), baseline: LatencySummary(flapPolling), target: "≤ 500 ms"
+            ).markdown)
+        print("")
+        print("| footprint | macvtapd (events, resync 30 s) | baseline (resync 1 s) | target |")
+        print("|---|---|---|---|")
+        print(
+            String(
+                format: "| RSS at %d bindings | %.1f MiB (%.1f MiB after converging) | %.1f MiB | ≤ 30 MB |", total,
+                rssIdle, rssConverged, rssPolling))
+        print(
+            String(
+                format: "| CPU while idle | %.3f %% over %d s | %.3f %% over %d s | < 0.1 %% |", idleCPU * 100,
+                idleSeconds,
+                idlePolling * 100, baselineIdleSeconds))
+        print(String(format: "| CPU per no-op resync | %.1f ms | | |", cpuPerResync * 1000))
+    }
+
+    func addLowers(_ names: [String], in namespace: NetworkNamespace) throws {
+        let script = names.map {
+            "ip link add \($0) type veth peer name \($0)p && ip link set \($0)p up && ip link set \($0) up"
+        }
+        .joined(separator: " && ")
+        try namespace.exec(["sh", "-c", script])
+    }
+
+    /// Deletes `lower`, waits for its bindings to be detached, adds it back and times from its
+    /// RTM_NEWLINK until every binding is attached again.
+    func flap(
+        _ lower: String, count: Int, expected: Int, attached: () -> Int, namespace: NetworkNamespace,
+        notifications: LinkNotifications
+    ) async throws -> [Duration] {
+        var samples: [Duration] = []
+        for _ in 0..<count {
+            try namespace.ip("link", "del", lower)
+            guard
+                await waitUntil(
+                    timeout: .seconds(60), every: .milliseconds(5), { attached() <= expected - expected / lowers })
+                    != nil
+            else { throw ChildError("bindings of \(lower) not detached: \(attached()) attached") }
+            try addLowers([lower], in: namespace)
+            let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
+                if case .added(let link) = event { return link.name == lower }
+                return false
+            }
+            guard let done = await waitUntil(timeout: .seconds(60), every: .milliseconds(2), { attached() == expected })
+            else { throw ChildError("bindings of \(lower) not reattached: \(attached()) attached") }
+            samples.append(done - added)
+        }
+        return samples
+    }
+
+    func cpuFraction(_ pid: pid_t, over window: Duration) async throws -> Double {
+        let before = ProcessStats.cpuSeconds(pid)
+        let start = ContinuousClock.now
+        try await Task.sleep(for: window)
+        return (ProcessStats.cpuSeconds(pid) - before) / (ContinuousClock.now - start).seconds
+    }
+}
