@@ -34,14 +34,16 @@ final class QMPVMConnection: VMConnection {
     }
 
     func observe(vm: String) async throws -> ObservedVM {
-        async let status = client.queryStatus()
+        // Sequential on purpose: the monitor answers one command at a time anyway, and an
+        // `async let` here crashes the Swift 6.3 optimizer (coroutine splitting) in release builds.
+        let status = try await client.queryStatus()
         let network = try await client.networkInfo()
         var nics: [String: ObservedNIC] = [:]
         for nic in network.nics {
             nics[nic.id] = ObservedNIC(id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id))
         }
         return ObservedVM(
-            name: vm, reachability: .reachable, running: try await status.running, nics: nics,
+            name: vm, reachability: .reachable, running: status.running, nics: nics,
             backends: Self.backends(in: network))
     }
 
