@@ -38,16 +38,38 @@ public struct ObservedLink: Hashable, Sendable {
     public var owner: BindingKey? { isMacvtap ? Ownership.binding(fromAlias: alias) : nil }
 }
 
-/// The host's interfaces at one instant.
+/// The host's interfaces at one instant, indexed once: a host with a thousand macvtaps is planned
+/// for every VM, and linear scans per binding would make that quadratic.
 public struct ObservedHost: Hashable, Sendable {
-    public var links: [ObservedLink]
+    public var links: [ObservedLink] {
+        didSet { index = Index(links) }
+    }
+    private var index: Index
+
+    private struct Index: Sendable {
+        var byIfindex: [Int32: Int] = [:]
+        var byName: [String: Int] = [:]
+        var owned: [BindingKey: [ObservedLink]] = [:]
+
+        init(_ links: [ObservedLink]) {
+            for (position, link) in links.enumerated() {
+                byIfindex[link.ifindex] = position
+                byName[link.name] = byName[link.name] ?? position
+                if let owner = link.owner { owned[owner, default: []].append(link) }
+            }
+        }
+    }
 
     public init(links: [ObservedLink] = []) {
         self.links = links
+        index = Index(links)
     }
 
-    public func link(ifindex: Int32) -> ObservedLink? { links.first { $0.ifindex == ifindex } }
-    public func link(named name: String) -> ObservedLink? { links.first { $0.name == name } }
+    public static func == (lhs: ObservedHost, rhs: ObservedHost) -> Bool { lhs.links == rhs.links }
+    public func hash(into hasher: inout Hasher) { hasher.combine(links) }
+
+    public func link(ifindex: Int32) -> ObservedLink? { index.byIfindex[ifindex].map { links[$0] } }
+    public func link(named name: String) -> ObservedLink? { index.byName[name].map { links[$0] } }
 
     /// The interfaces a matcher selects. Macvtaps and macvlans are never lowers: they copy MACs.
     public func candidates(for matcher: HostMatcher) -> [ObservedLink] {
@@ -62,9 +84,7 @@ public struct ObservedHost: Hashable, Sendable {
     }
 
     /// The macvtaps macvtapd owns, by the binding their mark names.
-    public var ownedMacvtaps: [BindingKey: [ObservedLink]] {
-        Dictionary(grouping: links.filter { $0.owner != nil }, by: { $0.owner! })
-    }
+    public var ownedMacvtaps: [BindingKey: [ObservedLink]] { index.owned }
 }
 
 /// A guest NIC as QEMU reports it.

@@ -53,7 +53,18 @@ public actor Controller {
     private var hasDesired = false
     private var config: StatusDocument.ConfigStatus?
     /// The link cache: a full dump, then kept current by link events and by our own changes.
-    private var links: [Int32: ObservedLink] = [:]
+    private var links: [Int32: ObservedLink] = [:] {
+        didSet { hostSnapshot = nil }
+    }
+    /// `links` as the planner takes them, built once per change of the cache, not per VM.
+    private var hostSnapshot: ObservedHost?
+
+    private func observedHost() -> ObservedHost {
+        if let hostSnapshot { return hostSnapshot }
+        let built = ObservedHost(links: links.values.sorted { $0.ifindex < $1.ifindex })
+        hostSnapshot = built
+        return built
+    }
     /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
     /// ifindex in a namespace, so a link our executor created and an event already deleted (while
     /// the reconcile that created it was still running) is never put back into the cache.
@@ -69,6 +80,7 @@ public actor Controller {
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
     private var statusDirty = false
+    private var statusEncoder = IncrementalStatusEncoder()
     /// Called after every reconcile pass that changed status (e.g. to refresh sd_notify STATUS=).
     private var onStatusChange: (@Sendable ([BindingStatus]) -> Void)?
 
@@ -379,9 +391,10 @@ public actor Controller {
 
         var scope = DesiredState()
         scope.vms[vm] = desired.vms[vm]
-        let observed = ObservedState(host: ObservedHost(links: Array(links.values)), vms: [vm: observedVM])
+        let observed = ObservedState(host: observedHost(), vms: [vm: observedVM])
         let plan = Planner.plan(desired: scope, observed: observed)
-        let now = clock.now
+        let planned = clock.now
+        let now = planned
         var due: [BindingPlan] = []
         var rescheduleAt: ContinuousClock.Instant?
         for binding in plan.bindings where binding.key.vm == vm {
@@ -400,7 +413,7 @@ public actor Controller {
                 continue
             }
             let outcome = await executor.execute(
-                binding, host: ObservedHost(links: Array(links.values)), connection: connection)
+                binding, host: observed.host, connection: connection)
             for link in outcome.createdLinks where !deletedIfindexes.contains(link.ifindex) {
                 links[link.ifindex] = links[link.ifindex] ?? link
             }
@@ -410,7 +423,12 @@ public actor Controller {
             }
             outcomes.append(outcome)
         }
+        let executed = clock.now
         record(outcomes)
+        let actions = outcomes.reduce(0) { $0 + $1.plan.actions.count }
+        logger.debug(
+            "reconciled: observe+plan \((planned - started).milliseconds) ms, execute \((executed - planned).milliseconds) ms, \(actions) action(s)",
+            metadata: ["vm": "\(vm)"])
         if outcomes.contains(where: { !$0.succeeded }) {
             // Like an informer's relist: a failure may come from a stale cache, so the retry plans
             // from a fresh dump.
@@ -514,7 +532,8 @@ public actor Controller {
         writeMetrics()
         guard let store else { return }
         do {
-            try store.write(StatusDocument(updated: Reconciler.now(), config: config, bindings: bindings))
+            let bytes = try statusEncoder.encode(bindings: bindings, config: config, updated: Reconciler.now())
+            try AtomicFile.write(bytes, to: store.path)
         } catch {
             logger.error("cannot write status: \(error)")
         }

@@ -9,7 +9,7 @@ import MacvtapdCore
     import Glibc
 #endif
 
-/// The JSON status file: replaced atomically (write, fsync, rename) so a reader never sees half.
+/// The JSON status file: replaced atomically (write, rename) so a reader never sees half.
 public struct StatusStore: Sendable {
     public static let defaultPath = "/run/macvtapd/status.json"
     public var path: String
@@ -45,7 +45,9 @@ struct StatusStoreError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-/// Writes a file so that readers see either the old or the new content, never a mix.
+/// Writes a file so that readers see either the old or the new content, never a mix. No fsync: these
+/// files describe the running daemon and are rewritten on every change; surviving a power loss
+/// is not their job, and an fsync per status change would dominate a 1,000-binding converge.
 public enum AtomicFile {
     public static func write(_ data: some Collection<UInt8>, to path: String, mode: mode_t = 0o644) throws {
         if let slash = path.lastIndex(of: "/"), slash != path.startIndex {
@@ -56,7 +58,7 @@ public enum AtomicFile {
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw StatusStoreError("cannot create \(temporary): \(errnoText())") }
         let bytes = Array(data)
-        var ok = bytes.withUnsafeBytes { buffer -> Bool in
+        let ok = bytes.withUnsafeBytes { buffer -> Bool in
             var offset = 0
             while offset < buffer.count {
                 let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
@@ -66,7 +68,6 @@ public enum AtomicFile {
             }
             return true
         }
-        ok = ok && fsync(fd) == 0
         close(fd)
         guard ok, rename(temporary, path) == 0 else {
             let why = errnoText()
@@ -120,5 +121,44 @@ public enum StatusBuilder {
             if let up = binding.guestLink { links[binding.key] = up }
         }
         return links
+    }
+}
+
+/// Encodes the status document for a daemon that rewrites it on every change: each binding's JSON
+/// is kept until that binding changes, so a change to one of a thousand bindings re-encodes one
+/// entry, not the document. The output is the compact form of what `StatusStore.write` writes.
+struct IncrementalStatusEncoder {
+    private var cache: [BindingKey: (status: BindingStatus, json: [UInt8])] = [:]
+    private let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    /// `bindings` sorted by key; entries of bindings no longer listed are dropped from the cache.
+    mutating func encode(
+        bindings: [BindingStatus], config: StatusDocument.ConfigStatus?, updated: Double
+    ) throws -> [UInt8] {
+        var output: [UInt8] = Array(#"{"bindings":["#.utf8)
+        var seen = Set<BindingKey>()
+        for (position, binding) in bindings.enumerated() {
+            let key = binding.key
+            seen.insert(key)
+            if position > 0 { output.append(UInt8(ascii: ",")) }
+            if let cached = cache[key], cached.status == binding {
+                output += cached.json
+            } else {
+                let json = Array(try encoder.encode(binding))
+                cache[key] = (binding, json)
+                output += json
+            }
+        }
+        if seen.count != cache.count { cache = cache.filter { seen.contains($0.key) } }
+        output += Array(#"],"config":"#.utf8)
+        output += config.map { Array((try? encoder.encode($0)) ?? Data("null".utf8)) } ?? Array("null".utf8)
+        output += Array(#","format_version":1,"updated":"#.utf8)
+        output += Array(try encoder.encode(updated))
+        output += Array("}\n".utf8)
+        return output
     }
 }

@@ -104,6 +104,7 @@ struct ScaleBench: AsyncParsableCommand {
         await daemon.stop()
 
         // 3. Idle footprint with the default resync; the restart adopts everything.
+        unlink(metrics)
         let restarted = clock.now
         daemon = try start([])
         guard let adopted = await waitUntil(timeout: .seconds(120), every: .milliseconds(5), { attached() == total })
@@ -115,6 +116,7 @@ struct ScaleBench: AsyncParsableCommand {
         await daemon.stop()
 
         // 4. The baseline: no events, a resync every second.
+        unlink(metrics)
         daemon = try start(["--no-events", "--resync", "1"])
         _ = await waitUntil(timeout: .seconds(120), every: .milliseconds(5)) { attached() == total }
         let flapPolling = try await flap(

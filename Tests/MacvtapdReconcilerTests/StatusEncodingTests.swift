@@ -1,0 +1,31 @@
+import Foundation
+import MacvtapdCore
+import Testing
+
+@testable import MacvtapdReconciler
+
+@Suite struct StatusEncodingTests {
+    static func binding(_ index: Int, phase: Phase = .attached) -> BindingStatus {
+        BindingStatus(
+            vm: "vm\(index / 10)", nic: "nic\(index % 10)", phase: phase, reason: "Converged", message: "m/\"x\"",
+            since: 1000.5, lower: "eth0", guestLink: true, qmp: "/run/q.sock")
+    }
+
+    @Test func incrementalEncodingDecodesToTheSameDocument() throws {
+        var encoder = IncrementalStatusEncoder()
+        var bindings = (0..<30).map { Self.binding($0) }
+        let config = StatusDocument.ConfigStatus(path: "/etc/macvtapd", valid: false, errors: ["a:1:2: error: x"])
+        let first = try encoder.encode(bindings: bindings, config: config, updated: 42)
+        #expect(
+            try JSONDecoder().decode(StatusDocument.self, from: Data(first))
+                == StatusDocument(
+                    updated: 42, config: config, bindings: bindings))
+
+        bindings[7] = Self.binding(7, phase: .hostMissing)
+        bindings.remove(at: 3)
+        let second = try encoder.encode(bindings: bindings, config: nil, updated: 43)
+        let decoded = try JSONDecoder().decode(StatusDocument.self, from: Data(second))
+        #expect(decoded == StatusDocument(updated: 43, config: nil, bindings: bindings))
+        #expect(decoded.bindings[6].phase == .hostMissing)
+    }
+}
