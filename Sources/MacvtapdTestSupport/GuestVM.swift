@@ -8,7 +8,8 @@ import Synchronization
 /// is lost before the first wait and QEMU never blocks on a full pipe.
 ///
 /// Always `terminate()` (e.g. in a `defer`); deinit does it too, but only when the last
-/// reference goes away. A test process killed outright leaves its QEMU running.
+/// reference goes away. The QEMU of a test process killed outright runs on until the next
+/// process that launches a guest stops it (`GuestLeftovers`).
 public final class GuestVM: Sendable {
     public let configuration: GuestConfiguration
     public let pid: pid_t
@@ -39,9 +40,10 @@ public final class GuestVM: Sendable {
         // Not `??`: its autoclosure rethrows untyped errors.
         let image: GuestImage
         if let explicitImage { image = explicitImage } else { image = try GuestImage.cached() }
-        var template = Array("/tmp/macvtapd-guest-XXXXXX".utf8CString)
+        GuestLeftovers.reapedOnce
+        var template = Array(GuestLeftovers.directoryTemplate.utf8CString)
         guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw .system(operation: "mkdtemp /tmp/macvtapd-guest-XXXXXX", errno: errno)
+            throw .system(operation: "mkdtemp \(GuestLeftovers.directoryTemplate)", errno: errno)
         }
         return try GuestVM(configuration: configuration, image: image, directory: String(cString: directory))
     }
@@ -76,7 +78,7 @@ public final class GuestVM: Sendable {
             "-display", "none", "-m", String(configuration.memoryMiB), "-no-reboot",
             "-kernel", image.kernel, "-initrd", image.initramfs, "-append", configuration.kernelCommandLine,
             "-chardev", "file,id=console,path=\(consolePath)", "-serial", "chardev:console",
-            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off",
+            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off", "-pidfile", directory + "/qemu.pid",
         ]
         arguments += configuration.nics.flatMap(\.qemuArguments) + configuration.extraQEMUArguments
         let pid: pid_t
@@ -84,7 +86,7 @@ public final class GuestVM: Sendable {
             pid = try GuestProcess.spawn(arguments, outputPath: directory + "/qemu.log")
         } catch {
             close(consoleFD)
-            Self.removeDirectory(directory)
+            GuestLeftovers.removeDirectory(directory)
             throw error
         }
         self.pid = pid
@@ -107,7 +109,7 @@ public final class GuestVM: Sendable {
             if state.consoleFD >= 0 {
                 close(state.consoleFD)
                 state.consoleFD = -1
-                Self.removeDirectory(directory)
+                GuestLeftovers.removeDirectory(directory)
             }
         }
     }
@@ -284,11 +286,4 @@ public final class GuestVM: Sendable {
     }
 
     private var qemuOutput: String { GuestProcess.readFile(qemuOutputPath) }
-
-    private static func removeDirectory(_ directory: String) {
-        for name in ["console.log", "qemu.log", "qmp.sock"] {
-            unlink(directory + "/" + name)
-        }
-        rmdir(directory)
-    }
 }
