@@ -20,8 +20,11 @@ public struct GuestNICIdentity: Hashable, Sendable, CustomStringConvertible {
 /// One fact the test guest's /init reports on its serial console (scripts/guest/init lists the
 /// line formats). Lines that do not start with `GUEST ` are kernel or shell output.
 public enum GuestEvent: Hashable, Sendable {
-    /// `GUEST NIC eth0 ifindex=2 mac=52:54:00:00:00:10`, once per interface before `ready`.
+    /// `GUEST NIC eth0 ifindex=2 mac=52:54:00:00:00:10`, once per interface before `ready`; after
+    /// `ready` only for an interface that appeared (hot-plug).
     case nic(GuestNICIdentity)
+    /// `GUEST GONE eth0`: an interface vanished (hot-unplug), which macvtapd must never cause.
+    case gone(String)
     /// `GUEST CARRIER eth0 up|down`: the initial state before `ready`, then every change.
     case carrier(interface: String, up: Bool)
     /// `GUEST BOND bond0 active=eth1|none`: an active-backup bond's active slave changed.
@@ -50,6 +53,8 @@ public enum GuestEvent: Hashable, Sendable {
                 let mac = value(words[4], "mac").flatMap({ MACAddress($0) })
             else { return nil }
             self = .nic(GuestNICIdentity(name: String(words[2]), ifindex: ifindex, mac: mac))
+        case ("GONE", 3):
+            self = .gone(String(words[2]))
         case ("CARRIER", 4) where words[3] == "up" || words[3] == "down":
             self = .carrier(interface: String(words[2]), up: words[3] == "up")
         case ("BOND", 4):

@@ -125,14 +125,14 @@ public final class GuestVM: Sendable {
     /// How long the guest took from QEMU's spawn to `GUEST READY`, once it has said it.
     public var bootTime: Duration? { refreshed { $0.readyAt.map { $0 - launchedAt } } }
 
-    /// The identity the guest reported for one of its interfaces (`eth0`, `bond0`).
+    /// The identity the guest last reported for one of its interfaces (`eth0`, `bond0`).
     public func nicIdentity(_ interface: String) -> GuestNICIdentity? {
-        identities.first { $0.name == interface }
+        identities.last { $0.name == interface }
     }
 
     /// The guest interface behind a QEMU NIC, matched by MAC.
     public func nicIdentity(_ nic: GuestNIC) -> GuestNICIdentity? {
-        identities.first { $0.mac == nic.mac }
+        identities.last { $0.mac == nic.mac }
     }
 
     /// The last carrier state the guest reported for an interface.

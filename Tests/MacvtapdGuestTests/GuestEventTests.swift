@@ -14,6 +14,7 @@ struct GuestEventTests {
         ("GUEST BOND bond0 active=eth1", .bond("bond0", active: "eth1")),
         ("GUEST BOND bond0 active=none", .bond("bond0", active: nil)),
         ("GUEST PING 10.99.0.1 seq=7", .ping(target: "10.99.0.1", sequence: 7)),
+        ("GUEST GONE eth1", .gone("eth1")),
         ("GUEST ERROR insmod virtio_net", .error("insmod virtio_net")),
     ])
     func parsesEveryLineTheGuestPrints(line: String, event: GuestEvent) {

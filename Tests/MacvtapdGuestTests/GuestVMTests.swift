@@ -121,6 +121,40 @@ struct GuestVMTests {
         #expect(reply.payload == payload)
     }
 
+    @Test func backendSwapOnTheHubIsInvisibleToTheGuest() async throws {
+        var configuration = GuestConfiguration(nics: [Self.nic0])
+        configuration.addresses = ["eth0": "10.99.0.2/24"]
+        configuration.pingTarget = "10.99.0.1"
+        configuration.pingInterval = .milliseconds(100)
+        let vm = try await GuestVM.boot(configuration)
+        defer { vm.terminate() }
+        let qmp = try RawQMP(path: vm.qmpSocketPath)
+        let peer = GuestPeer(mac: MACAddress("02:00:00:9a:00:01")!, ip: GuestFrames.ipv4("10.99.0.1"))
+        let ready = vm.lines.count
+
+        // Backends come and go at run time on the NIC's hub, exactly where macvtapd attaches taps.
+        let first = try HubProbe()
+        try qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: first.port)
+        let before = try await peer.serve(first, for: vm, untilPingAfter: -1, timeout: .seconds(10))
+
+        try qmp.detachBackend("backend")
+        let swapped = ContinuousClock.now
+        let second = try HubProbe()
+        try qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: second.port)
+        let after = try await peer.serve(second, for: vm, untilPingAfter: before, timeout: .seconds(10))
+        print("guest: pings answered again \(ContinuousClock.now - swapped) after the swap (seq \(before) -> \(after))")
+
+        let seen = vm.lines.dropFirst(ready).compactMap(GuestEvent.init(line:))
+        let disruptive = seen.filter {
+            switch $0 {
+            case .carrier, .gone, .nic: true
+            default: false
+            }
+        }
+        #expect(disruptive.isEmpty, "the guest must not notice a backend swap")
+        #expect(vm.nicIdentity("eth0") == GuestNICIdentity(name: "eth0", ifindex: 2, mac: Self.nic0.mac))
+    }
+
     @Test func activeBackupBondFailsOverWhenTheActiveSlaveLosesCarrier() async throws {
         var configuration = GuestConfiguration(nics: [Self.nic0, Self.nic1])
         configuration.bonds = [GuestBond(name: "bond0", slaves: ["eth0", "eth1"], miimon: .milliseconds(50))]

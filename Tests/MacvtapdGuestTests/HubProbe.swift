@@ -62,6 +62,13 @@ final class HubProbe {
         guard sent == frame.count else { throw GuestTestFailure("probe send: \(String(cString: strerror(errno)))") }
     }
 
+    /// Every frame queued now, without waiting.
+    func drain() -> [[UInt8]] {
+        var frames: [[UInt8]] = []
+        while let frame = receiveNow() { frames.append(frame) }
+        return frames
+    }
+
     private func receiveNow() -> [UInt8]? {
         var frame = [UInt8](repeating: 0, count: 65536)
         var from = sockaddr_in()

@@ -58,6 +58,20 @@ final class RawQMP {
         try execute(#"{"execute": "set_link", "arguments": {"name": "\#(nic)", "up": \#(up)}}"#)
     }
 
+    /// Puts a UDP socket backend on a hub, as macvtapd puts a tap there: the netdev, then its hubport.
+    func attachSocketBackend(_ id: String, hub: Int, udpPort: UInt16) throws {
+        let backend = #""type": "socket", "id": "\#(id)", "udp": "127.0.0.1:\#(udpPort)", "localaddr": "127.0.0.1:0""#
+        try execute(#"{"execute": "netdev_add", "arguments": {\#(backend)}}"#)
+        let port = #""type": "hubport", "id": "\#(id).port", "hubid": \#(hub), "netdev": "\#(id)""#
+        try execute(#"{"execute": "netdev_add", "arguments": {\#(port)}}"#)
+    }
+
+    /// The swap's first half: hubport first, so the hub never forwards to a half-removed backend.
+    func detachBackend(_ id: String) throws {
+        try execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id).port"}}"#)
+        try execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id)"}}"#)
+    }
+
     private func readLine() throws -> String {
         while true {
             if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
