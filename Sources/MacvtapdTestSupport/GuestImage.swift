@@ -1,15 +1,16 @@
 import Glibc
 
 /// The test guest's kernel and initramfs, built by scripts/build-guest-initramfs.sh into a cache
-/// directory shared by every test process (the script rebuilds only when its inputs change and
-/// serialises concurrent builds with a lock).
+/// directory shared by every test process of a checkout (the script rebuilds only when its inputs
+/// change and serialises concurrent builds with a lock).
 public struct GuestImage: Sendable {
     public let kernel: String
     public let initramfs: String
 
-    /// `$MACVTAPD_GUEST_CACHE`, or /tmp/macvtapd-guest-cache.
+    /// `$MACVTAPD_GUEST_CACHE`, or `.build/guest` of the checkout: one cache per checkout, so
+    /// worktrees with different guest scripts do not rebuild each other's image under running tests.
     public static var defaultCacheDirectory: String {
-        getenv("MACVTAPD_GUEST_CACHE").map { String(cString: $0) } ?? "/tmp/macvtapd-guest-cache"
+        getenv("MACVTAPD_GUEST_CACHE").map { String(cString: $0) } ?? repositoryRoot + "/.build/guest"
     }
 
     /// The repository this file was compiled from: the build script lives there, not in the bundle.
