@@ -30,7 +30,6 @@ public final class GuestVM: Sendable {
     }
     private let state: Mutex<State>
 
-    private var consolePath: String { directory + "/console.log" }
     private var qemuOutputPath: String { directory + "/qemu.log" }
 
     /// Spawns QEMU and returns at once; `waitUntilReady` waits for the guest.
@@ -262,6 +261,11 @@ public final class GuestVM: Sendable {
     /// Reads what the console file gained since the last call and notices QEMU's exit.
     private func refresh(_ state: inout State) {
         guard state.consoleFD >= 0 else { return }
+        // Exit first, console second: once QEMU is known to be gone, its last lines are read too.
+        if state.running, let status = GuestProcess.reap(pid, blocking: false) {
+            state.running = false
+            state.exitStatus = status
+        }
         var buffer = [UInt8](repeating: 0, count: 16384)
         while true {
             let count = buffer.withUnsafeMutableBytes { read(state.consoleFD, $0.baseAddress, $0.count) }
@@ -278,10 +282,6 @@ public final class GuestVM: Sendable {
                 if event == .ready, state.readyAt == nil { state.readyAt = .now }
             }
             state.lines.append(line)
-        }
-        if state.running, let status = GuestProcess.reap(pid, blocking: false) {
-            state.running = false
-            state.exitStatus = status
         }
     }
 

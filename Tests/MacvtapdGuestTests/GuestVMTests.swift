@@ -28,6 +28,41 @@ struct GuestVMTests {
         let ready = try #require(events.firstIndex(of: .ready))
         #expect(events.prefix(ready).count { if case .nic = $0 { true } else { false } } == 2)
         #expect(!events.contains { if case .error = $0 { true } else { false } }, "\(vm.lines)")
+
+        let start = ContinuousClock.now
+        await #expect(throws: GuestVMError.self) {
+            try await vm.waitForLine("GUEST NEVER", timeout: .milliseconds(200))
+        }
+        #expect(ContinuousClock.now - start < .seconds(2))
+    }
+
+    @Test func aQEMUThatCannotStartFailsTheWaitAtOnceWithItsOutput() async throws {
+        var configuration = GuestConfiguration(nics: [Self.nic0])
+        configuration.extraQEMUArguments = ["-device", "no-such-device"]
+        let vm = try GuestVM.launch(configuration)
+        defer { vm.terminate() }
+        do {
+            try await vm.waitUntilReady(timeout: .seconds(30))
+            Issue.record("a QEMU with an unknown device must not boot")
+        } catch {
+            guard case .exited(_, let qemuOutput, _) = error else { throw error }
+            #expect(qemuOutput.contains("no-such-device"))
+        }
+    }
+
+    @Test func aGuestPanicEndsTheWaitWithTheConsole() async throws {
+        // No /init means a kernel panic; panic=-1 with -no-reboot makes QEMU exit on it.
+        var configuration = GuestConfiguration(nics: [Self.nic0])
+        configuration.extraKernelArguments = ["rdinit=/no-such-init"]
+        let vm = try GuestVM.launch(configuration)
+        defer { vm.terminate() }
+        do {
+            try await vm.waitUntilReady(timeout: .seconds(60))
+            Issue.record("a guest without init must not get ready")
+        } catch {
+            guard case .exited(_, _, let consoleTail) = error else { throw error }
+            #expect(consoleTail.contains { $0.contains("Kernel panic") }, "\(consoleTail)")
+        }
     }
 
     @Test func carrierFollowsSetLink() async throws {
