@@ -108,6 +108,7 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "MacvtapdGuestTests", dependencies: ["MacvtapdTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "MacvtapdReconcilerTests",
             dependencies: [

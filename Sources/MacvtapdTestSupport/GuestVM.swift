@@ -1,0 +1,289 @@
+import Glibc
+import MacvtapdCore
+import Synchronization
+
+/// A real Linux guest (Debian cloud kernel + busybox, see scripts/build-guest-initramfs.sh) under
+/// QEMU, its NICs on hubs like macvtapd's managed NICs, reporting what it sees on its serial
+/// console (`GuestEvent`). The console goes to a file the fixture reads as it waits, so nothing
+/// is lost before the first wait and QEMU never blocks on a full pipe.
+///
+/// Always `terminate()` (e.g. in a `defer`); deinit does it too, but only when the last
+/// reference goes away. The QEMU of a test process killed outright runs on until the next
+/// process that launches a guest stops it (`GuestLeftovers`).
+public final class GuestVM: Sendable {
+    public let configuration: GuestConfiguration
+    public let pid: pid_t
+    /// The VM's own QMP monitor (`-qmp unix:...,server=on,wait=off`).
+    public let qmpSocketPath: String
+    public let directory: String
+    /// When QEMU was spawned; boot times are measured from here.
+    public let launchedAt: ContinuousClock.Instant
+
+    private struct State {
+        var running = true
+        var exitStatus: Int32?
+        var consoleFD: Int32
+        var pending: [UInt8] = []
+        var lines: [String] = []
+        var events: [(line: Int, event: GuestEvent)] = []
+        var readyAt: ContinuousClock.Instant?
+    }
+    private let state: Mutex<State>
+
+    private var qemuOutputPath: String { directory + "/qemu.log" }
+
+    /// Spawns QEMU and returns at once; `waitUntilReady` waits for the guest.
+    public static func launch(
+        _ configuration: GuestConfiguration, image explicitImage: GuestImage? = nil
+    ) throws(GuestVMError) -> GuestVM {
+        // Not `??`: its autoclosure rethrows untyped errors.
+        let image: GuestImage
+        if let explicitImage { image = explicitImage } else { image = try GuestImage.cached() }
+        GuestLeftovers.reapedOnce
+        var template = Array(GuestLeftovers.directoryTemplate.utf8CString)
+        guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            throw .system(operation: "mkdtemp \(GuestLeftovers.directoryTemplate)", errno: errno)
+        }
+        return try GuestVM(configuration: configuration, image: image, directory: String(cString: directory))
+    }
+
+    /// Launches and waits for `GUEST READY`; terminates the VM if it does not get there.
+    public static func boot(
+        _ configuration: GuestConfiguration, readyTimeout: Duration = .seconds(60)
+    ) async throws(GuestVMError) -> GuestVM {
+        let vm = try launch(configuration)
+        do {
+            try await vm.waitUntilReady(timeout: readyTimeout)
+        } catch {
+            vm.terminate()
+            throw error
+        }
+        return vm
+    }
+
+    private init(configuration: GuestConfiguration, image: GuestImage, directory: String) throws(GuestVMError) {
+        self.configuration = configuration
+        self.directory = directory
+        qmpSocketPath = directory + "/qmp.sock"
+        let consolePath = directory + "/console.log"
+        // Created before QEMU so the fixture can open it now; QEMU truncates it, which is harmless.
+        let consoleFD = open(consolePath, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
+        guard consoleFD >= 0 else {
+            rmdir(directory)
+            throw .system(operation: "open \(consolePath)", errno: errno)
+        }
+        var arguments = [
+            "qemu-system-x86_64", "-M", "q35", "-accel", configuration.accelerator, "-nodefaults",
+            "-display", "none", "-m", String(configuration.memoryMiB), "-no-reboot",
+            "-kernel", image.kernel, "-initrd", image.initramfs, "-append", configuration.kernelCommandLine,
+            "-chardev", "file,id=console,path=\(consolePath)", "-serial", "chardev:console",
+            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off", "-pidfile", directory + "/qemu.pid",
+        ]
+        arguments += configuration.nics.flatMap(\.qemuArguments) + configuration.extraQEMUArguments
+        let pid: pid_t
+        do {
+            pid = try GuestProcess.spawn(arguments, outputPath: directory + "/qemu.log")
+        } catch {
+            close(consoleFD)
+            GuestLeftovers.removeDirectory(directory)
+            throw error
+        }
+        self.pid = pid
+        launchedAt = .now
+        state = Mutex(State(consoleFD: consoleFD))
+    }
+
+    deinit {
+        terminate()
+    }
+
+    /// Kills QEMU (the guest is disposable), reaps it and removes the VM's directory. Idempotent.
+    public func terminate() {
+        state.withLock { state in
+            if state.running {
+                kill(pid, SIGKILL)
+                state.exitStatus = GuestProcess.reap(pid, blocking: true)
+                state.running = false
+            }
+            if state.consoleFD >= 0 {
+                close(state.consoleFD)
+                state.consoleFD = -1
+                GuestLeftovers.removeDirectory(directory)
+            }
+        }
+    }
+
+    // MARK: What the guest said
+
+    /// Every console line so far (kernel output included), without line terminators.
+    public var lines: [String] { refreshed { $0.lines } }
+
+    /// Every `GUEST` line so far, parsed.
+    public var events: [GuestEvent] { refreshed { $0.events.map(\.event) } }
+
+    /// How long the guest took from QEMU's spawn to `GUEST READY`, once it has said it.
+    public var bootTime: Duration? { refreshed { $0.readyAt.map { $0 - launchedAt } } }
+
+    /// The identity the guest last reported for one of its interfaces (`eth0`, `bond0`).
+    public func nicIdentity(_ interface: String) -> GuestNICIdentity? {
+        identities.last { $0.name == interface }
+    }
+
+    /// The guest interface behind a QEMU NIC, matched by MAC.
+    public func nicIdentity(_ nic: GuestNIC) -> GuestNICIdentity? {
+        identities.last { $0.mac == nic.mac }
+    }
+
+    /// The last carrier state the guest reported for an interface.
+    public func carrier(_ interface: String) -> Bool? {
+        refreshed { state in
+            state.events.reversed().lazy.compactMap { entry -> Bool? in
+                if case .carrier(interface, let up) = entry.event { return up }
+                return nil
+            }.first
+        }
+    }
+
+    private var identities: [GuestNICIdentity] {
+        refreshed { state in
+            state.events.compactMap { entry in
+                if case .nic(let identity) = entry.event { return identity }
+                return nil
+            }
+        }
+    }
+
+    // MARK: Waiting
+
+    /// Waits for `GUEST READY` and returns the boot time.
+    @discardableResult
+    public func waitUntilReady(timeout: Duration = .seconds(60)) async throws(GuestVMError) -> Duration {
+        _ = try await waitForLine("GUEST READY", timeout: timeout)
+        return bootTime ?? (ContinuousClock.now - launchedAt)
+    }
+
+    /// Waits for a console line that matches, looking at lines from index `start` on (`lines.count`
+    /// before an action makes the wait see only what follows the action).
+    @discardableResult
+    public func waitForLine(
+        matching predicate: (String) -> Bool, from start: Int = 0, timeout: Duration = .seconds(10),
+        description: String = "matching console line"
+    ) async throws(GuestVMError) -> String {
+        var next = start
+        return try await poll(for: description, timeout: timeout) { state in
+            defer { next = max(next, state.lines.count) }
+            return state.lines.dropFirst(next).first(where: predicate)
+        }
+    }
+
+    /// Waits for exactly `line` on the console.
+    @discardableResult
+    public func waitForLine(
+        _ line: String, from start: Int = 0, timeout: Duration = .seconds(10)
+    ) async throws(GuestVMError) -> String {
+        try await waitForLine(matching: { $0 == line }, from: start, timeout: timeout, description: "'\(line)'")
+    }
+
+    /// Waits until the guest's last reported carrier for `interface` is `up` (at once if it already
+    /// is) and returns how long that took.
+    @discardableResult
+    public func waitForCarrier(
+        interface: String, up: Bool, timeout: Duration = .seconds(10)
+    ) async throws(GuestVMError) -> Duration {
+        let start = ContinuousClock.now
+        _ = try await poll(for: "GUEST CARRIER \(interface) \(up ? "up" : "down")", timeout: timeout) { state in
+            let last = state.events.last { entry in
+                if case .carrier(interface, _) = entry.event { return true }
+                return false
+            }
+            return last?.event == .carrier(interface: interface, up: up) ? true : nil
+        }
+        return ContinuousClock.now - start
+    }
+
+    /// `waitForCarrier` for the guest interface behind a QEMU NIC.
+    @discardableResult
+    public func waitForCarrier(
+        nic: GuestNIC, up: Bool, timeout: Duration = .seconds(10)
+    ) async throws(GuestVMError) -> Duration {
+        guard let identity = nicIdentity(nic) else { throw .unknownInterface("\(nic.id) (mac \(nic.mac))") }
+        return try await waitForCarrier(interface: identity.name, up: up, timeout: timeout)
+    }
+
+    /// Waits for a `GUEST` event that matches, among events on lines from index `start` on.
+    @discardableResult
+    public func waitForEvent(
+        matching predicate: (GuestEvent) -> Bool, from start: Int = 0, timeout: Duration = .seconds(10),
+        description: String = "matching GUEST event"
+    ) async throws(GuestVMError) -> GuestEvent {
+        try await poll(for: description, timeout: timeout) { state in
+            state.events.first { $0.line >= start && predicate($0.event) }?.event
+        }
+    }
+
+    // The guest prints at most a few lines per poll period, so polling the console file every few
+    // milliseconds costs nothing and keeps the fixture free of threads.
+    private func poll<T>(
+        for description: String, timeout: Duration, _ check: (inout State) -> T?
+    ) async throws(GuestVMError) -> T {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let outcome: Result<T, GuestVMError>? = state.withLock { state in
+                refresh(&state)
+                if let found = check(&state) { return .success(found) }
+                if !state.running {
+                    return .failure(
+                        .exited(
+                            status: state.exitStatus ?? -1, qemuOutput: qemuOutput,
+                            consoleTail: Array(state.lines.suffix(20))))
+                }
+                return nil
+            }
+            if let outcome { return try outcome.get() }
+            if ContinuousClock.now >= deadline {
+                throw .timeout(waitingFor: description, after: timeout, consoleTail: Array(lines.suffix(20)))
+            }
+            do {
+                try await Task.sleep(for: .milliseconds(5))
+            } catch {
+                throw .cancelled
+            }
+        }
+    }
+
+    private func refreshed<T>(_ body: (State) -> T) -> T {
+        state.withLock { state in
+            refresh(&state)
+            return body(state)
+        }
+    }
+
+    /// Reads what the console file gained since the last call and notices QEMU's exit.
+    private func refresh(_ state: inout State) {
+        guard state.consoleFD >= 0 else { return }
+        // Exit first, console second: once QEMU is known to be gone, its last lines are read too.
+        if state.running, let status = GuestProcess.reap(pid, blocking: false) {
+            state.running = false
+            state.exitStatus = status
+        }
+        var buffer = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(state.consoleFD, $0.baseAddress, $0.count) }
+            guard count > 0 else { break }
+            state.pending.append(contentsOf: buffer[..<count])
+        }
+        // A line is complete only at its newline: QEMU may have written half of it so far.
+        while let newline = state.pending.firstIndex(of: UInt8(ascii: "\n")) {
+            var line = String(decoding: state.pending[..<newline], as: UTF8.self)
+            state.pending.removeSubrange(...newline)
+            while line.hasSuffix("\r") { line.removeLast() }
+            if let event = GuestEvent(line: line) {
+                state.events.append((state.lines.count, event))
+                if event == .ready, state.readyAt == nil { state.readyAt = .now }
+            }
+            state.lines.append(line)
+        }
+    }
+
+    private var qemuOutput: String { GuestProcess.readFile(qemuOutputPath) }
+}
