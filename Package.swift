@@ -66,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "macvtapd",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
