@@ -198,7 +198,8 @@ struct ConfigDecoder {
     private mutating func udevPath(_ node: YAMLNode) -> HostMatcher? {
         guard let path = string(node, field: "path") else { return nil }
         if let problem = ConfigRules.udevValueProblem(path) {
-            error("invalid 'path' '\(path)': \(problem); write udev's ID_PATH, like pci-0000:03:00.0", at: location(node))
+            error(
+                "invalid 'path' '\(path)': \(problem); write udev's ID_PATH, like pci-0000:03:00.0", at: location(node))
             return nil
         }
         return .path(path)

@@ -36,7 +36,9 @@ public struct UdevEnvironment: Hashable, Sendable {
         case .off: return (false, "udev: off (--udev off); links count as initialised at once")
         case .auto:
             guard access(runDirectory + "/control", F_OK) == 0 else {
-                return (false, "udev: off, no udevd runs (\(runDirectory)/control is missing); links count as initialised")
+                return (
+                    false, "udev: off, no udevd runs (\(runDirectory)/control is missing); links count as initialised"
+                )
             }
             switch Self.sharesInitialNetworkNamespace() {
             case .success(true): break

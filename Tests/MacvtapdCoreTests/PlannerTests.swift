@@ -339,7 +339,8 @@ let plannerCases: [PlannerCase] = {
     notInitializedWithBackend.links[0].udevInitialized = false
     cases.append(
         PlannerCase(
-            name: "lower back but not yet initialised: dead backend detached, no new one", world: notInitializedWithBackend,
+            name: "lower back but not yet initialised: dead backend detached, no new one",
+            world: notInitializedWithBackend,
             phase: .hostMissing, change: .destroy, reason: "HostNotInitialized",
             actions: ["detach 42", "delete 42", "link down"], messageContains: "not yet initialised by udev"))
 
@@ -360,7 +361,8 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "udev path of a link udev has not finished with waits", world: pathPending, phase: .hostMissing,
-            change: .none, reason: "HostNotInitialized", actions: [], messageContains: "udev has not finished with eth1"))
+            change: .none, reason: "HostNotInitialized", actions: [], messageContains: "udev has not finished with eth1"
+        ))
 
     var otherPending = byPath
     otherPending.links[0].udevInitialized = false

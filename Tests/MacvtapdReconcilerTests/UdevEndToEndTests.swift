@@ -76,7 +76,8 @@ import Testing
             #expect(waiting.phase == .hostMissing)
             #expect(waiting.reason == "HostNotInitialized", "\(waiting.message)")
             #expect(
-                waiting.message.hasPrefix("host path pci-0000:03:00.0 does not exist yet; udev has not finished with eth0"),
+                waiting.message.hasPrefix(
+                    "host path pci-0000:03:00.0 does not exist yet; udev has not finished with eth0"),
                 "\(waiting.message)")
             #expect(try sandbox.macvtaps().isEmpty, "nothing is created on a port udev is still naming")
 
