@@ -75,22 +75,26 @@ public struct UdevHostDriver: HostDriver {
             }
             continuation.finish()
         }
+        let base = self.base
         let udevEvents = Task {
             for await event in monitor.events {
+                guard case .device(let action, let device) = event else {
+                    continuation.yield(.resyncNeeded)
+                    continue
+                }
+                // rtnetlink reports removals itself.
+                if action == "remove" { continue }
+                let cached = announced.links.withLock { $0[device.ifindex] }
+                // A link that existed before we subscribed: rtnetlink has not described it to us.
+                let dumped = cached == nil ? try? await base.links().first { $0.ifindex == device.ifindex } : nil
+                guard let known = cached ?? dumped else { continue }
                 announced.links.withLock { links in
-                    switch event {
-                    case .lost:
-                        continuation.yield(.resyncNeeded)
-                    case .device(let action, let device):
-                        // rtnetlink reports removals; a link it has not announced yet is enriched
-                        // when it is.
-                        guard action != "remove", var link = links[device.ifindex] else { return }
-                        link.name = device.name
-                        link.udevProperties = device.properties
-                        link.udevInitialized = device.isInitialized
-                        links[link.ifindex] = link
-                        continuation.yield(.updated(link))
-                    }
+                    // rtnetlink may have announced a newer view, or the removal, meanwhile.
+                    if cached != nil && links[device.ifindex] == nil { return }
+                    // The database now holds what udevd just finished.
+                    let link = driver.enriched(links[device.ifindex] ?? known)
+                    links[link.ifindex] = link
+                    continuation.yield(.updated(link))
                 }
             }
             continuation.finish()

@@ -67,8 +67,8 @@ public struct UdevViewError: Error, CustomStringConvertible {
 }
 
 extension Sandbox {
-    /// The shell words that give `macvtapd` this sandbox's udev run directory at `/run/udev`
-    /// (inside `ip netns exec`, which already runs it in a mount namespace of its own).
+    /// The directory the `...WithUdev` runs see at `/run/udev` (`ip netns exec` already runs them in a
+    /// mount namespace of their own; the script makes its mounts private, so nothing leaks out).
     public var udevRunDirectory: String { directory.path + "/udev" }
 
     /// `macvtapd <command>` as `macvtapd(_:_:)` runs it, with `udevRunDirectory` at `/run/udev`
@@ -77,10 +77,108 @@ extension Sandbox {
         try FileManager.default.createDirectory(atPath: udevRunDirectory, withIntermediateDirectories: true)
         var all = [command] + arguments + ["--udev", "on"]
         all += ["-c", configPath, "--device-dir", deviceDirectory, "--qmp-timeout", "3", "--status-file", statusPath]
-        let script =
-            "mount --make-rprivate / && mount -t tmpfs -o mode=0755 tmpfs /run && mkdir /run/udev"
-            + " && mount --bind \"$0\" /run/udev && exec \"$@\""
         return try await ChildProcess.run(
-            "/usr/sbin/ip", ["netns", "exec", namespace.name, "/bin/sh", "-c", script, udevRunDirectory, binary] + all)
+            "/usr/sbin/ip",
+            ["netns", "exec", namespace.name, "/bin/sh", "-c", Self.privateUdevScript, udevRunDirectory, binary] + all)
     }
+}
+
+/// Announces a processed device the way udevd does after writing its database entry: a "libudev"
+/// message multicast to the udev group of the namespace's uevent netlink. udevd serves only its
+/// own (PID 1's) network namespace, so for a test namespace the test speaks for it, in the wire
+/// format libudev's monitor parses and filters in the kernel (magic, subsystem hash).
+public enum UdevAnnouncer {
+    public static func announce(
+        in namespace: NetworkNamespace, action: String, name: String, ifindex: Int32, properties: [String: String],
+        sequence: UInt64 = 1
+    ) throws {
+        var all = properties
+        all["ACTION"] = action
+        all["DEVPATH"] = "/devices/virtual/net/\(name)"
+        all["SUBSYSTEM"] = "net"
+        all["INTERFACE"] = name
+        all["IFINDEX"] = "\(ifindex)"
+        all["SEQNUM"] = "\(sequence)"
+        var body: [UInt8] = []
+        for (key, value) in all.sorted(by: { $0.key < $1.key }) { body += Array("\(key)=\(value)".utf8) + [0] }
+
+        let headerSize = 40
+        var message = Array("libudev".utf8) + [0]
+        func append32(_ value: UInt32, bigEndian: Bool) {
+            let ordered = bigEndian ? value.bigEndian : value
+            withUnsafeBytes(of: ordered) { message += $0 }
+        }
+        append32(0xfeed_cafe, bigEndian: true)
+        append32(UInt32(headerSize), bigEndian: false)
+        append32(UInt32(headerSize), bigEndian: false)
+        append32(UInt32(body.count), bigEndian: false)
+        append32(murmurHash2(Array("net".utf8)), bigEndian: true)
+        append32(0, bigEndian: false)
+        append32(0, bigEndian: false)
+        append32(0, bigEndian: false)
+        message += body
+
+        try namespace.withEntered {
+            let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_KOBJECT_UEVENT)
+            guard fd >= 0 else { throw UdevViewError("open uevent netlink", errno) }
+            defer { close(fd) }
+            var address = sockaddr_nl()
+            address.nl_family = sa_family_t(AF_NETLINK)
+            address.nl_groups = 2  // udev's group; the kernel's is 1
+            let sent = withUnsafePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, message, message.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size))
+                }
+            }
+            guard sent == message.count else { throw UdevViewError("send the udev announcement", errno) }
+        }
+    }
+
+    /// MurmurHash2 with seed 0, what libudev's socket filter compares the subsystem against.
+    static func murmurHash2(_ key: [UInt8]) -> UInt32 {
+        let m: UInt32 = 0x5bd1_e995
+        var h = UInt32(key.count)
+        var index = 0
+        while key.count - index >= 4 {
+            var k =
+                UInt32(key[index]) | UInt32(key[index + 1]) << 8 | UInt32(key[index + 2]) << 16
+                | UInt32(key[index + 3]) << 24
+            k &*= m
+            k ^= k >> 24
+            k &*= m
+            h &*= m
+            h ^= k
+            index += 4
+        }
+        let rest = key.count - index
+        if rest >= 3 { h ^= UInt32(key[index + 2]) << 16 }
+        if rest >= 2 { h ^= UInt32(key[index + 1]) << 8 }
+        if rest >= 1 {
+            h ^= UInt32(key[index])
+            h &*= m
+        }
+        h ^= h >> 13
+        h &*= m
+        h ^= h >> 15
+        return h
+    }
+}
+
+extension Sandbox {
+    /// `macvtapd run` as `startDaemon` starts it, with `udevRunDirectory` at `/run/udev` and `--udev on`.
+    public func startDaemonWithUdev(_ arguments: [String] = []) throws -> BackgroundProcess {
+        try FileManager.default.createDirectory(atPath: udevRunDirectory, withIntermediateDirectories: true)
+        return try BackgroundProcess.start(
+            "/usr/sbin/ip",
+            [
+                "netns", "exec", namespace.name, "/bin/sh", "-c", Self.privateUdevScript, udevRunDirectory, binary,
+                "run", "--udev", "on", "-c", configPath, "--device-dir", deviceDirectory, "--status-file", statusPath,
+                "--metrics-file", "", "--qmp-timeout", "3",
+            ] + arguments,
+            logPath: directory.path + "/daemon.log")
+    }
+
+    static let privateUdevScript =
+        "mount --make-rprivate / && mount -t tmpfs -o mode=0755 tmpfs /run && mkdir /run/udev"
+        + " && mount --bind \"$0\" /run/udev && exec \"$@\""
 }

@@ -143,4 +143,41 @@ import Testing
             #expect(try await sandbox.frameReachesHub(from: "up1", nic: "nic1"))
         }
     }
+
+    @Test func daemonAttachesWhenUdevAnnouncesItIsDone() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: []) { sandbox in
+            try Self.config(sandbox, [("nic0", "{path: \"pci-0000:03:00.0\"}")])
+            // Only events can wake it: the periodic resync is an hour away.
+            let daemon = try sandbox.startDaemonWithUdev(["--resync", "3600"])
+            defer { Task { await daemon.stop() } }
+            func binding() -> BindingStatus? { (try? sandbox.status())?.bindings.first }
+            #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
+
+            // The kernel announces eth0 and udevd renames it; neither says udev is done.
+            try Self.portAppears(sandbox, "eth0", peer: "enp3s0p")
+            try Self.udevProcessedAll(sandbox, except: ["eth0"])
+            let index = try Self.ifindex("eth0", in: sandbox)
+            try sandbox.namespace.ip("link", "set", "eth0", "name", "enp3s0")
+            try sandbox.namespace.ip("link", "set", "enp3s0", "up")
+            #expect(
+                await DaemonEndToEndTests.until { binding()?.message.contains("not finished with enp3s0") == true },
+                "\(binding()?.message ?? "no status")")
+            // Let the reconciles of those rtnetlink events finish: only udev's word may attach.
+            try await Task.sleep(for: .milliseconds(300))
+            #expect(binding()?.reason == "HostNotInitialized")
+            #expect(try sandbox.macvtaps().isEmpty)
+
+            let properties = ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0"]
+            try UdevView.writeDatabaseEntry(in: sandbox.udevRunDirectory, ifindex: index, properties: properties)
+            try UdevAnnouncer.announce(
+                in: sandbox.namespace, action: "move", name: "enp3s0", ifindex: index, properties: properties)
+            #expect(
+                await DaemonEndToEndTests.until(.seconds(5)) { binding()?.phase == .attached },
+                "\(binding()?.message ?? "no status")\n\(daemon.log())")
+            #expect(binding()?.lower == "enp3s0")
+            #expect(try sandbox.macvtaps().count == 1)
+            #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
+            #expect(await daemon.stop() == 0)
+        }
+    }
 }

@@ -44,6 +44,23 @@ import Testing
         #expect(ContinuousClock.now - start < .seconds(1), "the stream ends promptly when the monitor is closed")
     }
 
+    @Test func udevSourceDeliversWhatUdevdAnnouncesInitialised() async throws {
+        let namespace = try NetworkNamespace(prefix: "mvtudevmon")
+        defer { try? namespace.delete() }
+        let monitor = try namespace.withEntered { try UdevMonitor(source: .udev) }
+        defer { monitor.close() }
+        var events = monitor.events.makeAsyncIterator()
+
+        try UdevAnnouncer.announce(
+            in: namespace, action: "move", name: "enp3s0", ifindex: 7, properties: ["ID_PATH": "pci-0000:03:00.0"])
+        let event = await Self.next(&events) { action, _ in action == "move" }
+        let device = try #require(event?.1)
+        #expect(device.name == "enp3s0")
+        #expect(device.ifindex == 7)
+        #expect(device.isInitialized, "udevd announces a device once it is done with it")
+        #expect(device.properties["ID_PATH"] == "pci-0000:03:00.0")
+    }
+
     @Test func closingTwiceAndDroppingTheConsumerAreSafe() async throws {
         let monitor = try UdevMonitor(source: .kernel)
         monitor.close()
