@@ -159,7 +159,10 @@ public enum Planner {
             return Reason("HostNotInitialized", "host \(matcher) is not yet initialised by udev")
         }
         if !pending.isEmpty {
-            let names = pending.map(\.name).sorted().joined(separator: ", ")
+            let all = pending.map(\.name).sorted()
+            // Bounded: a host that just hot-plugged many ports should not get a page-long message.
+            var names = all.prefix(4).joined(separator: ", ")
+            if all.count > 4 { names += " and \(all.count - 4) more" }
             return Reason(
                 "HostNotInitialized", "host \(matcher) does not exist yet; udev has not finished with \(names)")
         }

@@ -354,6 +354,16 @@ let plannerCases: [PlannerCase] = {
             change: .none, reason: "HostNotInitialized", actions: [],
             messageContains: "host enp3s0 does not exist yet; udev has not finished with eth1"))
 
+    var manyPending = World()
+    manyPending.binding.host = .name("enp3s0")
+    manyPending.vm.guestLink = ["nic0": false]
+    manyPending.links = (10..<16).map { ObservedLink(ifindex: $0, name: "eth\($0)", udevInitialized: false) }
+    cases.append(
+        PlannerCase(
+            name: "many links udev has not finished with are named briefly", world: manyPending, phase: .hostMissing,
+            change: .none, reason: "HostNotInitialized", actions: [],
+            messageContains: "udev has not finished with eth10, eth11, eth12, eth13 and 2 more"))
+
     var pathPending = byPath
     pathPending.links[1].udevInitialized = false
     pathPending.links[1].udevProperties = ["INTERFACE": "eth1"]
