@@ -63,7 +63,9 @@ public enum UdevView {
 
 public struct UdevViewError: Error, CustomStringConvertible {
     public var description: String
-    init(_ operation: String, _ code: Int32) { description = "\(operation): \(String(cString: strerror(code)))" }
+    init(_ operation: String, _ code: Int32) {
+        description = code == 0 ? operation : "\(operation): \(String(cString: strerror(code)))"
+    }
 }
 
 extension Sandbox {

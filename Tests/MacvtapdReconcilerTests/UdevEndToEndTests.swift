@@ -181,3 +181,50 @@ import Testing
         }
     }
 }
+
+/// The same race against the real systemd-udevd, serving the sandbox's namespace only.
+@Suite(.serialized) struct RealUdevdEndToEndTests {
+    static let nic0 = QEMUNIC(id: "nic0", mac: "52:54:00:e2:ed:10", hubID: 10)
+
+    /// What a host's rules and .link files do for a PCI port (path_id and net_id set the properties
+    /// on every event, the rename happens on "add"), slowed down so the rename lands well after the
+    /// kernel announced the port.
+    static let rules = """
+        SUBSYSTEM=="net", ACTION!="remove", KERNEL=="eth0|enp3s0", \\
+          ENV{ID_PATH}="pci-0000:03:00.0", ENV{ID_NET_NAME_PATH}="enp3s0"
+        SUBSYSTEM=="net", ACTION=="add", KERNEL=="eth0", PROGRAM="/bin/sleep 0.5", NAME="enp3s0"
+
+        """
+
+    @Test func daemonBindsByPathOnlyOnceUdevdHasRenamedThePort() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: []) { sandbox in
+            let udevd = try await TestUdevd.start(in: sandbox, rules: Self.rules)
+            defer { Task { await udevd.stop() } }
+            try UdevEndToEndTests.config(sandbox, [("nic0", "{path: \"pci-0000:03:00.0\"}")])
+            let daemon = try sandbox.startDaemonWithUdev(["--resync", "3600"])
+            defer { Task { await daemon.stop() } }
+            func binding() -> BindingStatus? { (try? sandbox.status())?.bindings.first }
+            #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
+
+            // The kernel announces eth0; udevd renames it to enp3s0 half a second later.
+            try sandbox.namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "enp3s0p")
+            try sandbox.namespace.ip("link", "set", "enp3s0p", "up")
+            #expect(
+                await DaemonEndToEndTests.until(.seconds(2)) { binding()?.reason == "HostNotInitialized" },
+                "the daemon saw eth0 before udevd was done: \(binding()?.message ?? "no status")")
+            #expect(try sandbox.macvtaps().isEmpty, "nothing is created on a port udevd is still working on")
+
+            // udevd renames only interfaces that are down: attached, no carrier yet.
+            #expect(
+                await DaemonEndToEndTests.until(.seconds(10)) { binding()?.lower == "enp3s0" },
+                "\(binding()?.message ?? "no status")\n\(daemon.log())\n\(udevd.process.log())")
+            #expect(binding()?.phase == .noCarrier)
+            try sandbox.namespace.ip("link", "set", "enp3s0", "up")
+            #expect(await DaemonEndToEndTests.until { binding()?.phase == .attached })
+            #expect(try sandbox.macvtaps().count == 1, "exactly one macvtap")
+            #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
+            #expect(await daemon.stop() == 0)
+            await udevd.stop()
+        }
+    }
+}
