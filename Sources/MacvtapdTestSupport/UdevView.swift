@@ -86,9 +86,10 @@ extension Sandbox {
 }
 
 /// Announces a processed device the way udevd does after writing its database entry: a "libudev"
-/// message multicast to the udev group of the namespace's uevent netlink. udevd serves only its
-/// own (PID 1's) network namespace, so for a test namespace the test speaks for it, in the wire
-/// format libudev's monitor parses and filters in the kernel (magic, subsystem hash).
+/// message multicast to the udev group of the namespace's uevent netlink, in the wire format
+/// libudev's monitor parses and filters in the kernel (magic, subsystem hash). Lets a test say
+/// "udev is done" at the exact moment it chooses, with no other event around it (`TestUdevd` runs
+/// the real udevd, whose timing is its own).
 public enum UdevAnnouncer {
     public static func announce(
         in namespace: NetworkNamespace, action: String, name: String, ifindex: Int32, properties: [String: String],

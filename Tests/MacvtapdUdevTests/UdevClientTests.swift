@@ -3,8 +3,8 @@ import MacvtapdUdev
 import Testing
 
 /// Real libudev against the real sysfs of veth interfaces in a test namespace, with a hand-written
-/// udev database at a thread-private `/run/udev` (no udevd runs here, and a udevd would not serve
-/// a test namespace anyway).
+/// udev database (the format udevd writes) at a thread-private `/run/udev`: each test decides
+/// exactly what udev knows.
 @Suite struct UdevClientTests {
     static func ifindex(_ name: String, in namespace: NetworkNamespace) throws -> Int32 {
         let line = try namespace.ip("-o", "link", "show", "dev", name)

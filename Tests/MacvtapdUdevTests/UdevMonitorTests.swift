@@ -6,8 +6,8 @@ import Testing
     import Glibc
 #endif
 
-/// The monitor against real kernel uevents of a test namespace (udevd's own events need a udevd,
-/// which does not serve test namespaces; the socket, filter and thread are the same).
+/// The monitor against real kernel uevents of a test namespace, and against udevd's announcements
+/// in their wire format (the real udevd is exercised in the reconciler's end-to-end tests).
 @Suite struct UdevMonitorTests {
     static func next(_ iterator: inout AsyncStream<UdevEvent>.Iterator, matching: (String, UdevNetDevice) -> Bool)
         async -> (String, UdevNetDevice)?
