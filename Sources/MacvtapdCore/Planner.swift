@@ -45,8 +45,12 @@ public enum Planner {
         let backends = vm.backends.filter { $0.ids.nic == key.nic }.sorted { $0.ids.ifindex < $1.ids.ifindex }
         let recordedLink = vm.guestLink[key.nic]
         // A link udev has not finished with is not there yet: its name, MAC and udev properties may
-        // still change, so acting on it could bind the wrong port.
-        let candidates = observed.host.candidates(for: binding.host).filter(\.udevInitialized)
+        // still change, so acting on it could bind the wrong port. One that already carries our
+        // macvtap was initialised when we created it (its udev entry went since, e.g. a cleaned
+        // database): tearing down a working backend for that would cost the guest its carrier.
+        let candidates = observed.host.candidates(for: binding.host).filter { link in
+            link.udevInitialized || owned.contains { $0.lowerIfindex == link.ifindex }
+        }
         if candidates.count > 1 {
             let names = candidates.map(\.name).sorted().joined(separator: ", ")
             return waiting(.hostAmbiguous, "HostAmbiguous", "\(names) all match host \(binding.host); not guessing")

@@ -335,14 +335,23 @@ let plannerCases: [PlannerCase] = {
             change: .none, reason: "HostNotInitialized", actions: [],
             messageContains: "host eth0 is not yet initialised by udev"))
 
-    var notInitializedWithBackend = World.converged
-    notInitializedWithBackend.links[0].udevInitialized = false
+    // eth0 was unplugged (taking macvtap 42 with it) and is back as a new link udev is working on.
+    var backNotInitialized = World.converged
+    backNotInitialized.links = [
+        ObservedLink(ifindex: 7, name: "eth0", kind: "veth", mac: World.eth0.mac, udevInitialized: false), World.eth1,
+    ]
     cases.append(
         PlannerCase(
             name: "lower back but not yet initialised: dead backend detached, no new one",
-            world: notInitializedWithBackend,
-            phase: .hostMissing, change: .destroy, reason: "HostNotInitialized",
-            actions: ["detach 42", "delete 42", "link down"], messageContains: "not yet initialised by udev"))
+            world: backNotInitialized, phase: .hostMissing, change: .destroy, reason: "HostNotInitialized",
+            actions: ["detach 42", "link down"], messageContains: "host eth0 is not yet initialised by udev"))
+
+    var entryLost = World.converged
+    entryLost.links[0].udevInitialized = false
+    cases.append(
+        PlannerCase(
+            name: "a lower that carries our macvtap keeps it when its udev entry goes", world: entryLost,
+            phase: .attached, change: .none, reason: "Converged", actions: []))
 
     var renamePending = World()
     renamePending.binding.host = .name("enp3s0")
