@@ -107,8 +107,8 @@ private struct UdevMonitorHandles: ~Copyable {
 }
 
 /// The reader thread's side. The handles sit behind a lock only to hand them from the subscribing
-/// thread to the reader thread; the wakeup descriptor is written under the same lock, so a stop
-/// request never writes to a descriptor number that was closed and reused.
+/// thread to the reader thread. The wakeup descriptor is written and closed under a lock of its
+/// own, so a stop request never writes to a descriptor number that was closed and reused.
 private final class UdevMonitorReader: Sendable {
     private let handles: Mutex<UdevMonitorHandles?>
     private let wake: Mutex<Int32>
