@@ -20,6 +20,9 @@ let package = Package(
         // Kernel headers, variadic ioctls and cmsg macros that Swift cannot call directly.
         .target(name: "CMacvtapd", cSettings: [.treatAllWarnings(as: .error)]),
 
+        // libudev (Debian libudev-dev): device lookups, the udev database and the udev monitor.
+        .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
+
         // Model, planner and plan rendering: no I/O, no sockets.
         .target(name: "MacvtapdCore", swiftSettings: strict),
 
@@ -33,6 +36,9 @@ let package = Package(
         // rtnetlink client, macvtap lifecycle and the tap character device.
         .target(name: "MacvtapdNetlink", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
 
+        // udev client: a net device's properties and initialisation, and udev's "net" events.
+        .target(name: "MacvtapdUdev", dependencies: ["CUdev"], swiftSettings: strict),
+
         // QMP client: commands, events, fd passing, `info network` parsing.
         .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
 
@@ -40,7 +46,7 @@ let package = Package(
         .target(
             name: "MacvtapdReconciler",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP", "MacvtapdUdev",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -60,7 +66,7 @@ let package = Package(
         .executableTarget(
             name: "macvtapd",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -94,6 +100,11 @@ let package = Package(
         .testTarget(
             name: "MacvtapdNetlinkTests",
             dependencies: ["MacvtapdNetlink", "MacvtapdTestSupport"],
+            swiftSettings: strict
+        ),
+        .testTarget(
+            name: "MacvtapdUdevTests",
+            dependencies: ["MacvtapdUdev", "MacvtapdTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

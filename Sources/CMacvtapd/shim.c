@@ -82,3 +82,6 @@ int cmacvtapd_setns_net(int ns_fd) { return setns(ns_fd, CLONE_NEWNET); }
 int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd) {
     return posix_spawn_file_actions_addclosefrom_np(actions, lowfd);
 }
+
+// --- udev (test fixtures)
+int cmacvtapd_unshare_mount_namespace(void) { return unshare(CLONE_NEWNS); }

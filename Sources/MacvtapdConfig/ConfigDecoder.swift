@@ -24,7 +24,7 @@ struct ConfigDecoder {
     static let defaultsKeys = ["mode", "link"]
     static let vmKeys = ["qmp", "nics"]
     static let nicKeys = ["host", "mode", "mac", "hub", "link"]
-    static let hostKeys = ["name", "mac"]
+    static let hostKeys = ["name", "mac", "path", "property"]
 
     private struct Defaults {
         var mode = MacvtapMode.bridge
@@ -153,7 +153,8 @@ struct ConfigDecoder {
             host = hostMatcher(node.value, of: what)
         } else {
             error(
-                "\(what) has no 'host': the host interface, by name ('host: eth0') or by MAC ('host: {mac: ...}')",
+                "\(what) has no 'host': the host interface, by name ('host: eth0'), MAC ('host: {mac: ...}'), "
+                    + "udev path ('host: {path: pci-0000:03:00.0}') or udev properties ('host: {property: {...}}')",
                 at: location(key))
         }
         let mode = fields["mode"].map { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? defaults.mode
@@ -173,17 +174,60 @@ struct ConfigDecoder {
             return interfaceName(name, at: node)
         }
         guard let fields = mapping(node, of: "'host' of \(what)", allowed: Self.hostKeys) else { return nil }
-        switch (fields["name"], fields["mac"]) {
-        case (let name?, nil):
-            return string(name.value, field: "name").flatMap { interfaceName($0, at: name.value) }
-        case (nil, let mac?):
-            return macAddress(mac.value, field: "mac").map { .mac($0) }
-        case (.some, .some):
-            error("'host' of \(what) has both 'name' and 'mac'; give exactly one of them", at: location(node))
-        case (nil, nil):
-            error("'host' of \(what) has neither 'name' nor 'mac'; give exactly one of them", at: location(node))
+        let given = fields.ordered.map(\.name)
+        let choices = "give exactly one of " + Self.hostKeys.joined(separator: ", ")
+        guard given.count == 1, let (field, _, value) = fields.ordered.first else {
+            if given.isEmpty {
+                // Unknown keys were reported already; an empty mapping was not.
+                guard case .mapping(let pairs) = node.content, pairs.isEmpty else { return nil }
+                error("'host' of \(what) has none of name, mac, path, property; \(choices)", at: location(node))
+            } else {
+                let listed = given.map { "'\($0)'" }.joined(separator: " and ")
+                error("'host' of \(what) has \(listed); \(choices)", at: location(node))
+            }
+            return nil
         }
-        return nil
+        switch field {
+        case "name": return string(value, field: "name").flatMap { interfaceName($0, at: value) }
+        case "mac": return macAddress(value, field: "mac").map { .mac($0) }
+        case "path": return udevPath(value)
+        default: return udevProperties(value, of: what)
+        }
+    }
+
+    private mutating func udevPath(_ node: YAMLNode) -> HostMatcher? {
+        guard let path = string(node, field: "path") else { return nil }
+        if let problem = ConfigRules.udevValueProblem(path) {
+            error(
+                "invalid 'path' '\(path)': \(problem); write udev's ID_PATH, like pci-0000:03:00.0", at: location(node))
+            return nil
+        }
+        return .path(path)
+    }
+
+    private mutating func udevProperties(_ node: YAMLNode, of what: String) -> HostMatcher? {
+        let errorsBefore = diagnostics.count
+        guard let entries = mapping(node, of: "'property' of 'host' of \(what)", allowed: nil) else { return nil }
+        guard !entries.ordered.isEmpty else {
+            error(
+                "'property' of 'host' of \(what) is empty; give one or more udev properties, like "
+                    + "'{ID_NET_NAME_PATH: enp3s0}'", at: location(node))
+            return nil
+        }
+        var pairs: [String: String] = [:]
+        for (name, key, value) in entries.ordered {
+            if let problem = ConfigRules.udevPropertyNameProblem(name) {
+                error("invalid udev property name '\(name)': \(problem)", at: location(key))
+                continue
+            }
+            guard let text = string(value, field: name) else { continue }
+            if let problem = ConfigRules.udevValueProblem(text) {
+                error("invalid value '\(text)' of udev property '\(name)': \(problem)", at: location(value))
+                continue
+            }
+            pairs[name] = text
+        }
+        return diagnostics.count == errorsBefore ? .property(pairs) : nil
     }
 
     private mutating func interfaceName(_ name: String, at node: YAMLNode) -> HostMatcher? {

@@ -77,6 +77,25 @@ enum ConfigRules {
         }
     }
 
+    /// udev property names as udev rules write them: a letter or '_', then letters, digits, '_'.
+    static func udevPropertyNameProblem(_ name: String) -> String? {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first else { return "it is empty" }
+        guard isLetter(first) || first == UInt8(ascii: "_"),
+            bytes.allSatisfy({ isAlphanumeric($0) || $0 == UInt8(ascii: "_") })
+        else { return "a udev property name holds only letters, digits and '_' and does not start with a digit" }
+        return nil
+    }
+
+    /// A value udev can store in its database: one non-empty line without control characters.
+    static func udevValueProblem(_ value: String) -> String? {
+        guard !value.isEmpty else { return "it is empty" }
+        guard !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+            return "it contains a control character (a newline, a tab, ...)"
+        }
+        return nil
+    }
+
     static func qmpPathProblem(_ path: String) -> String? {
         guard path.hasPrefix("/") else { return "'\(path)' is not an absolute path; write the full path from '/'" }
         guard !path.utf8.contains(0) else { return "the path contains a NUL byte" }

@@ -35,11 +35,41 @@ public enum HostMatcher: Hashable, Sendable, CustomStringConvertible {
     case name(String)
     /// The interface's MAC address (current, or permanent where the kernel reports one).
     case mac(MACAddress)
+    /// udev's `ID_PATH` (`pci-0000:03:00.0`): the port's place on the bus, stable across renames.
+    case path(String)
+    /// udev properties (`ID_NET_NAME_PATH: enp3s0`, ...); every pair must match.
+    case property([String: String])
 
     public var description: String {
         switch self {
         case .name(let name): return name
         case .mac(let mac): return "mac \(mac)"
+        case .path(let path): return "path \(path)"
+        case .property(let pairs):
+            return "property " + pairs.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+        }
+    }
+
+    /// Whether the matcher selects `link` from what is known about it now. Macvtaps and macvlans
+    /// only ever match by name: they copy their lower's MAC and have no bus path of their own.
+    public func matches(_ link: ObservedLink) -> Bool {
+        if case .name(let name) = self { return link.name == name }
+        guard link.kind != "macvtap" && link.kind != "macvlan" else { return false }
+        switch self {
+        case .name: return false
+        case .mac(let mac): return link.mac == mac || link.permanentMAC == mac
+        case .path(let path): return link.udevProperties?["ID_PATH"] == path
+        case .property(let pairs):
+            guard let properties = link.udevProperties, !pairs.isEmpty else { return false }
+            return pairs.allSatisfy { properties[$0.key] == $0.value }
+        }
+    }
+
+    /// True for matchers that only udev can answer.
+    public var needsUdev: Bool {
+        switch self {
+        case .name, .mac: return false
+        case .path, .property: return true
         }
     }
 }

@@ -14,11 +14,17 @@ public struct ObservedLink: Hashable, Sendable {
     /// IFLA_IFALIAS: where macvtapd writes its ownership mark.
     public var alias: String?
     public var macvtapMode: MacvtapMode?
+    /// udev's properties of the link (`ID_PATH`, `ID_NET_NAME_PATH`, ...); nil when udev is not
+    /// consulted (no udevd describes this network namespace).
+    public var udevProperties: [String: String]?
+    /// False while udevd has not finished with a new link: its name, MAC and properties may still
+    /// change (renames happen right after the kernel announces a link). True without udevd.
+    public var udevInitialized: Bool
 
     public init(
         ifindex: Int32, name: String, kind: String? = nil, mac: MACAddress? = nil, permanentMAC: MACAddress? = nil,
         adminUp: Bool = true, carrier: Bool = true, lowerIfindex: Int32? = nil, alias: String? = nil,
-        macvtapMode: MacvtapMode? = nil
+        macvtapMode: MacvtapMode? = nil, udevProperties: [String: String]? = nil, udevInitialized: Bool = true
     ) {
         self.ifindex = ifindex
         self.name = name
@@ -30,6 +36,8 @@ public struct ObservedLink: Hashable, Sendable {
         self.lowerIfindex = lowerIfindex
         self.alias = alias
         self.macvtapMode = macvtapMode
+        self.udevProperties = udevProperties
+        self.udevInitialized = udevInitialized
     }
 
     public var isMacvtap: Bool { kind == "macvtap" }
@@ -71,16 +79,18 @@ public struct ObservedHost: Hashable, Sendable {
     public func link(ifindex: Int32) -> ObservedLink? { index.byIfindex[ifindex].map { links[$0] } }
     public func link(named name: String) -> ObservedLink? { index.byName[name].map { links[$0] } }
 
-    /// The interfaces a matcher selects. Macvtaps and macvlans are never lowers: they copy MACs.
+    /// The interfaces a matcher selects, initialised by udev or not. Macvtaps and macvlans are
+    /// never lowers by MAC or udev identity: they copy MACs.
     public func candidates(for matcher: HostMatcher) -> [ObservedLink] {
-        switch matcher {
-        case .name(let name):
-            return links.filter { $0.name == name }
-        case .mac(let mac):
-            return links.filter { link in
-                link.kind != "macvtap" && link.kind != "macvlan" && (link.mac == mac || link.permanentMAC == mac)
-            }
-        }
+        // Names are unique in a namespace: the common matcher is a lookup, not a scan.
+        if case .name(let name) = matcher { return link(named: name).map { [$0] } ?? [] }
+        return links.filter { matcher.matches($0) }
+    }
+
+    /// Links udev is still working on (not macvtaps or macvlans, which are never lowers by
+    /// identity): any of them may yet turn out to be the host a matcher wants, under another name.
+    public var uninitializedLinks: [ObservedLink] {
+        links.filter { !$0.udevInitialized && $0.kind != "macvtap" && $0.kind != "macvlan" }
     }
 
     /// The macvtaps macvtapd owns, by the binding their mark names.

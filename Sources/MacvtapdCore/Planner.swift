@@ -44,14 +44,22 @@ public enum Planner {
 
         let backends = vm.backends.filter { $0.ids.nic == key.nic }.sorted { $0.ids.ifindex < $1.ids.ifindex }
         let recordedLink = vm.guestLink[key.nic]
-        let candidates = observed.host.candidates(for: binding.host)
+        // A link udev has not finished with is not there yet: its name, MAC and udev properties may
+        // still change, so acting on it could bind the wrong port. One that already carries our
+        // macvtap was initialised when we created it (its udev entry went since, e.g. a cleaned
+        // database): tearing down a working backend for that would cost the guest its carrier.
+        let candidates = observed.host.candidates(for: binding.host).filter { link in
+            link.udevInitialized || owned.contains { $0.lowerIfindex == link.ifindex }
+        }
         if candidates.count > 1 {
             let names = candidates.map(\.name).sorted().joined(separator: ", ")
             return waiting(.hostAmbiguous, "HostAmbiguous", "\(names) all match host \(binding.host); not guessing")
         }
 
         guard let lower = candidates.first else {
-            return planHostMissing(binding, backends: backends, owned: owned, recordedLink: recordedLink)
+            return planHostMissing(
+                binding, backends: backends, owned: owned, recordedLink: recordedLink,
+                missing: describeMissing(binding.host, host: observed.host))
         }
 
         let name = Ownership.macvtapName(for: key)
@@ -126,7 +134,8 @@ public enum Planner {
     /// Host interface gone: detach whatever backend is left (its fd is dead and QEMU spins on it),
     /// delete owned macvtaps that sit on other lowers, and hold the guest carrier down.
     static func planHostMissing(
-        _ binding: NICBinding, backends: [ObservedBackend], owned: [ObservedLink], recordedLink: Bool?
+        _ binding: NICBinding, backends: [ObservedBackend], owned: [ObservedLink], recordedLink: Bool?,
+        missing why: Reason
     ) -> BindingPlan {
         let key = binding.key
         var actions: [Action] = backends.map { .detachBackend(vm: key.vm, backend: $0) }
@@ -134,16 +143,38 @@ public enum Planner {
         if recordedLink != false {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: false))
         }
-        let missing = "host \(binding.host) does not exist"
+        let missing = why.message
         var message = missing
         if let backend = backends.first {
             message += "; backend bound to deleted macvtap \(backend.ids.ifindex)"
         }
         let tearsDown = !backends.isEmpty || !owned.isEmpty
         return BindingPlan(
-            key: key, phase: .hostMissing, reason: Reason("HostMissing", message),
-            settled: Reason("HostMissing", missing + "; guest carrier down"),
+            key: key, phase: .hostMissing, reason: Reason(why.code, message),
+            settled: Reason(why.code, missing + "; guest carrier down"),
             change: actions.isEmpty ? .none : (tearsDown ? .destroy : .update), actions: actions)
+    }
+
+    /// Why no initialised link matches: nothing matches at all, or udev has not finished with a link
+    /// that matches now or may match once udev has named it and set its properties.
+    static func describeMissing(_ matcher: HostMatcher, host: ObservedHost) -> Reason {
+        let pending = host.uninitializedLinks
+        if !pending.filter(matcher.matches).isEmpty {
+            return Reason("HostNotInitialized", "host \(matcher) is not yet initialised by udev")
+        }
+        if !pending.isEmpty {
+            let all = pending.map(\.name).sorted()
+            // Bounded: a host that just hot-plugged many ports should not get a page-long message.
+            var names = all.prefix(4).joined(separator: ", ")
+            if all.count > 4 { names += " and \(all.count - 4) more" }
+            return Reason(
+                "HostNotInitialized", "host \(matcher) does not exist yet; udev has not finished with \(names)")
+        }
+        if matcher.needsUdev && !host.links.contains(where: { $0.udevProperties != nil }) {
+            return Reason(
+                "HostMissing", "host \(matcher) does not exist: udev describes no interface here (no udevd runs)")
+        }
+        return Reason("HostMissing", "host \(matcher) does not exist")
     }
 
     static func describeStale(_ backend: ObservedBackend, hub: Int, host: ObservedHost) -> Reason {

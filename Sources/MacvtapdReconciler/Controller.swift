@@ -251,7 +251,7 @@ public actor Controller {
         }
     }
 
-    /// The VMs whose plans may change with this link: bindings that match it by name or MAC (now or
+    /// The VMs whose plans may change with this link: bindings that match it (now or
     /// before), bindings whose macvtap sits on it, and the owner of a macvtap of ours.
     private func vmsAffected(by link: ObservedLink, before: ObservedLink?) -> Set<String> {
         var vms = Set<String>()
@@ -261,14 +261,13 @@ public actor Controller {
         }
         let lowerOf = Set(links.values.filter { $0.lowerIfindex == link.ifindex }.compactMap { $0.owner?.vm })
         vms.formUnion(lowerOf)
+        // A link udev is still naming may become any binding's host; one it just finished with may
+        // end the wait of bindings that matched nothing.
+        if versions.contains(where: { !$0.udevInitialized }) {
+            return vms.union(bindings.map(\.key.vm))
+        }
         for binding in bindings where !vms.contains(binding.key.vm) {
-            let matches = versions.contains { version in
-                switch binding.host {
-                case .name(let name): return version.name == name
-                case .mac(let mac): return version.mac == mac || version.permanentMAC == mac
-                }
-            }
-            if matches { vms.insert(binding.key.vm) }
+            if versions.contains(where: binding.host.matches) { vms.insert(binding.key.vm) }
         }
         return vms
     }

@@ -3,6 +3,7 @@ import Logging
 import MacvtapdConfig
 import MacvtapdCore
 import MacvtapdReconciler
+import MacvtapdUdev
 
 /// Options shared by the commands that observe and change the world.
 struct WorldOptions: ParsableArguments {
@@ -21,6 +22,13 @@ struct WorldOptions: ParsableArguments {
     @Option(help: "Seconds to wait for a VM's QMP monitor before calling it unresponsive.")
     var qmpTimeout: Double = 5
 
+    @Option(
+        help: """
+            Whether to wait for udev and match hosts by udev identity (path, property): auto (when udevd \
+            runs and macvtapd is in its network namespace), on, off.
+            """)
+    var udev: UdevEnvironment.Mode = .auto
+
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: warning; run: info).")
     var logLevel: Logger.Level?
 
@@ -37,10 +45,18 @@ struct WorldOptions: ParsableArguments {
     func reconciler() throws -> Reconciler {
         var logger = Logger(label: "macvtapd")
         logger.logLevel = logLevel ?? .warning
-        let drivers = try LiveDrivers(deviceDirectory: deviceDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)))
+        let drivers = try liveDrivers()
+        logger.debug("\(drivers.udev.why)")
         return Reconciler(
             host: drivers.host, connector: drivers.connector, store: StatusStore(path: statusFile), logger: logger)
+    }
+
+    func liveDrivers() throws -> LiveDrivers {
+        try LiveDrivers(
+            deviceDirectory: deviceDir, qmpTimeout: .milliseconds(Int(qmpTimeout * 1000)),
+            udev: UdevEnvironment(mode: udev))
     }
 }
 
 extension Logger.Level: @retroactive ExpressibleByArgument {}
+extension UdevEnvironment.Mode: ExpressibleByArgument {}

@@ -41,8 +41,8 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "macvtapd")
-        let drivers = try LiveDrivers(
-            deviceDirectory: options.deviceDir, qmpTimeout: .milliseconds(Int(options.qmpTimeout * 1000)))
+        let drivers = try options.liveDrivers()
+        logger.info("\(drivers.udev.why)")
         let settings = Daemon.Settings(
             configPath: options.config.config, store: StatusStore(path: options.statusFile),
             controller: Controller.Options(

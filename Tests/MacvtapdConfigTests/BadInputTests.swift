@@ -135,11 +135,40 @@ let badInputs: [BadInput] = [
     BadInput("host missing value", nicDoc(host: ""), at: "7:14", "'host' must be a string, found nothing (null)"),
     BadInput(
         "host as sequence", nicDoc(host: "[eth0]"), at: "7:15",
-        "must be a mapping with keys name, mac, found a sequence"),
+        "must be a mapping with keys name, mac, path, property, found a sequence"),
     BadInput(
         "host with name and mac", nicDoc(host: "{name: eth0, mac: \"3c:fd:fe:aa:bb:cc\"}"), at: "7:15",
-        "has both 'name' and 'mac'; give exactly one"),
-    BadInput("host with neither", nicDoc(host: "{}"), at: "7:15", "has neither 'name' nor 'mac'"),
+        "has 'name' and 'mac'; give exactly one of name, mac, path, property"),
+    BadInput(
+        "host with path and property", nicDoc(host: "{path: pci-0000:03:00.0, property: {ID_PATH: x}}"), at: "7:15",
+        "has 'path' and 'property'; give exactly one of name, mac, path, property"),
+    BadInput("host with neither", nicDoc(host: "{}"), at: "7:15", "has none of name, mac, path, property"),
+    BadInput("host path empty", nicDoc(host: "{path: \"\"}"), at: "7:22", "invalid 'path' '': it is empty"),
+    BadInput("host path null", nicDoc(host: "{path: }"), at: "7:22", "'path' must be a string, found nothing"),
+    BadInput(
+        "host path with newline", nicDoc(host: "{path: \"pci-0000:03:00.0\\n\"}"), at: "7:22",
+        "contains a control character"),
+    BadInput(
+        "host path as number", nicDoc(host: "{path: 3}"), at: "7:22",
+        "'path' must be a string, found an integer (3) (quote it to make it a string)"),
+    BadInput(
+        "host property not a mapping", nicDoc(host: "{property: ID_PATH}"), at: "7:26",
+        "'property' of 'host' of NIC 'nic0' of VM 'web1' must be a mapping, found the string 'ID_PATH'"),
+    BadInput(
+        "host property empty", nicDoc(host: "{property: {}}"), at: "7:26",
+        "'property' of 'host' of NIC 'nic0' of VM 'web1' is empty; give one or more udev properties"),
+    BadInput(
+        "host property bad name", nicDoc(host: "{property: {ID-PATH: x}}"), at: "7:27",
+        "invalid udev property name 'ID-PATH': a udev property name holds only letters, digits and '_'"),
+    BadInput(
+        "host property value not a string", nicDoc(host: "{property: {ID_NET_NAME_PATH: [a]}}"), at: "7:45",
+        "'ID_NET_NAME_PATH' must be a string, found a sequence"),
+    BadInput(
+        "host property value empty", nicDoc(host: "{property: {ID_NET_NAME_PATH: \"\"}}"), at: "7:45",
+        "invalid value '' of udev property 'ID_NET_NAME_PATH': it is empty"),
+    BadInput(
+        "host property duplicate", nicDoc(host: "{property: {ID_PATH: a, ID_PATH: b}}"), at: "7:39",
+        "duplicate key 'ID_PATH' in 'property' of 'host'"),
     BadInput(
         "host key typo", nicDoc(host: "{nmae: eth0}"), at: "7:16",
         "unknown key 'nmae' in 'host' of NIC 'nic0' of VM 'web1'; did you mean 'name'?"),

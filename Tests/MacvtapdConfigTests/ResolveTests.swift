@@ -52,6 +52,22 @@ struct ResolveTests {
         #expect(desired.bindings.map(\.key.nic) == ["nic0", "nic1", "nic2"])
     }
 
+    @Test(arguments: [
+        ("{path: pci-0000:03:00.0}", HostMatcher.path("pci-0000:03:00.0")),
+        ("{path: \"platform-fe300000.ethernet\"}", .path("platform-fe300000.ethernet")),
+        ("{property: {ID_NET_NAME_PATH: enp3s0}}", .property(["ID_NET_NAME_PATH": "enp3s0"])),
+        (
+            "{property: {ID_VENDOR_ID: \"0x8086\", ID_NET_NAME_MAC: enx3cfdfeaabbcc}}",
+            .property(["ID_VENDOR_ID": "0x8086", "ID_NET_NAME_MAC": "enx3cfdfeaabbcc"])
+        ),
+        ("{property: {ID_MODEL_ID: \"1234\"}}", .property(["ID_MODEL_ID": "1234"])),
+    ])
+    func udevHostMatchers(_ host: String, _ expected: HostMatcher) throws {
+        let desired = try #require(
+            load("version: 1\nvms:\n  a:\n    qmp: /q\n    nics:\n      n:\n        host: \(host)\n"))
+        #expect(desired.binding(BindingKey(vm: "a", nic: "n"))?.host == expected)
+    }
+
     @Test func builtInDefaultsAreBridgeAndFollow() throws {
         let desired = try #require(
             load("version: 1\nvms:\n  a:\n    qmp: /q\n    nics:\n      n:\n        host: eth0\n"))

@@ -272,6 +272,134 @@ let plannerCases: [PlannerCase] = {
             name: "two interfaces with the MAC: no guess", world: ambiguous, phase: .hostAmbiguous, change: .none,
             reason: "HostAmbiguous", actions: [], messageContains: "eth0, eth1"))
 
+    // udev identity: eth1 sits at PCI 0000:03:00.0 and udev named it by path.
+    let eth1Udev = ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0", "INTERFACE": "eth1"]
+    let createOnEth1 = ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]
+
+    var byPath = World()
+    byPath.links[0].udevProperties = ["ID_PATH": "pci-0000:00:1f.6"]
+    byPath.links[1].udevProperties = eth1Udev
+    byPath.binding.host = .path("pci-0000:03:00.0")
+    cases.append(
+        PlannerCase(
+            name: "host matched by udev path", world: byPath, phase: .attached, change: .create,
+            reason: "HostPresent", actions: createOnEth1))
+
+    var byProperties = byPath
+    byProperties.binding.host = .property(["ID_NET_NAME_PATH": "enp3s0", "ID_PATH": "pci-0000:03:00.0"])
+    cases.append(
+        PlannerCase(
+            name: "host matched by every udev property", world: byProperties, phase: .attached, change: .create,
+            reason: "HostPresent", actions: createOnEth1))
+
+    var onePropertyDiffers = byPath
+    onePropertyDiffers.binding.host = .property(["ID_NET_NAME_PATH": "enp3s0", "ID_PATH": "pci-0000:04:00.0"])
+    onePropertyDiffers.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "one udev property differs: no match", world: onePropertyDiffers, phase: .hostMissing,
+            change: .none, reason: "HostMissing", actions: [],
+            messageContains: "host property ID_NET_NAME_PATH=enp3s0,ID_PATH=pci-0000:04:00.0 does not exist"))
+
+    var pathAmbiguous = byPath
+    pathAmbiguous.links[0].udevProperties = eth1Udev
+    cases.append(
+        PlannerCase(
+            name: "two interfaces at one udev path: no guess", world: pathAmbiguous, phase: .hostAmbiguous,
+            change: .none, reason: "HostAmbiguous", actions: [], messageContains: "eth0, eth1"))
+
+    var pathWithoutUdev = World()
+    pathWithoutUdev.binding.host = .path("pci-0000:03:00.0")
+    pathWithoutUdev.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "udev path without udev information", world: pathWithoutUdev, phase: .hostMissing,
+            change: .none, reason: "HostMissing", actions: [], messageContains: "udev describes no interface here"))
+
+    var macvtapCopiesPath = byPath
+    macvtapCopiesPath.links[1].udevProperties = nil
+    macvtapCopiesPath.links.append(
+        ObservedLink(ifindex: 60, name: "macvtap9", kind: "macvtap", lowerIfindex: 2, udevProperties: eth1Udev))
+    macvtapCopiesPath.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "a macvtap is never a lower by udev identity", world: macvtapCopiesPath, phase: .hostMissing,
+            change: .none, reason: "HostMissing", actions: []))
+
+    var notInitialized = World()
+    notInitialized.links[0].udevInitialized = false
+    notInitialized.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "lower not yet initialised by udev waits", world: notInitialized, phase: .hostMissing,
+            change: .none, reason: "HostNotInitialized", actions: [],
+            messageContains: "host eth0 is not yet initialised by udev"))
+
+    // eth0 was unplugged (taking macvtap 42 with it) and is back as a new link udev is working on.
+    var backNotInitialized = World.converged
+    backNotInitialized.links = [
+        ObservedLink(ifindex: 7, name: "eth0", kind: "veth", mac: World.eth0.mac, udevInitialized: false), World.eth1,
+    ]
+    cases.append(
+        PlannerCase(
+            name: "lower back but not yet initialised: dead backend detached, no new one",
+            world: backNotInitialized, phase: .hostMissing, change: .destroy, reason: "HostNotInitialized",
+            actions: ["detach 42", "link down"], messageContains: "host eth0 is not yet initialised by udev"))
+
+    var entryLost = World.converged
+    entryLost.links[0].udevInitialized = false
+    cases.append(
+        PlannerCase(
+            name: "a lower that carries our macvtap keeps it when its udev entry goes", world: entryLost,
+            phase: .attached, change: .none, reason: "Converged", actions: []))
+
+    var renamePending = World()
+    renamePending.binding.host = .name("enp3s0")
+    renamePending.links[1].udevInitialized = false
+    renamePending.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "host missing while udev may still rename a link", world: renamePending, phase: .hostMissing,
+            change: .none, reason: "HostNotInitialized", actions: [],
+            messageContains: "host enp3s0 does not exist yet; udev has not finished with eth1"))
+
+    var manyPending = World()
+    manyPending.binding.host = .name("enp3s0")
+    manyPending.vm.guestLink = ["nic0": false]
+    manyPending.links = (10..<16).map { ObservedLink(ifindex: $0, name: "eth\($0)", udevInitialized: false) }
+    cases.append(
+        PlannerCase(
+            name: "many links udev has not finished with are named briefly", world: manyPending, phase: .hostMissing,
+            change: .none, reason: "HostNotInitialized", actions: [],
+            messageContains: "udev has not finished with eth10, eth11, eth12, eth13 and 2 more"))
+
+    var pathPending = byPath
+    pathPending.links[1].udevInitialized = false
+    pathPending.links[1].udevProperties = ["INTERFACE": "eth1"]
+    pathPending.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "udev path of a link udev has not finished with waits", world: pathPending, phase: .hostMissing,
+            change: .none, reason: "HostNotInitialized", actions: [], messageContains: "udev has not finished with eth1"
+        ))
+
+    var otherPending = byPath
+    otherPending.links[0].udevInitialized = false
+    cases.append(
+        PlannerCase(
+            name: "another link udev is still naming does not hold up a match", world: otherPending,
+            phase: .attached, change: .create, reason: "HostPresent", actions: createOnEth1))
+
+    var macPendingTwin = World()
+    macPendingTwin.binding.host = .mac(World.eth0.mac!)
+    macPendingTwin.links[1].mac = World.eth0.mac
+    macPendingTwin.links[1].udevInitialized = false
+    cases.append(
+        PlannerCase(
+            name: "a twin MAC on a link udev has not finished with is not there yet", world: macPendingTwin,
+            phase: .attached, change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+
     var squatted = World()
     squatted.links.append(
         ObservedLink(ifindex: 50, name: Ownership.macvtapName(for: World.key), kind: "macvtap", lowerIfindex: 2))

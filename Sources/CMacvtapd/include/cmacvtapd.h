@@ -64,4 +64,9 @@ int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
 // --- netlink client (MacvtapdNetlink): the link monitor's wakeup descriptor.
 #include <sys/eventfd.h>
 
+// --- udev (test fixtures): a thread-private mount namespace for a private /run/udev and /sys.
+
+/// unshare(CLONE_NEWNS) for the calling thread (its filesystem attributes are unshared with it).
+int cmacvtapd_unshare_mount_namespace(void);
+
 #endif
