@@ -4,11 +4,21 @@
 /// since last time does not matter, only how the world differs from the desired state.
 public enum Planner {
     public static func plan(desired: DesiredState, observed: ObservedState) -> Plan {
+        plan(desired: desired, observed: observed, vms: nil)
+    }
+
+    /// The plan for the bindings and orphans of `vms` only (nil: every VM). The daemon reconciles one
+    /// VM at a time; planning the whole host for each would make a resync quadratic.
+    public static func plan(desired: DesiredState, observed: ObservedState, vms: Set<String>?) -> Plan {
         let owned = observed.host.ownedMacvtaps
-        var plans = desired.bindings.map { binding in
+        let bindings =
+            vms.map { names in
+                names.sorted().flatMap { name in desired.vms[name]?.nics.values.sorted { $0.key < $1.key } ?? [] }
+            } ?? desired.bindings
+        var plans = bindings.map { binding in
             planBinding(binding, observed: observed, owned: owned[binding.key] ?? [])
         }
-        plans += planOrphans(desired: desired, observed: observed, owned: owned)
+        plans += planOrphans(desired: desired, observed: observed, owned: owned, vms: vms)
         return Plan(bindings: plans)
     }
 
@@ -225,16 +235,17 @@ public enum Planner {
     /// before its macvtap is deleted, so QEMU never keeps a dead fd; when the VM does not answer,
     /// the teardown waits rather than leave QEMU spinning.
     static func planOrphans(
-        desired: DesiredState, observed: ObservedState, owned: [BindingKey: [ObservedLink]]
+        desired: DesiredState, observed: ObservedState, owned: [BindingKey: [ObservedLink]], vms: Set<String>?
     ) -> [BindingPlan] {
         var backendsByKey: [BindingKey: [ObservedBackend]] = [:]
-        for vm in observed.vms.values where vm.isReachable {
+        for vm in observed.vms.values where vm.isReachable && vms?.contains(vm.name) ?? true {
             for backend in vm.backends {
                 let key = BindingKey(vm: vm.name, nic: backend.ids.nic)
                 if desired.binding(key) == nil { backendsByKey[key, default: []].append(backend) }
             }
         }
-        let orphanKeys = Set(owned.keys.filter { desired.binding($0) == nil }).union(backendsByKey.keys)
+        let orphanKeys = Set(owned.keys.filter { desired.binding($0) == nil && vms?.contains($0.vm) ?? true })
+            .union(backendsByKey.keys)
         return orphanKeys.sorted().map { key in
             let macvtaps = (owned[key] ?? []).sorted { $0.ifindex < $1.ifindex }
             if case .unresponsive(let why) = observed.vms[key.vm]?.reachability {

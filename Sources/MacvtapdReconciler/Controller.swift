@@ -388,10 +388,8 @@ public actor Controller {
             if let up = status.guestLink { observedVM.guestLink[key.nic] = up }
         }
 
-        var scope = DesiredState()
-        scope.vms[vm] = desired.vms[vm]
         let observed = ObservedState(host: observedHost(), vms: [vm: observedVM])
-        let plan = Planner.plan(desired: scope, observed: observed)
+        let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
         let planned = clock.now
         let now = planned
         var due: [BindingPlan] = []

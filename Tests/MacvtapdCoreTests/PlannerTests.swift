@@ -484,6 +484,19 @@ let plannerCases: [PlannerCase] = {
         #expect(touched == [42])
     }
 
+    @Test func planScopedToAVMLeavesOtherVMsAlone() {
+        var world = World.converged
+        let other = BindingKey(vm: "db1", nic: "nic0")
+        world.links.append(
+            World.macvtap(ifindex: 43, on: World.eth1, mac: MACAddress("52:54:00:00:00:09")!, key: other))
+        let observed = ObservedState(host: ObservedHost(links: world.links), vms: ["web1": world.vm])
+        let scoped = Planner.plan(desired: world.desired, observed: observed, vms: ["web1"])
+        #expect(scoped.bindings.map(\.key) == [World.key], "db1's macvtap is not an orphan of web1's plan")
+        let whole = Planner.plan(desired: world.desired, observed: observed)
+        #expect(
+            whole.bindings.map(\.key) == [World.key, other], "unscoped, it is an orphan (listed after the desired)")
+    }
+
     @Test func planIsDeterministic() {
         let world = World()
         #expect(world.plan() == world.plan())
