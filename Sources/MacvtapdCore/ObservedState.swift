@@ -58,12 +58,16 @@ public struct ObservedHost: Hashable, Sendable {
         var byIfindex: [Int32: Int] = [:]
         var byName: [String: Int] = [:]
         var owned: [BindingKey: [ObservedLink]] = [:]
+        var ownedByVM: [String: [BindingKey: [ObservedLink]]] = [:]
 
         init(_ links: [ObservedLink]) {
             for (position, link) in links.enumerated() {
                 byIfindex[link.ifindex] = position
                 byName[link.name] = byName[link.name] ?? position
-                if let owner = link.owner { owned[owner, default: []].append(link) }
+                if let owner = link.owner {
+                    owned[owner, default: []].append(link)
+                    ownedByVM[owner.vm, default: [:]][owner, default: []].append(link)
+                }
             }
         }
     }
@@ -95,6 +99,9 @@ public struct ObservedHost: Hashable, Sendable {
 
     /// The macvtaps macvtapd owns, by the binding their mark names.
     public var ownedMacvtaps: [BindingKey: [ObservedLink]] { index.owned }
+
+    /// The macvtaps macvtapd owns for the bindings of one VM.
+    public func ownedMacvtaps(vm: String) -> [BindingKey: [ObservedLink]] { index.ownedByVM[vm] ?? [:] }
 }
 
 /// A guest NIC as QEMU reports it.

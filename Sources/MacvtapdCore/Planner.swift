@@ -244,8 +244,9 @@ public enum Planner {
                 if desired.binding(key) == nil { backendsByKey[key, default: []].append(backend) }
             }
         }
-        let orphanKeys = Set(owned.keys.filter { desired.binding($0) == nil && vms?.contains($0.vm) ?? true })
-            .union(backendsByKey.keys)
+        let ownedKeys =
+            vms.map { names in names.flatMap { observed.host.ownedMacvtaps(vm: $0).keys } } ?? Array(owned.keys)
+        let orphanKeys = Set(ownedKeys.filter { desired.binding($0) == nil }).union(backendsByKey.keys)
         return orphanKeys.sorted().map { key in
             let macvtaps = (owned[key] ?? []).sorted { $0.ifindex < $1.ifindex }
             if case .unresponsive(let why) = observed.vms[key.vm]?.reachability {

@@ -61,7 +61,7 @@ public actor Controller {
 
     private func observedHost() -> ObservedHost {
         if let hostSnapshot { return hostSnapshot }
-        let built = ObservedHost(links: links.values.sorted { $0.ifindex < $1.ifindex })
+        let built = ObservedHost(links: Array(links.values))
         hostSnapshot = built
         return built
     }
