@@ -3,10 +3,11 @@
 # Used by `make demo`, `make test` and .ci/run. Does nothing when everything is present.
 set -euo pipefail
 
+# udev provides the systemd-udevd the udev end-to-end tests run in their sandbox.
 # linux-image-cloud-amd64 and busybox-static only feed the test guest's initramfs
 # (scripts/build-guest-initramfs.sh); nothing boots the host with that kernel.
-packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev pkg-config util-linux kmod cpio
-    linux-image-cloud-amd64 busybox-static)
+packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps
+    iputils-ping linux-image-cloud-amd64 busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
