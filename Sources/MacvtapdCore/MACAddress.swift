@@ -1,11 +1,16 @@
-/// A 48-bit Ethernet address.
+/// A 48-bit Ethernet address, stored inline: a host with a thousand links keeps two per link, and
+/// an array each would be a heap allocation each.
 public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertible {
-    public let bytes: [UInt8]
+    /// The six bytes in the low 48 bits, the first byte most significant.
+    private let value: UInt64
+
+    /// Six bytes, most significant first.
+    public var bytes: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: value >> (8 * (5 - $0))) } }
 
     /// Six bytes, most significant first; anything else is not a MAC address.
-    public init?(bytes: [UInt8]) {
+    public init?(bytes: some Collection<UInt8>) {
         guard bytes.count == 6 else { return nil }
-        self.bytes = bytes
+        value = bytes.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     /// Parses the colon-separated form `52:54:00:12:34:56` (case-insensitive; '-' also accepted).
@@ -13,12 +18,12 @@ public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
         let groups = parts.count == 6 ? parts : text.split(separator: "-", omittingEmptySubsequences: false)
         guard groups.count == 6 else { return nil }
-        var bytes: [UInt8] = []
+        var value: UInt64 = 0
         for group in groups {
             guard group.count == 2, let byte = UInt8(group, radix: 16) else { return nil }
-            bytes.append(byte)
+            value = value << 8 | UInt64(byte)
         }
-        self.bytes = bytes
+        self.value = value
     }
 
     /// Lower-case, colon-separated: the form the kernel and QEMU print.
@@ -30,12 +35,12 @@ public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     }
 
     /// Group addresses have the least significant bit of the first byte set.
-    public var isMulticast: Bool { bytes[0] & 0x01 != 0 }
-    public var isZero: Bool { bytes.allSatisfy { $0 == 0 } }
+    public var isMulticast: Bool { (value >> 40) & 0x01 != 0 }
+    public var isZero: Bool { value == 0 }
     /// A MAC a NIC may own: unicast and not all-zero.
     public var isAssignable: Bool { !isMulticast && !isZero }
 
-    public static func < (lhs: MACAddress, rhs: MACAddress) -> Bool { lhs.bytes.lexicographicallyPrecedes(rhs.bytes) }
+    public static func < (lhs: MACAddress, rhs: MACAddress) -> Bool { lhs.value < rhs.value }
 }
 
 extension MACAddress: Codable {

@@ -3,7 +3,9 @@ public struct ObservedLink: Hashable, Sendable {
     public var ifindex: Int32
     public var name: String
     /// IFLA_INFO_KIND: `veth`, `macvtap`, `bridge`, ...; nil for physical ports.
-    public var kind: String?
+    public var kind: String? {
+        didSet { owner = Self.owner(kind: kind, alias: alias) }
+    }
     public var mac: MACAddress?
     /// IFLA_PERM_ADDRESS, where the kernel reports one (physical NICs).
     public var permanentMAC: MACAddress?
@@ -12,7 +14,9 @@ public struct ObservedLink: Hashable, Sendable {
     /// IFLA_LINK: the lower interface of a macvtap.
     public var lowerIfindex: Int32?
     /// IFLA_IFALIAS: where macvtapd writes its ownership mark.
-    public var alias: String?
+    public var alias: String? {
+        didSet { owner = Self.owner(kind: kind, alias: alias) }
+    }
     public var macvtapMode: MacvtapMode?
     /// udev's properties of the link (`ID_PATH`, `ID_NET_NAME_PATH`, ...); nil when udev is not
     /// consulted (no udevd describes this network namespace).
@@ -38,12 +42,18 @@ public struct ObservedLink: Hashable, Sendable {
         self.macvtapMode = macvtapMode
         self.udevProperties = udevProperties
         self.udevInitialized = udevInitialized
+        owner = Self.owner(kind: kind, alias: alias)
     }
 
     public var isMacvtap: Bool { kind == "macvtap" }
 
     /// The binding that owns this interface: only macvtaps carrying macvtapd's alias mark have one.
-    public var owner: BindingKey? { isMacvtap ? Ownership.binding(fromAlias: alias) : nil }
+    /// Parsed once when the link is observed, not at every lookup.
+    public private(set) var owner: BindingKey?
+
+    private static func owner(kind: String?, alias: String?) -> BindingKey? {
+        kind == "macvtap" ? Ownership.binding(fromAlias: alias) : nil
+    }
 }
 
 /// The host's interfaces at one instant, indexed once: a host with a thousand macvtaps is planned

@@ -145,22 +145,24 @@ private final class WatchLoop: Sendable {
             if count <= 0 { return relevant }
             var offset = 0
             while offset + MemoryLayout<inotify_event>.size <= count {
-                let (length, name) = buffer.withUnsafeBytes { raw -> (Int, String) in
+                let (length, mask, name) = buffer.withUnsafeBytes { raw -> (Int, UInt32, String) in
                     let event = raw.loadUnaligned(fromByteOffset: offset, as: inotify_event.self)
                     let nameStart = offset + MemoryLayout<inotify_event>.size
                     let nameBytes = raw[nameStart..<min(count, nameStart + Int(event.len))].prefix { $0 != 0 }
-                    return (Int(event.len), String(decoding: nameBytes, as: UTF8.self))
+                    return (Int(event.len), event.mask, String(decoding: nameBytes, as: UTF8.self))
                 }
                 offset += MemoryLayout<inotify_event>.size + length
-                if isRelevant(name) { relevant = true }
+                // The watched directory itself moved or vanished: whatever the config is now, reload.
+                let directoryGone = UInt32(IN_DELETE_SELF) | UInt32(IN_MOVE_SELF) | UInt32(IN_IGNORED)
+                if mask & directoryGone != 0 || (!name.isEmpty && isRelevant(name)) { relevant = true }
             }
         }
     }
 
     private func isRelevant(_ name: String) -> Bool {
-        if let fileName { return name.isEmpty || name == fileName }
+        if let fileName { return name == fileName }
         // A conf.d directory: YAML files, and the `..data` symlink swaps of Kubernetes ConfigMaps.
-        return name.isEmpty || name.hasSuffix(".yaml") || name.hasSuffix(".yml") || name.hasPrefix("..")
+        return name.hasSuffix(".yaml") || name.hasSuffix(".yml") || name.hasPrefix("..")
     }
 }
 

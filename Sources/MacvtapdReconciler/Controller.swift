@@ -81,6 +81,7 @@ public actor Controller {
     private let wake: AsyncStream<Void>.Continuation
     private var statusDirty = false
     private var statusEncoder = IncrementalStatusEncoder()
+    private var statusWriteScheduled = false
     /// Called after every reconcile pass that changed status (e.g. to refresh sd_notify STATUS=).
     private var onStatusChange: (@Sendable ([BindingStatus]) -> Void)?
 
@@ -507,9 +508,20 @@ public actor Controller {
 
     // MARK: - Status
 
+    /// Coalesces status writes: a flap touching a hundred bindings on forty VMs changes status after
+    /// every VM's reconcile, and one write per 20 ms says the same as forty.
     private func writeStatusIfChanged() {
-        guard statusDirty else { return }
-        writeStatus()
+        guard statusDirty, !statusWriteScheduled else { return }
+        statusWriteScheduled = true
+        Task {
+            try? await Task.sleep(for: .milliseconds(20))
+            self.flushStatus()
+        }
+    }
+
+    private func flushStatus() {
+        statusWriteScheduled = false
+        if statusDirty { writeStatus() }
     }
 
     private func writeMetrics() {

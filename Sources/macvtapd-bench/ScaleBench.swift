@@ -84,8 +84,13 @@ struct ScaleBench: AsyncParsableCommand {
             "converge \(total) bindings from nothing: \(LatencySummary.milliseconds(convergeTime)), RSS \(rssConverged) MiB"
         )
 
-        var resyncs: [Duration] = []
+        // Let the converge settle (the first resync overlaps its tail), then measure resyncs alone.
         var lastStamp = metric(metrics, "macvtapd_last_resync_timestamp_seconds") ?? 0
+        _ = await waitUntil(timeout: .seconds(15), every: .milliseconds(50)) {
+            (metric(metrics, "macvtapd_last_resync_timestamp_seconds") ?? 0) != lastStamp
+        }
+        lastStamp = metric(metrics, "macvtapd_last_resync_timestamp_seconds") ?? 0
+        var resyncs: [Duration] = []
         let cpuBefore = ProcessStats.cpuSeconds(daemon.pid)
         let resyncWindowStart = clock.now
         while resyncs.count < 6, clock.now - resyncWindowStart < .seconds(60) {
@@ -97,9 +102,6 @@ struct ScaleBench: AsyncParsableCommand {
             }
         }
         let cpuPerResync = (ProcessStats.cpuSeconds(daemon.pid) - cpuBefore) / Double(max(1, resyncs.count))
-
-        // The first resync after start overlaps the end of the converge; it is not a no-op.
-        if resyncs.count > 1 { resyncs.removeFirst() }
 
         // 2. Flap lower 0 (total / lowers bindings) with events.
         let flapCPUBefore = ProcessStats.cpuSeconds(daemon.pid)
