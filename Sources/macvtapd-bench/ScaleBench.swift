@@ -101,7 +101,11 @@ struct ScaleBench: AsyncParsableCommand {
                 resyncs.append(.milliseconds(seconds * 1000))
             }
         }
-        let cpuPerResync = (ProcessStats.cpuSeconds(daemon.pid) - cpuBefore) / Double(max(1, resyncs.count))
+        let resyncCPU = ProcessStats.cpuSeconds(daemon.pid) - cpuBefore
+        let resyncWindow = (clock.now - resyncWindowStart).seconds
+        let cpuPerResync = resyncCPU / Double(max(1, resyncs.count))
+        print(
+            "no-op resyncs: \(resyncs.count) in \(Int(resyncWindow)) s; daemon CPU \(Int(resyncCPU * 1000)) ms in that window")
 
         // 2. Flap lower 0 (total / lowers bindings) with events.
         let flapCPUBefore = ProcessStats.cpuSeconds(daemon.pid)
