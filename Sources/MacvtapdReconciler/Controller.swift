@@ -96,6 +96,11 @@ public actor Controller {
         var task: Task<Void, Never>
     }
     private var connections: [String: any VMConnection] = [:]
+    /// What each VM's monitor last reported, kept current with the backends our executor attached
+    /// and detached, like an informer's cache: a link event re-plans a VM without asking QEMU again.
+    /// A QMP event, a session change, a failed step or a resync drops it, and the next reconcile
+    /// observes the VM afresh.
+    private var vmCache: [String: ObservedVM] = [:]
     private var connectErrors: [String: VMConnectError] = [:]
 
     public init(
@@ -152,6 +157,7 @@ public actor Controller {
             let dump = try await host.links()
             links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
             deletedIfindexes = []
+            vmCache = [:]
             if hasDesired { resyncStarted = resyncStarted ?? started }
         } catch {
             logger.error("link dump failed: \(error)")
@@ -332,12 +338,15 @@ public actor Controller {
             failures = 0
             connectErrors[vm] = nil
             connections[vm] = connection
+            vmCache[vm] = nil
             logger.info("QMP session with VM \(vm) established", metadata: ["vm": "\(vm)"])
             markDirty([vm])
             for await event in connection.events {
                 logger.debug("VM \(vm) event \(event)", metadata: ["vm": "\(vm)"])
+                vmCache[vm] = nil
                 markDirty([vm])
             }
+            vmCache[vm] = nil
             if connections[vm] === connection {
                 connections[vm] = nil
                 connectErrors[vm] = .absent("QMP session closed")
@@ -348,6 +357,7 @@ public actor Controller {
     }
 
     private func dropConnection(vm: String, because error: any Error) async {
+        vmCache[vm] = nil
         guard let connection = connections.removeValue(forKey: vm) else { return }
         connectErrors[vm] = .unresponsive("\(error)")
         logger.warning("VM \(vm) stopped answering: \(error)", metadata: ["vm": "\(vm)"])
@@ -368,9 +378,12 @@ public actor Controller {
         let started = clock.now
 
         var observedVM: ObservedVM
-        if let connection = connections[vm] {
+        if let cached = vmCache[vm], connections[vm] != nil {
+            observedVM = cached
+        } else if let connection = connections[vm] {
             do {
                 observedVM = try await connection.observe(vm: vm)
+                vmCache[vm] = observedVM
             } catch {
                 await dropConnection(vm: vm, because: error)
                 observedVM = ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
@@ -419,6 +432,7 @@ public actor Controller {
                 links[index] = nil
                 deletedIfindexes.insert(index)
             }
+            followInCache(vm: vm, outcome)
             outcomes.append(outcome)
         }
         let executed = clock.now
@@ -435,6 +449,19 @@ public actor Controller {
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
         if outcomes.contains(where: { $0.plan.isDesired == false && $0.succeeded }) { updateSessions() }
+    }
+
+    /// Applies what the executor did to the VM's cached observation, or drops the cache when a step
+    /// failed (what QEMU holds is then unknown).
+    private func followInCache(vm: String, _ outcome: BindingOutcome) {
+        guard outcome.succeeded, var cached = vmCache[vm] else {
+            vmCache[vm] = nil
+            return
+        }
+        let detached = Set(outcome.detachedBackends)
+        cached.backends.removeAll { detached.contains($0.ids) }
+        cached.backends += outcome.attachedBackends
+        vmCache[vm] = cached
     }
 
     private func refreshLinks() async {

@@ -17,6 +17,9 @@ public struct BindingOutcome: Sendable {
     /// Links this run created and deleted, so a cache can follow without waiting for events.
     public var createdLinks: [ObservedLink] = []
     public var deletedLinks: [Int32] = []
+    /// Backends this run attached and detached, so a cache of the VM can follow.
+    public var attachedBackends: [ObservedBackend] = []
+    public var detachedBackends: [Ownership.BackendIDs] = []
 
     public var key: BindingKey { plan.key }
     public var succeeded: Bool { failure == nil }
@@ -94,8 +97,10 @@ public struct Executor: Sendable {
                         try await session.attachBackend(ids, fd: fd, hub: hub)
                     }
                     outcome.attachDuration = clock.now - start
+                    outcome.attachedBackends.append(ObservedBackend(ids: ids, hasTap: true, hasPort: true, hub: hub))
                 case .detachBackend(let vm, let backend):
                     try await require(connection, vm: vm).detachBackend(backend)
+                    outcome.detachedBackends.append(backend.ids)
                 case .setGuestLink(let vm, let nic, let up):
                     try await require(connection, vm: vm).setLink(nic: nic, up: up)
                     outcome.guestLinkSet = up

@@ -105,7 +105,8 @@ struct ScaleBench: AsyncParsableCommand {
         let resyncWindow = (clock.now - resyncWindowStart).seconds
         let cpuPerResync = resyncCPU / Double(max(1, resyncs.count))
         print(
-            "no-op resyncs: \(resyncs.count) in \(Int(resyncWindow)) s; daemon CPU \(Int(resyncCPU * 1000)) ms in that window")
+            "no-op resyncs: \(resyncs.count) in \(Int(resyncWindow)) s; daemon CPU \(Int(resyncCPU * 1000)) ms in that window"
+        )
 
         // 2. Flap lower 0 (total / lowers bindings) with events.
         let flapCPUBefore = ProcessStats.cpuSeconds(daemon.pid)

@@ -102,6 +102,19 @@ func eventually(
         }
     }
 
+    @Test func backendRemovedBehindOurBackIsRepairedByTheNextResync() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { world.web1.netdevIDs.count == 2 })
+            // Someone runs netdev_del on our backend: QEMU sends no event for that.
+            world.web1.state.withLock { $0.netdevs = [:] }
+            await controller.resync()
+            #expect(await eventually { world.web1.netdevIDs.count == 2 }, "the resync observes QEMU afresh")
+        }
+    }
+
     @Test func withoutEventsThePeriodicResyncRepairs() async throws {
         let world = Fixture()
         let controller = Controller(
