@@ -3,18 +3,6 @@ import MacvtapdCore
 import MacvtapdQMP
 import MacvtapdTestSupport
 
-/// Waits for `condition`, checking every `interval`; returns when it held, or nil after `timeout`.
-func waitUntil(
-    timeout: Duration, every interval: Duration = .milliseconds(1), _ condition: () async throws -> Bool
-) async rethrows -> ContinuousClock.Instant? {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return ContinuousClock.now }
-        if interval > .zero { try? await Task.sleep(for: interval) }
-    }
-    return nil
-}
-
 /// The ids of macvtapd's netdevs for one NIC, from `info network`.
 func backendIDs(_ network: NetworkInfo, nic: String) -> [String] {
     let ids = network.hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }

@@ -9,15 +9,6 @@ import Testing
     import Glibc
 #endif
 
-func eventually(within timeout: Duration = .seconds(5), _ condition: @Sendable () async -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return await condition()
-}
-
 /// The daemon around the controller: real config files, real inotify, in-memory host and VM.
 @Suite struct DaemonTests {
     static func config(host: String) -> String {

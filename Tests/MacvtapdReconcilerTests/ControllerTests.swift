@@ -9,18 +9,6 @@ import Testing
     import Glibc
 #endif
 
-/// Polls `condition` until it holds or `timeout` passes; returns whether it held.
-func eventually(
-    within timeout: Duration = .seconds(5), _ condition: @Sendable () async -> Bool
-) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(5))
-    }
-    return await condition()
-}
-
 /// The daemon's loop against the in-memory host and VMs: triggers, backoff, isolation.
 @Suite struct ControllerTests {
     struct Fixture {

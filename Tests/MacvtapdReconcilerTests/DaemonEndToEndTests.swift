@@ -14,15 +14,8 @@ import Testing
     static let nic0 = QEMUNIC(id: "nic0", mac: "52:54:00:d0:00:00", hubID: 10)
 
     /// Polls until `condition` holds or `timeout` passes.
-    static func until(
-        _ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool
-    ) async rethrows -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if try await condition() { return true }
-            try? await Task.sleep(for: .milliseconds(5))
-        }
-        return try await condition()
+    static func until(_ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
+        try await eventually(within: timeout, condition)
     }
 
     static func phase(_ sandbox: Sandbox, _ vm: String = "web1", _ nic: String = "nic0") -> Phase? {
