@@ -21,14 +21,15 @@ struct ConfigDecoder {
     }
 
     static let topLevelKeys = ["version", "defaults", "vms"]
-    static let defaultsKeys = ["mode", "link"]
+    static let defaultsKeys = ["mode", "link", "announce"]
     static let vmKeys = ["qmp", "nics"]
-    static let nicKeys = ["host", "mode", "mac", "hub", "link"]
+    static let nicKeys = ["host", "mode", "mac", "hub", "link", "announce"]
     static let hostKeys = ["name", "mac", "path", "property"]
 
     private struct Defaults {
         var mode = MacvtapMode.bridge
         var link = LinkPolicy.follow
+        var announce = true
     }
 
     mutating func decode(_ root: YAMLNode?) -> [VMDeclaration] {
@@ -53,6 +54,7 @@ struct ConfigDecoder {
         {
             defaults.mode = fields["mode"].flatMap { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? .bridge
             defaults.link = fields["link"].flatMap { enumValue($0.value, LinkPolicy.self, field: "link") } ?? .follow
+            defaults.announce = fields["announce"].flatMap { boolean($0.value, field: "announce") } ?? true
         }
         guard let vmsEntry = entries["vms"] else {
             error("missing 'vms', the mapping of VM name to VM (write 'vms: {}' to declare none)", at: location(root))
@@ -161,10 +163,12 @@ struct ConfigDecoder {
         let link = fields["link"].map { enumValue($0.value, LinkPolicy.self, field: "link") } ?? defaults.link
         let mac = fields["mac"].flatMap { macAddress($0.value, field: "mac") }
         let hub = fields["hub"].flatMap { hubID($0.value) }
+        let announce = fields["announce"].map { boolean($0.value, field: "announce") } ?? defaults.announce
 
-        guard diagnostics.count == errorsBefore, let host, let mode, let link else { return nil }
+        guard diagnostics.count == errorsBefore, let host, let mode, let link, let announce else { return nil }
         let binding = NICBinding(
-            key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, source: location(key))
+            key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, announce: announce,
+            source: location(key))
         return (binding, fields["mac"].map { location($0.value) }, fields["hub"].map { location($0.value) })
     }
 
@@ -275,6 +279,19 @@ struct ConfigDecoder {
             return nil
         }
         return value
+    }
+
+    /// A YAML 1.2 core-schema boolean: `true`/`false` (any of their three spellings), not `yes`/`on`.
+    private mutating func boolean(_ node: YAMLNode, field: String) -> Bool? {
+        guard let scalar = node.scalar, YAMLScalarType(scalar) == .bool else {
+            var message = "'\(field)' must be true or false, found \(node.kindDescription)"
+            if let scalar = node.scalar, ["yes", "no", "on", "off"].contains(scalar.value.lowercased()) {
+                message += " (YAML 1.2 reads '\(scalar.value)' as a string; write true or false)"
+            }
+            error(message, at: location(node))
+            return nil
+        }
+        return scalar.value.lowercased() == "true"
     }
 
     /// A scalar that the core schema reads as a string.

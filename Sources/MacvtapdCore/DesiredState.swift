@@ -102,12 +102,15 @@ public struct NICBinding: Hashable, Sendable {
     /// The QEMU hub the NIC sits on; nil means "discover it from the NIC's placeholder hubport".
     public var hub: Int?
     public var link: LinkPolicy
+    /// Announce the guest (QMP `announce-self`: the guest's gratuitous ARPs and QEMU's RARPs) each
+    /// time its carrier comes up on a backend, so switches and peers learn the MAC's new path at once.
+    public var announce: Bool
     /// Where the NIC was declared, for messages.
     public var source: SourceLocation?
 
     public init(
         key: BindingKey, host: HostMatcher, mode: MacvtapMode = .bridge, mac: MACAddress? = nil,
-        hub: Int? = nil, link: LinkPolicy = .follow, source: SourceLocation? = nil
+        hub: Int? = nil, link: LinkPolicy = .follow, announce: Bool = true, source: SourceLocation? = nil
     ) {
         self.key = key
         self.host = host
@@ -115,6 +118,7 @@ public struct NICBinding: Hashable, Sendable {
         self.mac = mac
         self.hub = hub
         self.link = link
+        self.announce = announce
         self.source = source
     }
 

@@ -105,6 +105,11 @@ public enum Planner {
         if attaching || linkChanges {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: linkUp))
         }
+        // The carrier comes up on a new path (a new backend, or a lower whose carrier returned, which
+        // a switch may have flushed the MAC from). Not on adoption (recorded link unknown): nothing moved.
+        if binding.announce && linkUp && (attaching || recordedLink == false) {
+            actions.append(.announce(vm: key.vm, nic: key.nic))
+        }
 
         let phase: Phase = linkUp ? .attached : .noCarrier
         let settled =

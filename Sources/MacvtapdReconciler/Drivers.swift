@@ -38,6 +38,8 @@ public protocol VMConnection: AnyObject, Sendable {
     /// netdev_del of whichever of the port and tap exist (port first: it references the tap).
     func detachBackend(_ backend: ObservedBackend) async throws
     func setLink(nic: String, up: Bool) async throws
+    /// announce-self for one NIC: the guest's gratuitous ARPs and QEMU's RARPs on its current path.
+    func announce(nic: String) async throws
     /// Names of the QMP events the VM sends (`SHUTDOWN`, `RESET`, ...); ends when the session does.
     var events: AsyncStream<String> { get }
     func close() async

@@ -110,6 +110,16 @@ final class QMPVMConnection: VMConnection {
         }
     }
 
+    /// The first round goes out at once; QEMU's migration timing repeats it four times over ~0.5 s
+    /// in case the first frames are lost while the path settles.
+    func announce(nic: String) async throws {
+        do {
+            try await client.announceSelf(AnnounceParameters(interfaces: [nic], id: "mvtd.\(nic).announce"))
+        } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
+            throw StaleObservation("\(error)")
+        }
+    }
+
     /// The client's event stream has one consumer: the controller's session task.
     var events: AsyncStream<String> {
         let source = client.events
