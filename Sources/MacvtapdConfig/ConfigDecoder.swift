@@ -161,14 +161,21 @@ struct ConfigDecoder {
         }
         let mode = fields["mode"].map { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? defaults.mode
         let link = fields["link"].map { enumValue($0.value, LinkPolicy.self, field: "link") } ?? defaults.link
-        let mac = fields["mac"].flatMap { macAddress($0.value, field: "mac") }
+        // `mac: guest` follows the guest-programmed MAC; any other value is the macvtap's MAC.
+        let followsGuestMAC = fields["mac"].map { $0.value.scalar?.value == "guest" && isString($0.value) } ?? false
+        let mac =
+            followsGuestMAC
+            ? nil
+            : fields["mac"].flatMap {
+                macAddress($0.value, field: "mac", malformedHint: ", or 'guest' to follow the MAC the guest sets")
+            }
         let hub = fields["hub"].flatMap { hubID($0.value) }
         let announce = fields["announce"].map { boolean($0.value, field: "announce") } ?? defaults.announce
 
         guard diagnostics.count == errorsBefore, let host, let mode, let link, let announce else { return nil }
         let binding = NICBinding(
             key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, announce: announce,
-            source: location(key))
+            followsGuestMAC: followsGuestMAC, source: location(key))
         return (binding, fields["mac"].map { location($0.value) }, fields["hub"].map { location($0.value) })
     }
 
@@ -242,12 +249,13 @@ struct ConfigDecoder {
         return .name(name)
     }
 
-    private mutating func macAddress(_ node: YAMLNode, field: String) -> MACAddress? {
+    private mutating func macAddress(_ node: YAMLNode, field: String, malformedHint: String = "") -> MACAddress? {
         guard let text = string(node, field: field) else { return nil }
         switch ConfigRules.parseMAC(text) {
         case .success(let mac): return mac
         case .failure(let problem):
-            error("invalid '\(field)': \(problem.message(text))", at: location(node))
+            let hint = problem == .malformed ? malformedHint : ""
+            error("invalid '\(field)': \(problem.message(text))\(hint)", at: location(node))
             return nil
         }
     }
@@ -305,6 +313,10 @@ struct ConfigDecoder {
             return nil
         }
         return scalar.value
+    }
+
+    private func isString(_ node: YAMLNode) -> Bool {
+        node.scalar.map { YAMLScalarType($0) == .string } ?? false
     }
 
     private func isNull(_ node: YAMLNode) -> Bool {

@@ -38,7 +38,7 @@ public enum Planner {
                 .nicMissing, "NICNotOnHub",
                 "NIC \(key.nic) is not on a QEMU hub: give it a placeholder hubport or set hub: in the config")
         }
-        guard let mac = binding.mac ?? nic.mac else {
+        guard let mac = binding.mac ?? nic.backendMAC(followingGuest: binding.followsGuestMAC) else {
             return waiting(.nicMissing, "MACUnknown", "the MAC of NIC \(key.nic) is unknown: set mac: in the config")
         }
 

@@ -369,7 +369,7 @@ public actor Controller {
         var observedVM: ObservedVM
         if let connection = connections[vm] {
             do {
-                observedVM = try await connection.observe(vm: vm)
+                observedVM = try await connection.observe(vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
             } catch {
                 await dropConnection(vm: vm, because: error)
                 observedVM = ObservedVM(name: vm, reachability: .unresponsive("\(error)"))

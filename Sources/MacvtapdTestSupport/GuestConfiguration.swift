@@ -54,8 +54,9 @@ public struct GuestConfiguration: Sendable {
     public var pingInterval: Duration = .seconds(1)
     /// How often the guest polls carrier and bond state.
     public var pollInterval: Duration = .milliseconds(20)
-    /// After `GUEST READY` and `after`, the guest sets `interface`'s MAC to `mac` (`GUEST SETMAC`).
-    public var macChange: (interface: String, mac: MACAddress, after: Duration)?
+    /// After `GUEST READY`, one after the other: the guest waits `after`, then sets `interface`'s
+    /// MAC to `mac` and says `GUEST SETMAC <interface> mac=<mac>`.
+    public var macChanges: [(interface: String, mac: MACAddress, after: Duration)] = []
     public var memoryMiB = 128
     /// `tcg` everywhere; `kvm` where /dev/kvm exists and speed matters more than parity with CI.
     public var accelerator = "tcg"
@@ -88,8 +89,9 @@ public struct GuestConfiguration: Sendable {
             words.append("macvtapd.ping_interval=\(Self.seconds(pingInterval))")
         }
         words.append("macvtapd.poll=\(Self.seconds(pollInterval))")
-        if let macChange {
-            words.append("macvtapd.setmac=\(macChange.interface)=\(macChange.mac)@\(Self.seconds(macChange.after))")
+        if !macChanges.isEmpty {
+            let changes = macChanges.map { "\($0.interface)=\($0.mac)@\(Self.seconds($0.after))" }
+            words.append("macvtapd.setmac=" + changes.joined(separator: ","))
         }
         return (words + extraKernelArguments).joined(separator: " ")
     }

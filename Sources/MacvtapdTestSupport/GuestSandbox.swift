@@ -133,6 +133,15 @@ public final class GuestSandbox: Sendable {
         return nil
     }
 
+    /// The MACs of the macvtaps in the namespace.
+    public func macvtapMACs() throws -> [MACAddress] {
+        let output = try namespace.ip("-o", "link", "show", "type", "macvtap")
+        return output.split(separator: "\n").compactMap { line in
+            guard let range = line.range(of: "link/ether ") else { return nil }
+            return MACAddress(String(line[range.upperBound...].prefix(17)))
+        }
+    }
+
     /// Echoes from the bridge to `target` (default: the guest's usual address 10.99.0.2).
     public func pinger(target: String = "10.99.0.2") throws -> ICMPPinger {
         try ICMPPinger(target: target, in: namespace)

@@ -193,6 +193,9 @@ let badInputs: [BadInput] = [
         "defaults announce as integer", "version: 1\ndefaults:\n  announce: 1\nvms: {}\n", at: "3:13",
         "'announce' must be true or false, found an integer (1)"),
     BadInput(
+        "MAC neither an address nor guest", nicDoc("mac: gest"), at: "8:14",
+        "'gest' is not a MAC address; write six colon-separated hex pairs, like 52:54:00:12:34:56, or 'guest'"),
+    BadInput(
         "MAC with dashes", nicDoc("mac: \"52-54-00-12-34-56\""), at: "8:14", "write six colon-separated hex pairs"),
     BadInput("MAC multicast", nicDoc("mac: \"01:00:5e:00:00:01\""), at: "8:14", "is a multicast (group) MAC address"),
     BadInput("MAC all zero", nicDoc("mac: \"00:00:00:00:00:00\""), at: "8:14", "is the all-zero MAC address"),

@@ -77,8 +77,21 @@ struct ResolveTests {
         #expect(binding.mode == .bridge)
         #expect(binding.link == .follow)
         #expect(binding.announce)
+        #expect(!binding.followsGuestMAC)
         #expect(binding.mac == nil)
         #expect(binding.hub == nil)
+    }
+
+    @Test(arguments: ["guest", "\"guest\""])
+    func macGuestFollowsTheGuestProgrammedMAC(_ value: String) throws {
+        let desired = try #require(
+            load(
+                "version: 1\nvms:\n  a:\n    qmp: /q\n    nics:\n      n:\n        host: eth0\n        mac: \(value)\n")
+        )
+        let binding = try #require(desired.binding(BindingKey(vm: "a", nic: "n")))
+        #expect(binding.followsGuestMAC)
+        #expect(binding.mac == nil)
+        #expect(desired.vms["a"]?.guestMACNICs == ["n"])
     }
 
     @Test func emptyVMsAndEmptyNICsAreValid() throws {

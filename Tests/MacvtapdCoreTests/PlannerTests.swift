@@ -223,6 +223,26 @@ let plannerCases: [PlannerCase] = {
             world: returnsWithoutCarrierUp, phase: .attached, change: .create, reason: "HostPresent",
             actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
 
+    var guestChangedMAC = World.converged
+    guestChangedMAC.vm.nics["nic0"] = ObservedNIC(
+        id: "nic0", mac: MACAddress("52:54:00:aa:bb:cc"), hub: 10, deviceMAC: World.guestMAC,
+        guestMAC: MACAddress("52:54:00:aa:bb:cc"))
+    cases.append(
+        PlannerCase(
+            name: "default MAC: the guest's own choice does not move the macvtap", world: guestChangedMAC,
+            phase: .attached, change: .none, reason: "Converged", actions: []))
+
+    var followsGuest = guestChangedMAC
+    followsGuest.binding.followsGuestMAC = true
+    cases.append(
+        PlannerCase(
+            name: "mac: guest: the macvtap follows the MAC the guest set", world: followsGuest, phase: .attached,
+            change: .replace, reason: "MACChanged",
+            actions: [
+                "detach 42", "delete 42", "create eth0 bridge 52:54:00:aa:bb:cc", "attach nic0 hub 10", "link up",
+                "announce",
+            ], messageContains: "MAC changed from 52:54:00:12:34:56 to 52:54:00:aa:bb:cc"))
+
     var partialTap = World()
     partialTap.links.append(World.macvtap(ifindex: 42, on: World.eth0))
     partialTap.vm.backends = [World.backend(ifindex: 42, port: false)]

@@ -155,7 +155,8 @@ struct ContinuityTests {
         configuration.addresses = ["bond0": "10.99.0.2/24"]
         try await GuestSandbox.with(configuration, lowers: ["up0", "up1"]) { sandbox in
             let vm = sandbox.vm
-            try sandbox.writeConfig(bindings: [("nic0", "up0"), ("nic1", "up1")])
+            // Every slave of an active-backup bond takes the bond's MAC: the macvtaps must follow.
+            try sandbox.writeConfig(bindings: [("nic0", "up0"), ("nic1", "up1")], extra: ["mac: guest"])
             let daemon = try sandbox.startDaemon()
             defer { Task { await daemon.stop() } }
             try await sandbox.waitForPhase(.attached, bindings: 2)
@@ -177,6 +178,39 @@ struct ContinuityTests {
             try sandbox.addLower("up0")
             try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth0") }, from: mark)
             try await Self.answers(pinger, "after eth0 came back as primary")
+            #expect(!vm.events.contains { if case .gone = $0 { true } else { false } }, "\(vm.lines)")
+        }
+    }
+
+    /// `mac: guest`: each MAC the guest sets reaches the macvtap (QEMU's NIC_RX_FILTER_CHANGED, re-armed
+    /// by the query-rx-filter of every observation), and frames to the new MAC reach the guest.
+    @Test func macGuestFollowsEachMACTheGuestSets() async throws {
+        let first = MACAddress("52:54:00:9c:01:01")!
+        let second = MACAddress("52:54:00:9c:01:02")!
+        var configuration = Self.configuration()
+        configuration.macChanges = [("eth0", first, .seconds(2)), ("eth0", second, .seconds(2))]
+        try await GuestSandbox.with(configuration, lowers: ["up0"]) { sandbox in
+            let vm = sandbox.vm
+            try sandbox.writeConfig(bindings: [("nic0", "up0")], extra: ["mac: guest"])
+            let daemon = try sandbox.startDaemon()
+            defer { Task { await daemon.stop() } }
+            try await sandbox.waitForPhase(.attached, bindings: 1)
+            #expect(try sandbox.macvtapMACs() == [Self.nic0.mac])
+            let pinger = try sandbox.pinger()
+            defer { pinger.close() }
+            for mac in [first, second] {
+                try await vm.waitForLine("GUEST SETMAC eth0 mac=\(mac)", timeout: .seconds(20))
+                let changed = ContinuousClock.now
+                while try sandbox.macvtapMACs() != [mac], ContinuousClock.now - changed < .seconds(3) {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
+                #expect(try sandbox.macvtapMACs() == [mac], "\(daemon.log())")
+                print(
+                    "continuity: macvtap took the guest's MAC \(mac) \(ContinuousClock.now - changed) after the change")
+                // The announce after the replace tells the bridge the guest's new MAC (gratuitous ARP).
+                try await Self.answers(pinger, within: .seconds(2), "at its new MAC \(mac)")
+                #expect(try sandbox.learnedPort(of: mac) == "up0p")
+            }
             #expect(!vm.events.contains { if case .gone = $0 { true } else { false } }, "\(vm.lines)")
         }
     }
