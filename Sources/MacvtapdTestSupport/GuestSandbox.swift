@@ -95,23 +95,27 @@ public final class GuestSandbox: Sendable {
 
     /// One `ip -batch` so the interface appears, joins the bridge and gets carrier in one step:
     /// return times are measured from here.
-    private static func addLower(_ name: String, in namespace: NetworkNamespace, directory: TemporaryDirectory)
-        throws
-    {
+    private static func addLower(
+        _ name: String, carrier: Bool = true, in namespace: NetworkNamespace, directory: TemporaryDirectory
+    ) throws {
         let batch = try directory.write(
             "add-\(name).ip",
             """
             link add \(name) type veth peer name \(name)p
             link set \(name)p master \(bridge)
-            link set \(name)p up
+            link set \(name)p \(carrier ? "up" : "down")
             link set \(name) up
 
             """)
         try namespace.ip("-batch", batch)
     }
 
-    /// The host interface (re)appears: a new veth pair whose peer joins the bridge, both up.
-    public func addLower(_ name: String) throws { try Self.addLower(name, in: namespace, directory: directory) }
+    /// The host interface (re)appears: a new veth pair whose peer joins the bridge, both up; with
+    /// `carrier: false` the peer stays down until `setCarrier(of:up:)`, as a port whose link
+    /// partner is not there yet.
+    public func addLower(_ name: String, carrier: Bool = true) throws {
+        try Self.addLower(name, carrier: carrier, in: namespace, directory: directory)
+    }
 
     /// Hot-removes the host interface (its bridge port and every macvtap on it go with it).
     public func deleteLower(_ name: String) throws { try namespace.ip("link", "del", name) }

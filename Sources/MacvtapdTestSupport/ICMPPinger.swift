@@ -70,9 +70,11 @@ public final class ICMPPinger: Sendable {
     /// when the time ran out).
     public func receiveReplies(timeout: Duration) -> [UInt16] {
         var pollDescriptor = pollfd(fd: fd.withLock { $0 }, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(
-            timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
-        guard poll(&pollDescriptor, 1, max(0, milliseconds)) > 0 else { return [] }
+        // Rounded up: rounding the sub-millisecond waits between echoes down to zero would spin a
+        // core, which on a small machine delays the very guest and daemon being timed.
+        let (seconds, attoseconds) = max(timeout, .zero).components
+        let microseconds = seconds * 1_000_000 + attoseconds / 1_000_000_000_000
+        guard poll(&pollDescriptor, 1, Int32((microseconds + 999) / 1000)) > 0 else { return [] }
         var replies: [UInt16] = []
         var buffer = [UInt8](repeating: 0, count: 2048)
         while true {
