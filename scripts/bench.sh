@@ -26,5 +26,8 @@ report="out/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
     echo
     echo "## Scale and footprint"
     "$bench" scale
+    echo
+    echo "## What a real guest sees: reconnect and bond failover (events vs. 1 s polling)"
+    "$bench" guest
 } 2>&1 | tee "$report"
 echo "report: $report"

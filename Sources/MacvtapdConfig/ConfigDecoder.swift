@@ -21,14 +21,15 @@ struct ConfigDecoder {
     }
 
     static let topLevelKeys = ["version", "defaults", "vms"]
-    static let defaultsKeys = ["mode", "link"]
+    static let defaultsKeys = ["mode", "link", "announce"]
     static let vmKeys = ["qmp", "nics"]
-    static let nicKeys = ["host", "mode", "mac", "hub", "link"]
+    static let nicKeys = ["host", "mode", "mac", "hub", "link", "announce"]
     static let hostKeys = ["name", "mac", "path", "property"]
 
     private struct Defaults {
         var mode = MacvtapMode.bridge
         var link = LinkPolicy.follow
+        var announce = true
     }
 
     mutating func decode(_ root: YAMLNode?) -> [VMDeclaration] {
@@ -53,6 +54,7 @@ struct ConfigDecoder {
         {
             defaults.mode = fields["mode"].flatMap { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? .bridge
             defaults.link = fields["link"].flatMap { enumValue($0.value, LinkPolicy.self, field: "link") } ?? .follow
+            defaults.announce = fields["announce"].flatMap { boolean($0.value, field: "announce") } ?? true
         }
         guard let vmsEntry = entries["vms"] else {
             error("missing 'vms', the mapping of VM name to VM (write 'vms: {}' to declare none)", at: location(root))
@@ -159,12 +161,21 @@ struct ConfigDecoder {
         }
         let mode = fields["mode"].map { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? defaults.mode
         let link = fields["link"].map { enumValue($0.value, LinkPolicy.self, field: "link") } ?? defaults.link
-        let mac = fields["mac"].flatMap { macAddress($0.value, field: "mac") }
+        // `mac: guest` follows the guest-programmed MAC; any other value is the macvtap's MAC.
+        let followsGuestMAC = fields["mac"].map { $0.value.scalar?.value == "guest" && isString($0.value) } ?? false
+        let mac =
+            followsGuestMAC
+            ? nil
+            : fields["mac"].flatMap {
+                macAddress($0.value, field: "mac", malformedHint: ", or 'guest' to follow the MAC the guest sets")
+            }
         let hub = fields["hub"].flatMap { hubID($0.value) }
+        let announce = fields["announce"].map { boolean($0.value, field: "announce") } ?? defaults.announce
 
-        guard diagnostics.count == errorsBefore, let host, let mode, let link else { return nil }
+        guard diagnostics.count == errorsBefore, let host, let mode, let link, let announce else { return nil }
         let binding = NICBinding(
-            key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, source: location(key))
+            key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, announce: announce,
+            followsGuestMAC: followsGuestMAC, source: location(key))
         return (binding, fields["mac"].map { location($0.value) }, fields["hub"].map { location($0.value) })
     }
 
@@ -238,12 +249,13 @@ struct ConfigDecoder {
         return .name(name)
     }
 
-    private mutating func macAddress(_ node: YAMLNode, field: String) -> MACAddress? {
+    private mutating func macAddress(_ node: YAMLNode, field: String, malformedHint: String = "") -> MACAddress? {
         guard let text = string(node, field: field) else { return nil }
         switch ConfigRules.parseMAC(text) {
         case .success(let mac): return mac
         case .failure(let problem):
-            error("invalid '\(field)': \(problem.message(text))", at: location(node))
+            let hint = problem == .malformed ? malformedHint : ""
+            error("invalid '\(field)': \(problem.message(text))\(hint)", at: location(node))
             return nil
         }
     }
@@ -277,6 +289,19 @@ struct ConfigDecoder {
         return value
     }
 
+    /// A YAML 1.2 core-schema boolean: `true`/`false` (any of their three spellings), not `yes`/`on`.
+    private mutating func boolean(_ node: YAMLNode, field: String) -> Bool? {
+        guard let scalar = node.scalar, YAMLScalarType(scalar) == .bool else {
+            var message = "'\(field)' must be true or false, found \(node.kindDescription)"
+            if let scalar = node.scalar, ["yes", "no", "on", "off"].contains(scalar.value.lowercased()) {
+                message += " (YAML 1.2 reads '\(scalar.value)' as a string; write true or false)"
+            }
+            error(message, at: location(node))
+            return nil
+        }
+        return scalar.value.lowercased() == "true"
+    }
+
     /// A scalar that the core schema reads as a string.
     private mutating func string(_ node: YAMLNode, field: String, expecting: String = "a string") -> String? {
         guard let scalar = node.scalar, YAMLScalarType(scalar) == .string else {
@@ -288,6 +313,10 @@ struct ConfigDecoder {
             return nil
         }
         return scalar.value
+    }
+
+    private func isString(_ node: YAMLNode) -> Bool {
+        node.scalar.map { YAMLScalarType($0) == .string } ?? false
     }
 
     private func isNull(_ node: YAMLNode) -> Bool {

@@ -97,30 +97,41 @@ public struct NICBinding: Hashable, Sendable {
     public var key: BindingKey
     public var host: HostMatcher
     public var mode: MacvtapMode
-    /// The macvtap's MAC; nil means "the NIC's own MAC, read over QMP".
+    /// The macvtap's MAC; nil means the NIC's MAC: its `-device mac=`, or with `followsGuestMAC`
+    /// the MAC the guest programmed.
     public var mac: MACAddress?
     /// The QEMU hub the NIC sits on; nil means "discover it from the NIC's placeholder hubport".
     public var hub: Int?
     public var link: LinkPolicy
+    /// Announce the guest (QMP `announce-self`: the guest's gratuitous ARPs and QEMU's RARPs) each
+    /// time its carrier comes up on a backend, so switches and peers learn the MAC's new path at once.
+    public var announce: Bool
+    /// `mac: guest`: the macvtap follows the MAC the guest driver sets (libvirt's
+    /// trustGuestRxFilters). Off by default: a guest must not pick its MAC on the wire.
+    public var followsGuestMAC: Bool
     /// Where the NIC was declared, for messages.
     public var source: SourceLocation?
 
     public init(
         key: BindingKey, host: HostMatcher, mode: MacvtapMode = .bridge, mac: MACAddress? = nil,
-        hub: Int? = nil, link: LinkPolicy = .follow, source: SourceLocation? = nil
+        hub: Int? = nil, link: LinkPolicy = .follow, announce: Bool = true, followsGuestMAC: Bool = false,
+        source: SourceLocation? = nil
     ) {
+        self.followsGuestMAC = followsGuestMAC
         self.key = key
         self.host = host
         self.mode = mode
         self.mac = mac
         self.hub = hub
         self.link = link
+        self.announce = announce
         self.source = source
     }
 
     /// True when the two bindings would produce the same backend (the source location aside).
     public func sameBackend(as other: NICBinding) -> Bool {
         key == other.key && host == other.host && mode == other.mode && mac == other.mac && hub == other.hub
+            && followsGuestMAC == other.followsGuestMAC
     }
 }
 
@@ -138,6 +149,9 @@ public struct VMSpec: Hashable, Sendable {
         self.nics = nics
         self.source = source
     }
+
+    /// The NICs whose guest-programmed MAC the observer must read (`mac: guest`).
+    public var guestMACNICs: Set<String> { Set(nics.values.filter(\.followsGuestMAC).map(\.key.nic)) }
 }
 
 /// The operator's desired state after parsing, validation and default resolution.

@@ -117,14 +117,26 @@ public struct ObservedHost: Hashable, Sendable {
 /// A guest NIC as QEMU reports it.
 public struct ObservedNIC: Hashable, Sendable {
     public var id: String
+    /// The MAC `info network` shows: QEMU updates it when the guest programs another one.
     public var mac: MACAddress?
     /// The hub the NIC's peer hubport sits on; nil when the NIC is not on a hub.
     public var hub: Int?
+    /// The `-device ... mac=` (QOM property `mac`), which the guest cannot change; nil when not read.
+    public var deviceMAC: MACAddress?
+    /// The MAC the guest driver programmed (`query-rx-filter` main-mac); read only for `mac: guest`.
+    public var guestMAC: MACAddress?
 
-    public init(id: String, mac: MACAddress?, hub: Int?) {
+    public init(id: String, mac: MACAddress?, hub: Int?, deviceMAC: MACAddress? = nil, guestMAC: MACAddress? = nil) {
         self.id = id
         self.mac = mac
         self.hub = hub
+        self.deviceMAC = deviceMAC
+        self.guestMAC = guestMAC
+    }
+
+    /// The MAC a binding's macvtap takes when the configuration names none.
+    public func backendMAC(followingGuest: Bool) -> MACAddress? {
+        followingGuest ? guestMAC ?? mac : deviceMAC ?? mac
     }
 }
 

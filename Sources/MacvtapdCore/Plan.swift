@@ -62,12 +62,17 @@ public enum Action: Hashable, Sendable {
     case detachBackend(vm: String, backend: ObservedBackend)
     /// set_link on the guest NIC.
     case setGuestLink(vm: String, nic: String, up: Bool)
+    /// announce-self for the NIC: the guest sends gratuitous ARPs (virtio-net guest announce) and
+    /// QEMU sends RARPs, so the switch learns the MAC's new port and stale peers refresh at once.
+    case announce(vm: String, nic: String)
 
     /// The VM the action talks to over QMP, if any.
     public var vm: String? {
         switch self {
         case .createMacvtap, .setMacvtapUp, .deleteMacvtap: return nil
-        case .attachBackend(let vm, _, _, _), .detachBackend(let vm, _), .setGuestLink(let vm, _, _): return vm
+        case .attachBackend(let vm, _, _, _), .detachBackend(let vm, _), .setGuestLink(let vm, _, _),
+            .announce(let vm, _):
+            return vm
         }
     }
 }

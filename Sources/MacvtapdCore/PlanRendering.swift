@@ -4,7 +4,7 @@ extension Action {
         switch self {
         case .createMacvtap, .attachBackend: return "+"
         case .deleteMacvtap, .detachBackend: return "-"
-        case .setMacvtapUp, .setGuestLink: return "~"
+        case .setMacvtapUp, .setGuestLink, .announce: return "~"
         }
     }
 
@@ -24,6 +24,8 @@ extension Action {
             return "detach backend \(parts.compactMap { $0 }.joined(separator: " + "))"
         case .setGuestLink(_, let nic, let up):
             return "set guest link of \(nic) \(up ? "up" : "down")"
+        case .announce(_, let nic):
+            return "announce NIC \(nic) (guest gratuitous ARP, QEMU RARP)"
         }
     }
 }
@@ -172,6 +174,9 @@ public struct ActionDocument: Encodable, Sendable {
             type = "set_guest_link"
             nic = nicID
             up = isUp
+        case .announce(_, let nicID):
+            type = "announce"
+            nic = nicID
         }
     }
 }

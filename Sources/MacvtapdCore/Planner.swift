@@ -48,7 +48,7 @@ public enum Planner {
                 .nicMissing, "NICNotOnHub",
                 "NIC \(key.nic) is not on a QEMU hub: give it a placeholder hubport or set hub: in the config")
         }
-        guard let mac = binding.mac ?? nic.mac else {
+        guard let mac = binding.mac ?? nic.backendMAC(followingGuest: binding.followsGuestMAC) else {
             return waiting(.nicMissing, "MACUnknown", "the MAC of NIC \(key.nic) is unknown: set mac: in the config")
         }
 
@@ -114,6 +114,11 @@ public enum Planner {
         let linkChanges = recordedLink != linkUp
         if attaching || linkChanges {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: linkUp))
+        }
+        // The carrier comes up on a new path (a new backend, or a lower whose carrier returned, which
+        // a switch may have flushed the MAC from). Not on adoption (recorded link unknown): nothing moved.
+        if binding.announce && linkUp && (attaching || recordedLink == false) {
+            actions.append(.announce(vm: key.vm, nic: key.nic))
         }
 
         let phase: Phase = linkUp ? .attached : .noCarrier

@@ -46,15 +46,22 @@ public struct AnnounceParameters: Hashable, Sendable {
     public var max: Duration
     public var rounds: Int
     public var step: Duration
+    /// Only these NICs (QEMU device ids); nil announces every NIC of the VM.
+    public var interfaces: [String]?
+    /// A named announce timer: a new announce with the same id replaces that one only, so
+    /// announces for different NICs do not cut each other's rounds short.
+    public var id: String?
 
     public init(
         initial: Duration = .milliseconds(50), max: Duration = .milliseconds(550), rounds: Int = 5,
-        step: Duration = .milliseconds(100)
+        step: Duration = .milliseconds(100), interfaces: [String]? = nil, id: String? = nil
     ) {
         self.initial = initial
         self.max = max
         self.rounds = rounds
         self.step = step
+        self.interfaces = interfaces
+        self.id = id
     }
 }
 
@@ -170,12 +177,13 @@ extension QMPClient {
             let (seconds, attoseconds) = duration.components
             return .int(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
         }
-        try await execute(
-            "announce-self",
-            arguments: [
-                "initial": milliseconds(parameters.initial), "max": milliseconds(parameters.max),
-                "rounds": .int(Int64(parameters.rounds)), "step": milliseconds(parameters.step),
-            ])
+        var arguments: [String: JSONValue] = [
+            "initial": milliseconds(parameters.initial), "max": milliseconds(parameters.max),
+            "rounds": .int(Int64(parameters.rounds)), "step": milliseconds(parameters.step),
+        ]
+        if let interfaces = parameters.interfaces { arguments["interfaces"] = .array(interfaces.map { .string($0) }) }
+        if let id = parameters.id { arguments["id"] = .string(id) }
+        try await execute("announce-self", arguments: .object(arguments))
     }
 
     /// `query-rx-filter` for one NIC. Also re-arms that NIC's `NIC_RX_FILTER_CHANGED` event.

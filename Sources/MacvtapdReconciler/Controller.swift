@@ -125,6 +125,8 @@ public actor Controller {
         self.desired = desired
         bindings = desired.bindings
         hasDesired = true
+        // What is observed depends on the config (e.g. which NICs follow the guest's MAC).
+        vmCache = [:]
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
@@ -382,7 +384,7 @@ public actor Controller {
             observedVM = cached
         } else if let connection = connections[vm] {
             do {
-                observedVM = try await connection.observe(vm: vm)
+                observedVM = try await connection.observe(vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
                 vmCache[vm] = observedVM
             } catch {
                 await dropConnection(vm: vm, because: error)

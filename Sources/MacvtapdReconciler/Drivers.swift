@@ -18,6 +18,13 @@ public protocol HostDriver: Sendable {
     func linkChanges() throws -> AsyncStream<LinkChange>
 }
 
+extension VMConnection {
+    /// For connections that cannot tell a guest-programmed MAC from the NIC's own.
+    public func observe(vm: String, guestMACOf nics: Set<String>) async throws -> ObservedVM {
+        try await observe(vm: vm)
+    }
+}
+
 /// What the kernel announced about a link.
 public enum LinkChange: Hashable, Sendable {
     /// RTM_NEWLINK: the link appeared or changed.
@@ -33,11 +40,16 @@ public protocol VMConnection: AnyObject, Sendable {
     /// NICs, our backends and the run state, as QEMU reports them now. `guestLink` is left empty:
     /// QEMU cannot report it (DESIGN.md), the caller fills in its records.
     func observe(vm: String) async throws -> ObservedVM
+    /// `observe(vm:)`, plus the guest-programmed MAC of `nics` (`mac: guest`). Reading it re-arms
+    /// QEMU's NIC_RX_FILTER_CHANGED for that NIC, so the guest's next change wakes us again.
+    func observe(vm: String, guestMACOf nics: Set<String>) async throws -> ObservedVM
     /// getfd + netdev_add tap + netdev_add hubport; undoes its own partial work when a step fails.
     func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws
     /// netdev_del of whichever of the port and tap exist (port first: it references the tap).
     func detachBackend(_ backend: ObservedBackend) async throws
     func setLink(nic: String, up: Bool) async throws
+    /// announce-self for one NIC: the guest's gratuitous ARPs and QEMU's RARPs on its current path.
+    func announce(nic: String) async throws
     /// Names of the QMP events the VM sends (`SHUTDOWN`, `RESET`, ...); ends when the session does.
     var events: AsyncStream<String> { get }
     func close() async

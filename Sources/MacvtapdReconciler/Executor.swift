@@ -104,6 +104,17 @@ public struct Executor: Sendable {
                 case .setGuestLink(let vm, let nic, let up):
                     try await require(connection, vm: vm).setLink(nic: nic, up: up)
                     outcome.guestLinkSet = up
+                case .announce(let vm, let nic):
+                    // Advisory: the guest is connected either way, and peers re-learn its MAC from its
+                    // next frame. A QEMU without announce-self must not keep the binding failing.
+                    do {
+                        try await require(connection, vm: vm).announce(nic: nic)
+                    } catch let stale as StaleObservation {
+                        throw stale
+                    } catch {
+                        log(plan.key, action, "failed, carrying on: \(error)", clock.now - start, level: .warning)
+                        continue
+                    }
                 }
                 log(plan.key, action, "ok", clock.now - start)
             } catch {

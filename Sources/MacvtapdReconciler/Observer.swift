@@ -5,10 +5,13 @@ import MacvtapdCore
 public struct VMTarget: Hashable, Sendable {
     public var name: String
     public var qmp: String
+    /// NICs whose guest-programmed MAC is read (`mac: guest`).
+    public var guestMACNICs: Set<String>
 
-    public init(name: String, qmp: String) {
+    public init(name: String, qmp: String, guestMACNICs: Set<String> = []) {
         self.name = name
         self.qmp = qmp
+        self.guestMACNICs = guestMACNICs
     }
 
     public static func targets(desired: DesiredState, previous: StatusDocument?) -> [VMTarget] {
@@ -16,7 +19,9 @@ public struct VMTarget: Hashable, Sendable {
         for binding in previous?.bindings ?? [] where byName[binding.vm] == nil {
             if let qmp = binding.qmp { byName[binding.vm] = qmp }
         }
-        return byName.map { VMTarget(name: $0.key, qmp: $0.value) }.sorted { $0.name < $1.name }
+        return byName.map {
+            VMTarget(name: $0.key, qmp: $0.value, guestMACNICs: desired.vms[$0.key]?.guestMACNICs ?? [])
+        }.sorted { $0.name < $1.name }
     }
 }
 
@@ -83,7 +88,7 @@ public struct Observer: Sendable {
             }
         }
         do {
-            return (try await connection.observe(vm: target.name), connection)
+            return (try await connection.observe(vm: target.name, guestMACOf: target.guestMACNICs), connection)
         } catch {
             await connection.close()
             return (ObservedVM(name: target.name, reachability: .unresponsive("\(error)")), nil)

@@ -1,5 +1,6 @@
 import MacvtapdCore
 import MacvtapdQMP
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -28,19 +29,40 @@ public struct QMPConnector: VMConnector {
 /// The reconciler's view of one VM, over one QMP session.
 final class QMPVMConnection: VMConnection {
     let client: QMPClient
+    /// `-device mac=` by NIC id: fixed for the device's life, so read once per session.
+    private let deviceMACs = Mutex<[String: MACAddress]>([:])
 
     init(client: QMPClient) {
         self.client = client
     }
 
     func observe(vm: String) async throws -> ObservedVM {
+        try await observe(vm: vm, guestMACOf: [])
+    }
+
+    func observe(vm: String, guestMACOf guestMACNICs: Set<String>) async throws -> ObservedVM {
         // Sequential on purpose: the monitor answers one command at a time anyway, and an
         // `async let` here crashes the Swift 6.3 optimizer (coroutine splitting) in release builds.
         let status = try await client.queryStatus()
         let network = try await client.networkInfo()
         var nics: [String: ObservedNIC] = [:]
+        let known = deviceMACs.withLock { cache in
+            // A NIC that went may come back under the same id as another device.
+            cache = cache.filter { id, _ in network.nics.contains { $0.id == id } }
+            return cache
+        }
         for nic in network.nics {
-            nics[nic.id] = ObservedNIC(id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id))
+            var observed = ObservedNIC(id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id))
+            if let mac = known[nic.id] {
+                observed.deviceMAC = mac
+            } else if let mac = try? await client.nicMAC(id: nic.id) {
+                observed.deviceMAC = mac
+                deviceMACs.withLock { $0[nic.id] = mac }
+            }
+            if guestMACNICs.contains(nic.id) {
+                observed.guestMAC = try await client.queryRxFilter(name: nic.id).mainMAC
+            }
+            nics[nic.id] = observed
         }
         return ObservedVM(
             name: vm, reachability: .reachable, running: status.running, nics: nics,
@@ -105,6 +127,16 @@ final class QMPVMConnection: VMConnection {
     func setLink(nic: String, up: Bool) async throws {
         do {
             try await client.setLink(name: nic, up: up)
+        } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
+            throw StaleObservation("\(error)")
+        }
+    }
+
+    /// The first round goes out at once; QEMU's migration timing repeats it four times over ~0.5 s
+    /// in case the first frames are lost while the path settles.
+    func announce(nic: String) async throws {
+        do {
+            try await client.announceSelf(AnnounceParameters(interfaces: [nic], id: "mvtd.\(nic).announce"))
         } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
             throw StaleObservation("\(error)")
         }

@@ -192,6 +192,10 @@ public final class EmbeddedVM: VMConnection {
         }
     }
 
+    public func announce(nic: String) async throws {
+        state.withLock { $0.calls.append("announce \(nic)") }
+    }
+
     public var events: AsyncStream<String> {
         let (stream, continuation) = AsyncStream.makeStream(of: String.self)
         state.withLock { $0.eventContinuations.append(continuation) }

@@ -31,11 +31,14 @@ public struct GuestBond: Hashable, Sendable {
     /// Guest interface names; the first becomes the initial active slave.
     public var slaves: [String]
     public var miimon: Duration
+    /// The slave the bond returns to whenever it is available (bonding's `primary`).
+    public var primary: String?
 
-    public init(name: String, slaves: [String], miimon: Duration = .milliseconds(100)) {
+    public init(name: String, slaves: [String], miimon: Duration = .milliseconds(100), primary: String? = nil) {
         self.name = name
         self.slaves = slaves
         self.miimon = miimon
+        self.primary = primary
     }
 }
 
@@ -51,6 +54,9 @@ public struct GuestConfiguration: Sendable {
     public var pingInterval: Duration = .seconds(1)
     /// How often the guest polls carrier and bond state.
     public var pollInterval: Duration = .milliseconds(20)
+    /// After `GUEST READY`, one after the other: the guest waits `after`, then sets `interface`'s
+    /// MAC to `mac` and says `GUEST SETMAC <interface> mac=<mac>`.
+    public var macChanges: [(interface: String, mac: MACAddress, after: Duration)] = []
     public var memoryMiB = 128
     /// `tcg` everywhere; `kvm` where /dev/kvm exists and speed matters more than parity with CI.
     public var accelerator = "tcg"
@@ -74,6 +80,7 @@ public struct GuestConfiguration: Sendable {
         if !bonds.isEmpty {
             let specs = bonds.map { bond in
                 "\(bond.name):\(bond.slaves.joined(separator: ",")):miimon=\(Self.milliseconds(bond.miimon))"
+                    + (bond.primary.map { ":primary=\($0)" } ?? "")
             }
             words.append("macvtapd.bond=" + specs.joined(separator: ";"))
         }
@@ -82,6 +89,10 @@ public struct GuestConfiguration: Sendable {
             words.append("macvtapd.ping_interval=\(Self.seconds(pingInterval))")
         }
         words.append("macvtapd.poll=\(Self.seconds(pollInterval))")
+        if !macChanges.isEmpty {
+            let changes = macChanges.map { "\($0.interface)=\($0.mac)@\(Self.seconds($0.after))" }
+            words.append("macvtapd.setmac=" + changes.joined(separator: ","))
+        }
         return (words + extraKernelArguments).joined(separator: " ")
     }
 

@@ -15,6 +15,8 @@ public final class GuestVM: Sendable {
     public let pid: pid_t
     /// The VM's own QMP monitor (`-qmp unix:...,server=on,wait=off`).
     public let qmpSocketPath: String
+    /// A second QMP monitor for the test's own checks while macvtapd holds the first.
+    public let testQMPSocketPath: String
     public let directory: String
     /// When QEMU was spawned; boot times are measured from here.
     public let launchedAt: ContinuousClock.Instant
@@ -65,6 +67,7 @@ public final class GuestVM: Sendable {
         self.configuration = configuration
         self.directory = directory
         qmpSocketPath = directory + "/qmp.sock"
+        testQMPSocketPath = directory + "/test-qmp.sock"
         let consolePath = directory + "/console.log"
         // Created before QEMU so the fixture can open it now; QEMU truncates it, which is harmless.
         let consoleFD = open(consolePath, O_RDONLY | O_CREAT | O_CLOEXEC, 0o600)
@@ -77,7 +80,8 @@ public final class GuestVM: Sendable {
             "-display", "none", "-m", String(configuration.memoryMiB), "-no-reboot",
             "-kernel", image.kernel, "-initrd", image.initramfs, "-append", configuration.kernelCommandLine,
             "-chardev", "file,id=console,path=\(consolePath)", "-serial", "chardev:console",
-            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off", "-pidfile", directory + "/qemu.pid",
+            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off", "-qmp", "unix:\(testQMPSocketPath),server=on,wait=off",
+            "-pidfile", directory + "/qemu.pid",
         ]
         arguments += configuration.nics.flatMap(\.qemuArguments) + configuration.extraQEMUArguments
         let pid: pid_t

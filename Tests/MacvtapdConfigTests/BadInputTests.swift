@@ -74,7 +74,7 @@ let badInputs: [BadInput] = [
         "invalid 'link' 'down'; allowed: follow, up"),
     BadInput(
         "defaults as scalar", "version: 1\ndefaults: vepa\nvms: {}\n", at: "2:11",
-        "'defaults' must be a mapping with keys mode, link, found the string 'vepa'"),
+        "'defaults' must be a mapping with keys mode, link, announce, found the string 'vepa'"),
     // VMs.
     BadInput(
         "VM name starts with dash", "version: 1\nvms:\n  -web:\n    qmp: /q\n    nics: {}\n", at: "3:3",
@@ -183,6 +183,18 @@ let badInputs: [BadInput] = [
         "'mode' must be one of bridge, vepa, private, passthru, found an integer (1)"),
     BadInput(
         "link as boolean", nicDoc("link: true"), at: "8:15", "'link' must be one of follow, up, found a boolean (true)"),
+    BadInput(
+        "announce as string", nicDoc("announce: \"true\""), at: "8:19",
+        "'announce' must be true or false, found the string 'true'"),
+    BadInput(
+        "announce as yes", nicDoc("announce: yes"), at: "8:19",
+        "YAML 1.2 reads 'yes' as a string; write true or false"),
+    BadInput(
+        "defaults announce as integer", "version: 1\ndefaults:\n  announce: 1\nvms: {}\n", at: "3:13",
+        "'announce' must be true or false, found an integer (1)"),
+    BadInput(
+        "MAC neither an address nor guest", nicDoc("mac: gest"), at: "8:14",
+        "'gest' is not a MAC address; write six colon-separated hex pairs, like 52:54:00:12:34:56, or 'guest'"),
     BadInput(
         "MAC with dashes", nicDoc("mac: \"52-54-00-12-34-56\""), at: "8:14", "write six colon-separated hex pairs"),
     BadInput("MAC multicast", nicDoc("mac: \"01:00:5e:00:00:01\""), at: "8:14", "is a multicast (group) MAC address"),

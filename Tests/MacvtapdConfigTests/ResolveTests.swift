@@ -19,6 +19,7 @@ struct ResolveTests {
                 defaults:
                   mode: vepa
                   link: up
+                  announce: false
                 vms:
                   web1:
                     qmp: /run/macvtapd/qmp/web1.sock
@@ -31,23 +32,24 @@ struct ResolveTests {
                         mac: "52:54:00:12:34:56"
                         hub: 10
                         link: follow
+                        announce: True
                       nic2:
                         host: {name: enp3s0f1}
                 """))
         let vm = try #require(desired.vms["web1"])
         #expect(vm.qmp == "/run/macvtapd/qmp/web1.sock")
-        #expect(vm.source == SourceLocation(file: "t.yaml", line: 6, column: 3))
+        #expect(vm.source == SourceLocation(file: "t.yaml", line: 7, column: 3))
         #expect(
             desired.binding(BindingKey(vm: "web1", nic: "nic0"))
                 == NICBinding(
                     key: BindingKey(vm: "web1", nic: "nic0"), host: .name("eth0"), mode: .vepa, link: .up,
-                    source: SourceLocation(file: "t.yaml", line: 9, column: 7)))
+                    announce: false, source: SourceLocation(file: "t.yaml", line: 10, column: 7)))
         #expect(
             desired.binding(BindingKey(vm: "web1", nic: "nic1"))
                 == NICBinding(
                     key: BindingKey(vm: "web1", nic: "nic1"), host: .mac(MACAddress("3c:fd:fe:aa:bb:cc")!),
                     mode: .private, mac: MACAddress("52:54:00:12:34:56"), hub: 10, link: .follow,
-                    source: SourceLocation(file: "t.yaml", line: 11, column: 7)))
+                    announce: true, source: SourceLocation(file: "t.yaml", line: 12, column: 7)))
         #expect(desired.binding(BindingKey(vm: "web1", nic: "nic2"))?.host == .name("enp3s0f1"))
         #expect(desired.bindings.map(\.key.nic) == ["nic0", "nic1", "nic2"])
     }
@@ -74,8 +76,22 @@ struct ResolveTests {
         let binding = try #require(desired.binding(BindingKey(vm: "a", nic: "n")))
         #expect(binding.mode == .bridge)
         #expect(binding.link == .follow)
+        #expect(binding.announce)
+        #expect(!binding.followsGuestMAC)
         #expect(binding.mac == nil)
         #expect(binding.hub == nil)
+    }
+
+    @Test(arguments: ["guest", "\"guest\""])
+    func macGuestFollowsTheGuestProgrammedMAC(_ value: String) throws {
+        let desired = try #require(
+            load(
+                "version: 1\nvms:\n  a:\n    qmp: /q\n    nics:\n      n:\n        host: eth0\n        mac: \(value)\n")
+        )
+        let binding = try #require(desired.binding(BindingKey(vm: "a", nic: "n")))
+        #expect(binding.followsGuestMAC)
+        #expect(binding.mac == nil)
+        #expect(desired.vms["a"]?.guestMACNICs == ["n"])
     }
 
     @Test func emptyVMsAndEmptyNICsAreValid() throws {

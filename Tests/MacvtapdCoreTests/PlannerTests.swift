@@ -60,6 +60,7 @@ func shape(_ plan: BindingPlan) -> [String] {
         case .attachBackend(_, let nic, _, let hub): return "attach \(nic) hub \(hub)"
         case .detachBackend(_, let backend): return "detach \(backend.ids.ifindex)"
         case .setGuestLink(_, _, let up): return "link \(up ? "up" : "down")"
+        case .announce: return "announce"
         }
     }
 }
@@ -82,7 +83,8 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "fresh binding creates and attaches", world: w, phase: .attached, change: .create,
-            reason: "HostPresent", actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"],
+            reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"],
             messageContains: "host eth0 is present"))
 
     cases.append(
@@ -127,7 +129,9 @@ let plannerCases: [PlannerCase] = {
         PlannerCase(
             name: "recreated lower with leftover dead backend is replaced", world: lowerBack, phase: .attached,
             change: .replace, reason: "BackendStale",
-            actions: ["detach 42", "create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"],
+            actions: [
+                "detach 42", "create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce",
+            ],
             messageContains: "deleted macvtap 42"))
 
     var moved = World.converged
@@ -137,6 +141,7 @@ let plannerCases: [PlannerCase] = {
             name: "host changed replaces", world: moved, phase: .attached, change: .replace, reason: "HostChanged",
             actions: [
                 "detach 42", "delete 42", "create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up",
+                "announce",
             ],
             messageContains: "host changed from eth0 to eth1"))
 
@@ -146,7 +151,10 @@ let plannerCases: [PlannerCase] = {
         PlannerCase(
             name: "mode changed replaces", world: modeChanged, phase: .attached, change: .replace,
             reason: "ModeChanged",
-            actions: ["detach 42", "delete 42", "create eth0 vepa 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]
+            actions: [
+                "detach 42", "delete 42", "create eth0 vepa 52:54:00:12:34:56", "attach nic0 hub 10", "link up",
+                "announce",
+            ]
         ))
 
     var macChanged = World.converged
@@ -157,6 +165,7 @@ let plannerCases: [PlannerCase] = {
             reason: "MACChanged",
             actions: [
                 "detach 42", "delete 42", "create eth0 bridge 52:54:00:aa:bb:cc", "attach nic0 hub 10", "link up",
+                "announce",
             ]
         ))
 
@@ -179,7 +188,60 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "carrier back raises the guest link", world: carrierBack, phase: .attached, change: .update,
-            reason: "CarrierUp", actions: ["link up"]))
+            reason: "CarrierUp", actions: ["link up", "announce"]))
+
+    var carrierBackQuiet = carrierBack
+    carrierBackQuiet.binding.announce = false
+    cases.append(
+        PlannerCase(
+            name: "announce: false raises the link without announcing", world: carrierBackQuiet, phase: .attached,
+            change: .update, reason: "CarrierUp", actions: ["link up"]))
+
+    var returnsQuiet = World()
+    returnsQuiet.binding.announce = false
+    returnsQuiet.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "announce: false attaches without announcing", world: returnsQuiet, phase: .attached,
+            change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+
+    var returnsWithoutCarrier = World()
+    returnsWithoutCarrier.links[0].carrier = false
+    returnsWithoutCarrier.vm.guestLink = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "attach onto a lower without carrier announces nothing (the guest link stays down)",
+            world: returnsWithoutCarrier, phase: .noCarrier, change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link down"]))
+
+    var returnsWithoutCarrierUp = returnsWithoutCarrier
+    returnsWithoutCarrierUp.binding.link = .up
+    cases.append(
+        PlannerCase(
+            name: "link up: attach onto a lower without carrier raises the link and announces",
+            world: returnsWithoutCarrierUp, phase: .attached, change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
+
+    var guestChangedMAC = World.converged
+    guestChangedMAC.vm.nics["nic0"] = ObservedNIC(
+        id: "nic0", mac: MACAddress("52:54:00:aa:bb:cc"), hub: 10, deviceMAC: World.guestMAC,
+        guestMAC: MACAddress("52:54:00:aa:bb:cc"))
+    cases.append(
+        PlannerCase(
+            name: "default MAC: the guest's own choice does not move the macvtap", world: guestChangedMAC,
+            phase: .attached, change: .none, reason: "Converged", actions: []))
+
+    var followsGuest = guestChangedMAC
+    followsGuest.binding.followsGuestMAC = true
+    cases.append(
+        PlannerCase(
+            name: "mac: guest: the macvtap follows the MAC the guest set", world: followsGuest, phase: .attached,
+            change: .replace, reason: "MACChanged",
+            actions: [
+                "detach 42", "delete 42", "create eth0 bridge 52:54:00:aa:bb:cc", "attach nic0 hub 10", "link up",
+                "announce",
+            ], messageContains: "MAC changed from 52:54:00:12:34:56 to 52:54:00:aa:bb:cc"))
 
     var partialTap = World()
     partialTap.links.append(World.macvtap(ifindex: 42, on: World.eth0))
@@ -188,14 +250,16 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "interrupted apply: tap without port is redone", world: partialTap, phase: .attached,
-            change: .replace, reason: "BackendPartial", actions: ["detach 42", "attach nic0 hub 10", "link up"]))
+            change: .replace, reason: "BackendPartial",
+            actions: ["detach 42", "attach nic0 hub 10", "link up", "announce"]))
 
     var macvtapOnly = World()
     macvtapOnly.links.append(World.macvtap(ifindex: 42, on: World.eth0))
     cases.append(
         PlannerCase(
             name: "interrupted apply: macvtap without backend is attached, not duplicated", world: macvtapOnly,
-            phase: .attached, change: .create, reason: "HostPresent", actions: ["attach nic0 hub 10", "link up"]))
+            phase: .attached, change: .create, reason: "HostPresent",
+            actions: ["attach nic0 hub 10", "link up", "announce"]))
 
     var downedMacvtap = World.converged
     downedMacvtap.links[2].adminUp = false
@@ -209,7 +273,7 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "backend on the wrong hub is moved", world: wrongHub, phase: .attached, change: .replace,
-            reason: "BackendWrongHub", actions: ["detach 42", "attach nic0 hub 10", "link up"]))
+            reason: "BackendWrongHub", actions: ["detach 42", "attach nic0 hub 10", "link up", "announce"]))
 
     var unreachable = World.converged
     unreachable.links = [World.eth1]
@@ -246,14 +310,14 @@ let plannerCases: [PlannerCase] = {
         PlannerCase(
             name: "explicit hub overrides discovery", world: explicitHub, phase: .attached, change: .create,
             reason: "HostPresent",
-            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 7", "link up"]))
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 7", "link up", "announce"]))
 
     var byMAC = World()
     byMAC.binding.host = .mac(MACAddress("02:00:00:00:00:03")!)
     cases.append(
         PlannerCase(
             name: "host matched by MAC", world: byMAC, phase: .attached, change: .create, reason: "HostPresent",
-            actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+            actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
 
     var byPermanentMAC = World()
     byPermanentMAC.links[1].mac = MACAddress("02:99:00:00:00:03")
@@ -262,7 +326,8 @@ let plannerCases: [PlannerCase] = {
     cases.append(
         PlannerCase(
             name: "host matched by permanent MAC", world: byPermanentMAC, phase: .attached, change: .create,
-            reason: "HostPresent", actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+            reason: "HostPresent",
+            actions: ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
 
     var ambiguous = World()
     ambiguous.links[1].mac = World.eth0.mac
@@ -274,7 +339,7 @@ let plannerCases: [PlannerCase] = {
 
     // udev identity: eth1 sits at PCI 0000:03:00.0 and udev named it by path.
     let eth1Udev = ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0", "INTERFACE": "eth1"]
-    let createOnEth1 = ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]
+    let createOnEth1 = ["create eth1 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]
 
     var byPath = World()
     byPath.links[0].udevProperties = ["ID_PATH": "pci-0000:00:1f.6"]
@@ -398,7 +463,7 @@ let plannerCases: [PlannerCase] = {
         PlannerCase(
             name: "a twin MAC on a link udev has not finished with is not there yet", world: macPendingTwin,
             phase: .attached, change: .create, reason: "HostPresent",
-            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up"]))
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
 
     var squatted = World()
     squatted.links.append(

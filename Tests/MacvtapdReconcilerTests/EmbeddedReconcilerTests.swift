@@ -54,6 +54,22 @@ import Testing
         #expect(second.status?.bindings.map(\.phase) == [.attached, .attached, .attached])
     }
 
+    @Test func everyAttachAnnouncesTheNICAfterRaisingItsLinkUnlessTurnedOff() async throws {
+        var world = Fixture()
+        defer { world.cleanup() }
+        world.desired.vms["web1"]?.nics["nic1"]?.announce = false
+        _ = try await world.reconciler.apply(world.desired, config: nil)
+        let calls = world.web1.calls
+        #expect(calls.filter { $0.hasPrefix("announce") } == ["announce nic0"])
+        let link = try #require(calls.firstIndex(of: "link nic0 true"))
+        #expect(calls.firstIndex(of: "announce nic0").map { $0 > link } == true, "\(calls)")
+        #expect(world.db1.calls.contains("announce nic0"))
+
+        // Converged: nothing moved, nothing to announce.
+        _ = try await world.reconciler.apply(world.desired, config: nil)
+        #expect(world.web1.calls.filter { $0.hasPrefix("announce") }.count == 1)
+    }
+
     @Test func lowerLossDetachesAndReturnReattaches() async throws {
         let world = Fixture()
         defer { world.cleanup() }

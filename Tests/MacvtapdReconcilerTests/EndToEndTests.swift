@@ -84,7 +84,9 @@ import Testing
             try sandbox.addLower("up0")
             let back = try await Self.planJSON(sandbox)
             #expect(
-                Self.actionTypes(Self.binding(back, "nic0")) == ["create_macvtap", "attach_backend", "set_guest_link"])
+                Self.actionTypes(Self.binding(back, "nic0")) == [
+                    "create_macvtap", "attach_backend", "set_guest_link", "announce",
+                ])
             #expect(try await sandbox.macvtapd("apply").status == 0)
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
             #expect(try await sandbox.frameLeavesThrough("up0", nic: "nic0"))

@@ -1,0 +1,206 @@
+import Foundation
+import MacvtapdCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A real Linux guest (`GuestVM`) whose NICs macvtapd binds to host interfaces of a test network
+/// namespace, with the far side of every host interface on one Linux bridge: the upstream switch.
+///
+///     guest eth0 ─ hub ─ macvtap ─ up0 ══ up0p ┐
+///     guest eth1 ─ hub ─ macvtap ─ up1 ══ up1p ┴ br0 (02:99:00:00:00:01, 10.99.0.1/24)
+///
+/// Each host interface is a veth whose peer is a bridge port. Deleting a host interface deletes its
+/// peer too (veths go in pairs), so a returning interface is a new pair whose peer joins the bridge
+/// again; the bridge itself, its MAC and its address never change, like a physical switch.
+public final class GuestSandbox: Sendable {
+    public static let bridge = "br0"
+    public static let bridgeMAC = MACAddress("02:99:00:00:00:01")!
+    public static let bridgeAddress = "10.99.0.1"
+    public static let prefixLength = 24
+
+    public let namespace: NetworkNamespace
+    public let vm: GuestVM
+    public let directory: TemporaryDirectory
+    public let binary: String
+
+    public var configPath: String { directory.path + "/macvtapd.yaml" }
+    public var statusPath: String { directory.path + "/status.json" }
+
+    /// Runs `body` with a booted guest and the namespace; always cleans up, even when `body` throws.
+    public static func with<Result>(
+        _ configuration: GuestConfiguration, lowers: [String], _ body: (GuestSandbox) async throws -> Result
+    ) async throws -> Result {
+        let sandbox = try await start(configuration, lowers: lowers)
+        do {
+            let result = try await body(sandbox)
+            sandbox.cleanup()
+            return result
+        } catch {
+            sandbox.cleanup()
+            throw error
+        }
+    }
+
+    /// The namespace with the bridge and `lowers`, then the guest booted to `GUEST READY`.
+    public static func start(_ configuration: GuestConfiguration, lowers: [String]) async throws -> GuestSandbox {
+        let namespace = try NetworkNamespace(prefix: "mvtguest")
+        let directory: TemporaryDirectory
+        do {
+            directory = try TemporaryDirectory()
+        } catch {
+            try? namespace.delete()
+            throw error
+        }
+        do {
+            try namespace.ip("link", "add", bridge, "type", "bridge")
+            try namespace.ip("link", "set", bridge, "address", bridgeMAC.description)
+            try namespace.ip("addr", "add", "\(bridgeAddress)/\(prefixLength)", "dev", bridge)
+            try namespace.ip("link", "set", bridge, "up")
+            for lower in lowers { try addLower(lower, in: namespace, directory: directory) }
+            let vm = try await GuestVM.boot(configuration)
+            return GuestSandbox(namespace: namespace, vm: vm, directory: directory, binary: try binaryPath(vm))
+        } catch {
+            try? namespace.delete()
+            directory.remove()
+            throw error
+        }
+    }
+
+    private static func binaryPath(_ vm: GuestVM) throws -> String {
+        do {
+            return try ChildProcess.macvtapdBinary()
+        } catch {
+            vm.terminate()
+            throw error
+        }
+    }
+
+    private init(namespace: NetworkNamespace, vm: GuestVM, directory: TemporaryDirectory, binary: String) {
+        self.namespace = namespace
+        self.vm = vm
+        self.directory = directory
+        self.binary = binary
+    }
+
+    /// Stops the guest, removes the namespace (its interfaces go with it) and the files.
+    public func cleanup() {
+        vm.terminate()
+        try? namespace.delete()
+        directory.remove()
+    }
+
+    // MARK: Host interfaces
+
+    /// One `ip -batch` so the interface appears, joins the bridge and gets carrier in one step:
+    /// return times are measured from here.
+    private static func addLower(
+        _ name: String, carrier: Bool = true, in namespace: NetworkNamespace, directory: TemporaryDirectory
+    ) throws {
+        let batch = try directory.write(
+            "add-\(name).ip",
+            """
+            link add \(name) type veth peer name \(name)p
+            link set \(name)p master \(bridge)
+            link set \(name)p \(carrier ? "up" : "down")
+            link set \(name) up
+
+            """)
+        try namespace.ip("-batch", batch)
+    }
+
+    /// The host interface (re)appears: a new veth pair whose peer joins the bridge, both up; with
+    /// `carrier: false` the peer stays down until `setCarrier(of:up:)`, as a port whose link
+    /// partner is not there yet.
+    public func addLower(_ name: String, carrier: Bool = true) throws {
+        try Self.addLower(name, carrier: carrier, in: namespace, directory: directory)
+    }
+
+    /// Hot-removes the host interface (its bridge port and every macvtap on it go with it).
+    public func deleteLower(_ name: String) throws { try namespace.ip("link", "del", name) }
+
+    /// The host interface stays but loses (or regains) carrier: its peer, the bridge port, goes down.
+    public func setCarrier(of lower: String, up: Bool) throws {
+        try namespace.ip("link", "set", lower + "p", up ? "up" : "down")
+    }
+
+    /// The bridge port the bridge has learned `mac` on, from `bridge fdb`; nil when it has not.
+    public func learnedPort(of mac: MACAddress) throws -> String? {
+        let output = try namespace.exec(["bridge", "fdb", "show", "br", Self.bridge])
+        for line in output.split(separator: "\n") {
+            let words = line.split(separator: " ")
+            guard words.count >= 3, MACAddress(String(words[0])) == mac, words[1] == "dev" else { continue }
+            if line.contains("permanent") { continue }
+            return String(words[2])
+        }
+        return nil
+    }
+
+    /// The MACs of the macvtaps in the namespace.
+    public func macvtapMACs() throws -> [MACAddress] {
+        let output = try namespace.ip("-o", "link", "show", "type", "macvtap")
+        return output.split(separator: "\n").compactMap { line in
+            guard let range = line.range(of: "link/ether ") else { return nil }
+            return MACAddress(String(line[range.upperBound...].prefix(17)))
+        }
+    }
+
+    /// Echoes from the bridge to `target` (default: the guest's usual address 10.99.0.2).
+    public func pinger(target: String = "10.99.0.2") throws -> ICMPPinger {
+        try ICMPPinger(target: target, in: namespace)
+    }
+
+    // MARK: macvtapd
+
+    public func writeConfig(_ yaml: String) throws {
+        // Write and rename: the daemon watches the directory and must never read half a file.
+        try directory.write("macvtapd.yaml.new", yaml)
+        guard rename(directory.path + "/macvtapd.yaml.new", configPath) == 0 else {
+            throw ChildError("rename to \(configPath): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    /// A config with the guest as VM `guest`, binding each NIC to a host interface, `extra` lines
+    /// (e.g. `announce: false`) on every NIC.
+    public func writeConfig(bindings: [(nic: String, lower: String)], link: String = "follow", extra: [String] = [])
+        throws
+    {
+        var yaml = "version: 1\ndefaults:\n  link: \(link)\nvms:\n  guest:\n    qmp: \(vm.qmpSocketPath)\n    nics:\n"
+        for binding in bindings {
+            yaml += "      \(binding.nic):\n        host: \(binding.lower)\n"
+            for line in extra { yaml += "        \(line)\n" }
+        }
+        try writeConfig(yaml)
+    }
+
+    /// `macvtapd run` inside the namespace; stop it with `stop()`.
+    public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
+        try BackgroundProcess.start(
+            "/usr/sbin/ip",
+            [
+                "netns", "exec", namespace.name, binary, "run", "-c", configPath, "--device-dir",
+                directory.path + "/dev", "--status-file", statusPath, "--metrics-file", "", "--qmp-timeout", "3",
+            ] + arguments,
+            logPath: directory.path + "/daemon.log")
+    }
+
+    public func status() throws -> StatusDocument? {
+        guard let data = FileManager.default.contents(atPath: statusPath) else { return nil }
+        return try JSONDecoder().decode(StatusDocument.self, from: data)
+    }
+
+    /// Waits until every binding in the status file has `phase`.
+    public func waitForPhase(_ phase: Phase, bindings: Int, timeout: Duration = .seconds(15)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let document = try? status(), document.bindings.count == bindings,
+                document.bindings.allSatisfy({ $0.phase == phase })
+            {
+                return
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        throw ChildError("bindings not \(phase.rawValue) within \(timeout): \(String(describing: try? status()))")
+    }
+}
