@@ -538,12 +538,12 @@ public actor Controller {
     // MARK: - Status
 
     /// Coalesces status writes: a flap touching a hundred bindings on forty VMs changes status after
-    /// every VM's reconcile, and one write per 20 ms says the same as forty.
+    /// every VM's reconcile, and one write per 5 ms says the same as a burst of them.
     private func writeStatusIfChanged() {
         guard statusDirty, !statusWriteScheduled else { return }
         statusWriteScheduled = true
         Task {
-            try? await Task.sleep(for: .milliseconds(20))
+            try? await Task.sleep(for: .milliseconds(5))
             self.flushStatus()
         }
     }

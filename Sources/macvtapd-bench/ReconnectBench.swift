@@ -81,10 +81,10 @@ struct ReconnectBench: AsyncParsableCommand {
                     if case .deleted(let link) = event { return link.name == "up0" }
                     return false
                 }
-                let detached = try await waitUntil(timeout: .seconds(10)) {
+                let detached = try await waitUntil(timeout: .seconds(10), every: .milliseconds(1)) {
                     backendIDs(try await qmp.networkInfo(), nic: "nic0").isEmpty
                 }
-                let linkDown = await waitUntil(timeout: .seconds(10)) {
+                let linkDown = await waitUntil(timeout: .seconds(10), every: .milliseconds(1)) {
                     (try? sandbox.status())?.bindings.first?.guestLink == false
                 }
                 guard let detached, let linkDown else { throw ChildError("not detached: \(daemon.log())") }
@@ -98,7 +98,7 @@ struct ReconnectBench: AsyncParsableCommand {
                     if case .added(let link) = event { return link.name == "up0" }
                     return false
                 }
-                let attached = try await waitUntil(timeout: .seconds(10)) {
+                let attached = try await waitUntil(timeout: .seconds(10), every: .milliseconds(1)) {
                     backendIDs(try await qmp.networkInfo(), nic: "nic0").count == 2
                 }
                 guard let attached else { throw ChildError("not reattached: \(daemon.log())") }
