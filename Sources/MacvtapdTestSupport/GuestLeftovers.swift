@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 
 /// VMs of test processes that died without terminating them (a crash, a kill -9): each VM's
@@ -36,8 +37,9 @@ public enum GuestLeftovers {
         }
     }
 
+    /// Removes the VM directory and whatever QEMU and the fixture left in it (logs, sockets, pid).
     static func removeDirectory(_ directory: String) {
-        for name in ["console.log", "qemu.log", "qmp.sock", "qemu.pid"] {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] {
             unlink(directory + "/" + name)
         }
         rmdir(directory)
