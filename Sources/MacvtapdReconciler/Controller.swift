@@ -15,7 +15,9 @@ public actor Controller {
         /// Retry delay after a binding's first failure; doubles per failure up to `backoffCap`.
         public var backoffBase: Duration
         public var backoffCap: Duration
-        /// Reconnect delay to a VM's QMP socket; doubles per failed attempt up to `reconnectCap`.
+        /// Reconnect delay to a VM's QMP socket; doubles per failed attempt up to `reconnectCap`. The cap
+        /// is short because a failed attempt on a missing socket costs one syscall, and it bounds how
+        /// long a restarted VM waits for its backends.
         public var reconnectBase: Duration
         public var reconnectCap: Duration
         /// Where to write the Prometheus textfile; nil writes none.
@@ -24,7 +26,7 @@ public actor Controller {
         public init(
             resyncInterval: Duration = .seconds(30), useLinkEvents: Bool = true,
             backoffBase: Duration = .milliseconds(500), backoffCap: Duration = .seconds(30),
-            reconnectBase: Duration = .milliseconds(100), reconnectCap: Duration = .seconds(5),
+            reconnectBase: Duration = .milliseconds(100), reconnectCap: Duration = .seconds(1),
             metricsPath: String? = nil
         ) {
             self.metricsPath = metricsPath
