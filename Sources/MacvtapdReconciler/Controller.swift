@@ -84,6 +84,7 @@ public actor Controller {
     private var statusDirty = false
     private var statusEncoder = IncrementalStatusEncoder()
     private var statusWriteScheduled = false
+    private var finished = false
     /// Called after every reconcile pass that changed status (e.g. to refresh sd_notify STATUS=).
     private var onStatusChange: (@Sendable ([BindingStatus]) -> Void)?
 
@@ -202,6 +203,8 @@ public actor Controller {
         sessions = [:]
         connections = [:]
         writeStatus()
+        // The last word: a coalesced write still pending must not land after the daemon stopped.
+        finished = true
     }
 
     private func takeDirty() -> [String] {
@@ -552,7 +555,7 @@ public actor Controller {
 
     private func flushStatus() {
         statusWriteScheduled = false
-        if statusDirty { writeStatus() }
+        if statusDirty && !finished { writeStatus() }
     }
 
     private func writeMetrics() {
