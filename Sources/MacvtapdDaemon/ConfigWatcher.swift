@@ -1,3 +1,4 @@
+import MacvtapdReconciler
 import Synchronization
 
 #if canImport(Glibc)
@@ -169,11 +170,4 @@ private final class WatchLoop: Sendable {
 struct WatchError: Error, CustomStringConvertible {
     var description: String
     init(_ description: String) { self.description = description }
-}
-
-extension Duration {
-    var milliseconds: Double {
-        let (seconds, attoseconds) = components
-        return Double(seconds) * 1000 + Double(attoseconds) / 1e15
-    }
 }

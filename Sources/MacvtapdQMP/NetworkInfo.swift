@@ -89,6 +89,11 @@ public struct NetworkInfo: Hashable, Sendable {
     }
 
     public func hub(_ id: Int) -> Hub? { hubs.first { $0.id == id } }
+
+    /// Every netdev id QEMU lists: hub ports, the netdevs behind them, and standalone netdevs.
+    public var netdevIDs: [String] {
+        hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } } + standaloneNetdevs.map(\.id)
+    }
     public func nic(_ id: String) -> NIC? { nics.first { $0.id == id } }
 
     /// The hub a NIC's placeholder port sits on.

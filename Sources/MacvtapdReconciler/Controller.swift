@@ -158,14 +158,9 @@ public actor Controller {
     /// Every VM reconciled again from a fresh link dump.
     public func resync() async {
         let started = ContinuousClock.now
-        do {
-            let dump = try await host.links()
-            links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
-            deletedIfindexes = []
+        if await refreshLinks() {
             vmCache = [:]
             if hasDesired { resyncStarted = resyncStarted ?? started }
-        } catch {
-            logger.error("link dump failed: \(error)")
         }
         markDirty(allVMs())
     }
@@ -471,13 +466,17 @@ public actor Controller {
         vmCache[vm] = cached
     }
 
-    private func refreshLinks() async {
+    /// Replaces the link cache with a fresh dump; false when the dump failed (the cache stays).
+    @discardableResult
+    private func refreshLinks() async -> Bool {
         do {
             let dump = try await host.links()
             links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
             deletedIfindexes = []
+            return true
         } catch {
             logger.error("link dump failed: \(error)")
+            return false
         }
     }
 

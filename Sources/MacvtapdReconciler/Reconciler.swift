@@ -29,10 +29,7 @@ public struct Reconciler: Sendable {
 
     /// Observes and plans without changing anything.
     public func plan(_ desired: DesiredState) async throws -> Plan {
-        let previous = try? store.read()
-        let observation = try await observer.observe(
-            vms: VMTarget.targets(desired: desired, previous: previous),
-            guestLink: StatusBuilder.guestLinks(previous))
+        let observation = try await observe(desired, previous: try? store.read())
         await observation.closeConnections()
         return Planner.plan(desired: desired, observed: observation.state)
     }
@@ -49,9 +46,7 @@ public struct Reconciler: Sendable {
 
     func applyOnce(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) async throws -> Result {
         let previous = try? store.read()
-        let observation = try await observer.observe(
-            vms: VMTarget.targets(desired: desired, previous: previous),
-            guestLink: StatusBuilder.guestLinks(previous))
+        let observation = try await observe(desired, previous: previous)
         let plan = Planner.plan(desired: desired, observed: observation.state)
         let outcomes = await executor.execute(plan, observation: observation)
         await observation.closeConnections()
@@ -59,6 +54,12 @@ public struct Reconciler: Sendable {
             previous: previous, outcomes: outcomes, desired: desired, config: config, now: Self.now())
         try store.write(status)
         return Result(plan: plan, outcomes: outcomes, status: status)
+    }
+
+    /// The VMs the desired state names plus those the previous status still knows, and the host.
+    private func observe(_ desired: DesiredState, previous: StatusDocument?) async throws -> Observation {
+        try await observer.observe(
+            vms: VMTarget.targets(desired: desired, previous: previous), guestLink: StatusBuilder.guestLinks(previous))
     }
 
     /// Wall-clock seconds since the Unix epoch, for status timestamps.

@@ -1,5 +1,7 @@
 import Foundation
 import MacvtapdCore
+import MacvtapdReconciler
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -24,6 +26,8 @@ public final class GuestSandbox: Sendable {
     public let vm: GuestVM
     public let directory: TemporaryDirectory
     public let binary: String
+    /// The daemons `startDaemon` left running, stopped by `cleanup` if the test did not.
+    private let daemons = Mutex<[BackgroundProcess]>([])
 
     public var configPath: String { directory.path + "/macvtapd.yaml" }
     public var statusPath: String { directory.path + "/status.json" }
@@ -35,10 +39,10 @@ public final class GuestSandbox: Sendable {
         let sandbox = try await start(configuration, lowers: lowers)
         do {
             let result = try await body(sandbox)
-            sandbox.cleanup()
+            await sandbox.cleanup()
             return result
         } catch {
-            sandbox.cleanup()
+            await sandbox.cleanup()
             throw error
         }
     }
@@ -85,7 +89,9 @@ public final class GuestSandbox: Sendable {
     }
 
     /// Stops the guest, removes the namespace (its interfaces go with it) and the files.
-    public func cleanup() {
+    public func cleanup() async {
+        // The daemon first: one still running would write into the directory removed below.
+        for daemon in daemons.withLock({ $0 }) { await daemon.stop() }
         vm.terminate()
         try? namespace.delete()
         directory.remove()
@@ -176,19 +182,18 @@ public final class GuestSandbox: Sendable {
 
     /// `macvtapd run` inside the namespace; stop it with `stop()`.
     public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
-        try BackgroundProcess.start(
+        let daemon = try BackgroundProcess.start(
             "/usr/sbin/ip",
             [
                 "netns", "exec", namespace.name, binary, "run", "-c", configPath, "--device-dir",
                 directory.path + "/dev", "--status-file", statusPath, "--metrics-file", "", "--qmp-timeout", "3",
             ] + arguments,
             logPath: directory.path + "/daemon.log")
+        daemons.withLock { $0.append(daemon) }
+        return daemon
     }
 
-    public func status() throws -> StatusDocument? {
-        guard let data = FileManager.default.contents(atPath: statusPath) else { return nil }
-        return try JSONDecoder().decode(StatusDocument.self, from: data)
-    }
+    public func status() throws -> StatusDocument? { try StatusStore(path: statusPath).read() }
 
     /// Waits until every binding in the status file has `phase`.
     public func waitForPhase(_ phase: Phase, bindings: Int, timeout: Duration = .seconds(15)) async throws {

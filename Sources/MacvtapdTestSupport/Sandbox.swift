@@ -1,6 +1,7 @@
 import Foundation
 import MacvtapdCore
 import MacvtapdQMP
+import MacvtapdReconciler
 import Synchronization
 
 #if canImport(Glibc)
@@ -15,6 +16,8 @@ public final class Sandbox: Sendable {
     /// The VM; replaced by `restartQEMU()`.
     public var qemu: QEMUProcess { vm.withLock { $0 } }
     private let vm: Mutex<QEMUProcess>
+    /// The macvtapd processes `start` left running, stopped by `cleanup` if the test did not.
+    private let children = Mutex<[BackgroundProcess]>([])
     private let paused: Bool
     public let nics: [QEMUNIC]
     /// NIC id → the probe on that NIC's hub.
@@ -98,6 +101,8 @@ public final class Sandbox: Sendable {
 
     /// Stops QEMU and removes the namespace, the probes and the files. Always call it.
     public func cleanup() async {
+        // macvtapd processes first: one still running would write into the directory removed below.
+        for child in children.withLock({ $0 }) { await child.stop() }
         await qemu.terminate()
         for probe in probes.values { probe.close() }
         try? namespace.delete()
@@ -150,30 +155,34 @@ public final class Sandbox: Sendable {
 
     /// `macvtapd <command> ...` inside the namespace, with this sandbox's config, status and runtime paths.
     public func macvtapd(_ command: String, _ arguments: [String] = []) async throws -> ChildResult {
+        try await ChildProcess.run("/usr/sbin/ip", commandLine(command, arguments))
+    }
+
+    /// `macvtapd <command> ...` left running in the background (a daemon, or an apply to kill midway),
+    /// its output in `<log>` in the sandbox directory.
+    public func start(_ command: String, _ arguments: [String] = [], log: String) throws -> BackgroundProcess {
+        let process = try BackgroundProcess.start(
+            "/usr/sbin/ip", commandLine(command, arguments), logPath: directory.path + "/" + log)
+        children.withLock { $0.append(process) }
+        return process
+    }
+
+    /// Starts `macvtapd run` in the background inside the namespace; stop it with `stop(daemon:)`.
+    public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
+        try start("run", ["--metrics-file", directory.path + "/macvtapd.prom"] + arguments, log: "daemon.log")
+    }
+
+    /// `ip netns exec <namespace> macvtapd <command>` with this sandbox's config, status and device paths.
+    private func commandLine(_ command: String, _ arguments: [String]) -> [String] {
         var all = [command] + arguments
         if command != "status" && command != "validate" {
             all += ["-c", configPath, "--device-dir", deviceDirectory, "--qmp-timeout", "3"]
         }
         if command != "validate" { all += ["--status-file", statusPath] }
-        return try await ChildProcess.run("/usr/sbin/ip", ["netns", "exec", namespace.name, binary] + all)
+        return ["netns", "exec", namespace.name, binary] + all
     }
 
-    /// Starts `macvtapd run` in the background inside the namespace; stop it with `stop(daemon:)`.
-    public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
-        try BackgroundProcess.start(
-            "/usr/sbin/ip",
-            [
-                "netns", "exec", namespace.name, binary, "run", "-c", configPath, "--device-dir", deviceDirectory,
-                "--status-file", statusPath, "--metrics-file", directory.path + "/macvtapd.prom", "--qmp-timeout", "3",
-            ]
-                + arguments,
-            logPath: directory.path + "/daemon.log")
-    }
-
-    public func status() throws -> StatusDocument? {
-        guard let data = FileManager.default.contents(atPath: statusPath) else { return nil }
-        return try JSONDecoder().decode(StatusDocument.self, from: data)
-    }
+    public func status() throws -> StatusDocument? { try StatusStore(path: statusPath).read() }
 
     // MARK: Data plane
 
@@ -250,6 +259,7 @@ public final class Sandbox: Sendable {
 public final class BackgroundProcess: Sendable {
     public let pid: pid_t
     public let logPath: String
+    private let exitStatus = Mutex<Int32?>(nil)
 
     public static func start(_ executable: String, _ arguments: [String], logPath: String) throws -> BackgroundProcess {
         var actions = posix_spawn_file_actions_t()
@@ -275,20 +285,31 @@ public final class BackgroundProcess: Sendable {
 
     public func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    /// Sends `signal` and reaps the process; returns its exit status (or 128 + signal).
+    /// Sends `signal` and reaps the process; returns its exit status (or 128 + signal). Safe to call
+    /// more than once and from several tasks: the process is reaped exactly once, and a pid that
+    /// was reaped is never signalled again (it may belong to another process by then).
     @discardableResult
     public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(10)) async -> Int32 {
+        if let code = exitStatus.withLock({ $0 }) { return code }
         kill(pid, signal)
         let deadline = ContinuousClock.now + timeout
-        var status: Int32 = 0
         while ContinuousClock.now < deadline {
-            if waitpid(pid, &status, WNOHANG) == pid {
-                return status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
-            }
+            if let code = reap(blocking: false) { return code }
             try? await Task.sleep(for: .milliseconds(10))
         }
+        if let code = reap(blocking: false) { return code }
         kill(pid, SIGKILL)
-        waitpid(pid, &status, 0)
-        return 128 + SIGKILL
+        return reap(blocking: true) ?? 128 + SIGKILL
+    }
+
+    private func reap(blocking: Bool) -> Int32? {
+        exitStatus.withLock { stored in
+            if let stored { return stored }
+            var status: Int32 = 0
+            guard waitpid(pid, &status, blocking ? 0 : WNOHANG) == pid else { return nil }
+            let code = status & 0x7F == 0 ? (status >> 8) & 0xFF : 128 + (status & 0x7F)
+            stored = code
+            return code
+        }
     }
 }

@@ -5,8 +5,7 @@ import MacvtapdTestSupport
 
 /// The ids of macvtapd's netdevs for one NIC, from `info network`.
 func backendIDs(_ network: NetworkInfo, nic: String) -> [String] {
-    let ids = network.hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }
-    return (ids + network.standaloneNetdevs.map(\.id)).filter { $0.hasPrefix("mvtd.\(nic).") }
+    network.netdevIDs.filter { $0.hasPrefix("mvtd.\(nic).") }
 }
 
 /// Process accounting from /proc: CPU time and resident memory.

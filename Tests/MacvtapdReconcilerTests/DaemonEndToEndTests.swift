@@ -24,8 +24,7 @@ import Testing
 
     static func ourNetdevs(_ sandbox: Sandbox) async throws -> [String] {
         let network = try await sandbox.network()
-        let ids = network.hubs.flatMap { $0.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }
-        return (ids + network.standaloneNetdevs.map(\.id)).filter { $0.hasPrefix("mvtd.") }.sorted()
+        return network.netdevIDs.filter { $0.hasPrefix("mvtd.") }.sorted()
     }
 
     static func openFDs(_ pid: pid_t) -> Int {

@@ -26,9 +26,7 @@ import Testing
 
     /// Our netdevs in QEMU for a NIC: `mvtd.<nic>.*` ports on hubs and taps behind them or alone.
     static func backendIDs(_ network: NetworkInfo, nic: String) -> [String] {
-        let ports = network.hubs.flatMap { hub in hub.ports.flatMap { [$0.id] + ($0.peer.map { [$0.id] } ?? []) } }
-        let all = ports + network.standaloneNetdevs.map(\.id)
-        return all.filter { $0.hasPrefix("mvtd.\(nic).") }.sorted()
+        return network.netdevIDs.filter { $0.hasPrefix("mvtd.\(nic).") }.sorted()
     }
 
     @Test func applyAttachesAndFramesFlowBothWays() async throws {
@@ -145,7 +143,7 @@ import Testing
             for (round, delay) in [0, 3, 6, 10, 15, 25, 40, 60].enumerated() {
                 let swap = round % 2 == 0
                 try sandbox.writeConfig(bindings: [("nic0", swap ? "up1" : "up0"), ("nic1", swap ? "up0" : "up1")])
-                let apply = try sandbox.startApply()
+                let apply = try sandbox.start("apply", log: "apply.log")
                 try await Task.sleep(for: .milliseconds(delay))
                 await apply.stop(signal: SIGKILL)
             }
@@ -199,18 +197,5 @@ import Testing
             #expect(try sandbox.macvtaps().count == 1)
             #expect(Self.backendIDs(try await sandbox.network(), nic: "nic0").count == 2)
         }
-    }
-}
-
-extension Sandbox {
-    /// `macvtapd apply` started in the background, to be killed midway.
-    func startApply() throws -> BackgroundProcess {
-        try BackgroundProcess.start(
-            "/usr/sbin/ip",
-            [
-                "netns", "exec", namespace.name, binary, "apply", "-c", configPath, "--device-dir", deviceDirectory,
-                "--status-file", statusPath,
-            ],
-            logPath: directory.path + "/apply.log")
     }
 }
