@@ -171,19 +171,20 @@ public struct ObservedVM: Hashable, Sendable {
 
     public var name: String
     public var reachability: Reachability
-    public var running: Bool
+    /// QEMU's run state (`query-status`); `.unknown` when the VM could not be asked.
+    public var runState: RunState
     public var nics: [String: ObservedNIC]
     public var backends: [ObservedBackend]
     /// Guest carrier as macvtapd last set it; QEMU cannot be asked (DESIGN.md), so this is our record.
     public var guestLink: [String: Bool]
 
     public init(
-        name: String, reachability: Reachability, running: Bool = false, nics: [String: ObservedNIC] = [:],
+        name: String, reachability: Reachability, runState: RunState = .unknown, nics: [String: ObservedNIC] = [:],
         backends: [ObservedBackend] = [], guestLink: [String: Bool] = [:]
     ) {
         self.name = name
         self.reachability = reachability
-        self.running = running
+        self.runState = runState
         self.nics = nics
         self.backends = backends
         self.guestLink = guestLink
@@ -194,6 +195,53 @@ public struct ObservedVM: Hashable, Sendable {
     }
 
     public var isReachable: Bool { reachability == .reachable }
+    public var running: Bool { runState == .running }
+}
+
+/// QEMU's run state as `query-status` names it. A struct over the string rather than an enum:
+/// QEMU adds states, and one this build does not know is treated like `paused` (the VM is here,
+/// its backends stay as they are).
+public struct RunState: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public var rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+
+    /// Started with -S (libvirt starts every VM so): the guest has not run yet.
+    public static let prelaunch = RunState(rawValue: "prelaunch")
+    /// A destination waiting for (or receiving) an incoming migration.
+    public static let inmigrate = RunState(rawValue: "inmigrate")
+    public static let running = RunState(rawValue: "running")
+    public static let paused = RunState(rawValue: "paused")
+    /// The source during the final, stopped stage of a migration.
+    public static let finishMigrate = RunState(rawValue: "finish-migrate")
+    /// The source after a completed migration: the guest runs elsewhere now.
+    public static let postmigrate = RunState(rawValue: "postmigrate")
+    /// The guest powered off; QEMU still runs (-no-shutdown, as libvirt starts it).
+    public static let shutdown = RunState(rawValue: "shutdown")
+    /// Not observed (the monitor did not answer, or a cached observation lacks it).
+    public static let unknown = RunState(rawValue: "unknown")
+
+    public var description: String { rawValue }
+
+    /// Where the guest's frames are to be delivered, from this host's point of view.
+    public var role: MigrationRole {
+        switch self {
+        case .inmigrate: return .incoming
+        case .finishMigrate, .postmigrate: return .departed
+        default: return .resident
+        }
+    }
+}
+
+/// A VM's relation to this host during a live migration. Only a resident VM's macvtap may be up:
+/// an up macvtap is in its lower's MAC table, and co-located VMs in bridge mode would deliver the
+/// guest's frames to it even while the guest runs on another host.
+public enum MigrationRole: Hashable, Sendable {
+    /// The VM runs here, or will (prelaunch), or is paused here.
+    case resident
+    /// A destination before handover: backend ready, macvtap down, nothing announced.
+    case incoming
+    /// A source during and after handover: macvtap down, backend kept in case the migration fails.
+    case departed
 }
 
 /// Everything the planner looks at besides the desired state.

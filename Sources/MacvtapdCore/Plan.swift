@@ -8,8 +8,14 @@ public enum Phase: String, Hashable, Sendable, Codable, CaseIterable {
     case hostMissing = "HostMissing"
     /// Several interfaces match the host matcher; macvtapd does not guess.
     case hostAmbiguous = "HostAmbiguous"
-    /// The VM's QMP monitor is missing or not answering; the binding waits, nothing is torn down.
+    /// The VM's QMP monitor does not answer properly; the binding waits, nothing is torn down.
     case vmUnreachable = "VMUnreachable"
+    /// No QEMU listens on the VM's monitor: the VM does not run on this host, so it has no macvtap.
+    case vmNotRunning = "VMNotRunning"
+    /// Destination of a live migration: backend attached, macvtap held down until the VM runs here.
+    case migrating = "Migrating"
+    /// Source after a live migration handed over: macvtap down, backend kept until QEMU exits.
+    case migratedAway = "MigratedAway"
     /// The VM has no NIC with this id, or the NIC is not on a hub (or its MAC is unknown).
     case nicMissing = "NICMissing"
     /// Something macvtapd does not own stands in the way (e.g. its interface name is taken).
@@ -23,6 +29,15 @@ public enum Phase: String, Hashable, Sendable, Codable, CaseIterable {
 
     /// Phases where everything that can be done is done.
     public var isSettled: Bool { self != .pending && self != .failed }
+
+    /// Phases where a binding waits for something outside macvtapd (a host interface, a VM, a
+    /// NIC, a name): not "unchanged", and not an error either.
+    public var isWaiting: Bool {
+        switch self {
+        case .hostMissing, .hostAmbiguous, .vmNotRunning, .nicMissing, .conflict: return true
+        default: return false
+        }
+    }
 }
 
 /// The macvtap a binding wants, as the executor creates it.
@@ -34,10 +49,14 @@ public struct MacvtapSpec: Hashable, Sendable, Encodable {
     public var mac: MACAddress
     /// The ownership mark (IFLA_IFALIAS).
     public var alias: String
+    /// Created administratively up, or down (a migration destination before handover).
+    public var up: Bool
 
     public init(
-        name: String, lowerIfindex: Int32, lowerName: String, mode: MacvtapMode, mac: MACAddress, alias: String
+        name: String, lowerIfindex: Int32, lowerName: String, mode: MacvtapMode, mac: MACAddress, alias: String,
+        up: Bool = true
     ) {
+        self.up = up
         self.name = name
         self.lowerIfindex = lowerIfindex
         self.lowerName = lowerName
@@ -51,8 +70,10 @@ public struct MacvtapSpec: Hashable, Sendable, Encodable {
 public enum Action: Hashable, Sendable {
     /// RTM_NEWLINK of a macvtap on the lower, with MAC, mode and ownership mark, brought up.
     case createMacvtap(MacvtapSpec)
-    /// Bring an owned macvtap that someone set down back up.
+    /// Bring an owned macvtap up: someone set it down, or its VM now runs here (migration handover).
     case setMacvtapUp(ifindex: Int32, name: String)
+    /// Take an owned macvtap down (out of its lower's MAC table) while its VM does not run here.
+    case setMacvtapDown(ifindex: Int32, name: String)
     /// RTM_DELLINK of an owned macvtap.
     case deleteMacvtap(ifindex: Int32, name: String)
     /// Open the macvtap named `macvtap` (resolved to its ifindex when executed: it may be created by
@@ -69,7 +90,7 @@ public enum Action: Hashable, Sendable {
     /// The VM the action talks to over QMP, if any.
     public var vm: String? {
         switch self {
-        case .createMacvtap, .setMacvtapUp, .deleteMacvtap: return nil
+        case .createMacvtap, .setMacvtapUp, .setMacvtapDown, .deleteMacvtap: return nil
         case .attachBackend(let vm, _, _, _), .detachBackend(let vm, _), .setGuestLink(let vm, _, _),
             .announce(let vm, _):
             return vm
@@ -127,6 +148,10 @@ public struct BindingPlan: Hashable, Sendable {
     public var actions: [Action]
     /// The host interface the binding resolves to, when it exists.
     public var lower: String?
+    /// The guest carrier macvtapd recorded no longer holds: QEMU exited, or an incoming migration
+    /// will replace the NIC's state with the source's. The record is dropped, so the carrier is set
+    /// again once the VM runs here.
+    public var guestLinkVoid = false
 
     public init(
         key: BindingKey, isDesired: Bool = true, phase: Phase, reason: Reason, settled: Reason? = nil,
@@ -143,6 +168,20 @@ public struct BindingPlan: Hashable, Sendable {
     }
 }
 
+extension BindingPlan {
+    /// How a binding without changes stands: as desired, waiting for something outside macvtapd,
+    /// or unknown because its VM could not be observed.
+    public enum Standing: Hashable, Sendable {
+        case changing, unchanged, waiting, unknown
+    }
+
+    public var standing: Standing {
+        if !actions.isEmpty { return .changing }
+        if phase == .vmUnreachable { return .unknown }
+        return phase.isWaiting ? .waiting : .unchanged
+    }
+}
+
 /// The value `plan`, `apply --dry-run`, `apply` and the daemon all share.
 public struct Plan: Hashable, Sendable {
     public var bindings: [BindingPlan]
@@ -153,6 +192,14 @@ public struct Plan: Hashable, Sendable {
 
     public var hasChanges: Bool { bindings.contains { !$0.actions.isEmpty } }
 
-    /// Count of binding plans per change kind, for the summary line.
-    public func count(_ kind: ChangeKind) -> Int { bindings.filter { $0.change == kind }.count }
+    /// Count of binding plans per change kind, for the summary line. `.none` counts only the
+    /// bindings that are as desired: waiting and unknown ones are counted apart.
+    public func count(_ kind: ChangeKind) -> Int {
+        bindings.filter { $0.change == kind && (kind != .none || $0.standing == .unchanged) }.count
+    }
+
+    public func count(_ standing: BindingPlan.Standing) -> Int { bindings.filter { $0.standing == standing }.count }
+
+    /// Bindings whose VM could not be observed: the plan cannot say what they need.
+    public var hasUnknowns: Bool { bindings.contains { $0.standing == .unknown } }
 }

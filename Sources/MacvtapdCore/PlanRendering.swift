@@ -4,7 +4,7 @@ extension Action {
         switch self {
         case .createMacvtap, .attachBackend: return "+"
         case .deleteMacvtap, .detachBackend: return "-"
-        case .setMacvtapUp, .setGuestLink, .announce: return "~"
+        case .setMacvtapUp, .setMacvtapDown, .setGuestLink, .announce: return "~"
         }
     }
 
@@ -15,6 +15,8 @@ extension Action {
             return "create macvtap \(spec.name) on \(spec.lowerName) (mode \(spec.mode.rawValue), mac \(spec.mac))"
         case .setMacvtapUp(_, let name):
             return "bring macvtap \(name) up"
+        case .setMacvtapDown(_, let name):
+            return "take macvtap \(name) down"
         case .deleteMacvtap(let ifindex, let name):
             return "delete macvtap \(name) (ifindex \(ifindex))"
         case .attachBackend(_, let nic, let macvtap, let hub):
@@ -52,14 +54,18 @@ public enum PlanRenderer {
         return lines.joined(separator: "\n")
     }
 
-    /// `Plan: 1 to create, 0 to update, 1 to replace, 0 to destroy; 3 unchanged.` or `No changes.`
+    /// `Plan: 1 to create, 0 to update, 1 to replace, 0 to destroy; 3 unchanged, 1 waiting.`, or
+    /// `No changes: ...`. A binding whose VM did not answer is "unknown", never "unchanged": what it
+    /// needs could not be observed.
     public static func summaryLine(_ plan: Plan) -> String {
-        let unchanged = plan.count(.none)
+        var standing = "\(plan.count(.unchanged)) unchanged, \(plan.count(.waiting)) waiting"
+        let unknown = plan.count(.unknown)
+        if unknown > 0 { standing += ", \(unknown) unknown (VM not answering)" }
         guard plan.hasChanges else {
-            return "No changes. \(unchanged) binding(s) as desired or waiting."
+            return unknown > 0 ? "No changes known: \(standing)." : "No changes: \(standing)."
         }
         return "Plan: \(plan.count(.create)) to create, \(plan.count(.update)) to update, "
-            + "\(plan.count(.replace)) to replace, \(plan.count(.destroy)) to destroy; \(unchanged) unchanged."
+            + "\(plan.count(.replace)) to replace, \(plan.count(.destroy)) to destroy; \(standing)."
     }
 }
 
@@ -79,6 +85,10 @@ public struct PlanDocument: Encodable, Sendable {
         public var replace: Int
         public var destroy: Int
         public var unchanged: Int
+        /// Waiting for something outside macvtapd: a host interface, the VM to run here, a NIC.
+        public var waiting: Int
+        /// The VM did not answer: what these bindings need is not known.
+        public var unknown: Int
     }
 
     public struct Binding: Encodable, Sendable {
@@ -106,7 +116,8 @@ public struct PlanDocument: Encodable, Sendable {
         changes = plan.hasChanges
         summary = Summary(
             create: plan.count(.create), update: plan.count(.update), replace: plan.count(.replace),
-            destroy: plan.count(.destroy), unchanged: plan.count(.none))
+            destroy: plan.count(.destroy), unchanged: plan.count(.unchanged), waiting: plan.count(.waiting),
+            unknown: plan.count(.unknown))
         bindings = plan.bindings.map { binding in
             Binding(
                 vm: binding.key.vm, nic: binding.key.nic, desired: binding.isDesired, change: binding.change,
@@ -152,6 +163,10 @@ public struct ActionDocument: Encodable, Sendable {
             alias = spec.alias
         case .setMacvtapUp(let index, let macvtap):
             type = "set_macvtap_up"
+            ifindex = index
+            name = macvtap
+        case .setMacvtapDown(let index, let macvtap):
+            type = "set_macvtap_down"
             ifindex = index
             name = macvtap
         case .deleteMacvtap(let index, let macvtap):

@@ -36,7 +36,7 @@ public enum Planner {
         switch vm.reachability {
         case .reachable: break
         case .absent(let why):
-            return waiting(.vmUnreachable, "VMAbsent", "VM \(key.vm) is not running a QMP monitor: \(why)")
+            return planNotRunning(key, owned: owned, why: why)
         case .unresponsive(let why):
             return waiting(.vmUnreachable, "VMUnresponsive", "VM \(key.vm) does not answer on QMP: \(why)")
         }
@@ -67,9 +67,12 @@ public enum Planner {
         }
 
         guard let lower = candidates.first else {
-            return planHostMissing(
-                binding, backends: backends, owned: owned, recordedLink: recordedLink,
+            var plan = planHostMissing(
+                binding, backends: backends, owned: owned,
+                recordedLink: vm.runState.role == .incoming ? false : recordedLink,
                 missing: describeMissing(binding.host, host: observed.host))
+            plan.guestLinkVoid = vm.runState.role == .incoming
+            return plan
         }
 
         let name = Ownership.macvtapName(for: key)
@@ -85,6 +88,7 @@ public enum Planner {
         }
         let staleBackends = backends.filter { $0 != goodBackend }
         let staleMacvtaps = owned.filter { $0 != wanted }
+        let role = vm.runState.role
 
         // Backends go before the macvtaps they hold, so QEMU never keeps a dead fd. A changed spec is
         // the root cause when both are stale, so its reason is reported first.
@@ -94,9 +98,24 @@ public enum Planner {
             staleMacvtaps.map { describeStale($0, lower: lower, mode: binding.mode, mac: mac, host: observed.host) }
             + staleBackends.map { describeStale($0, hub: hub, host: observed.host) }
 
+        if role == .departed {
+            return planDeparted(
+                key, wanted: wanted, actions: actions, staleReasons: staleReasons, lower: lower)
+        }
+
+        // Only a VM that runs here (or is about to: prelaunch, paused) gets its macvtap up; a
+        // migration destination's stays down until handover, out of the lower's MAC table.
+        let macvtapUp = role == .resident
         var attaching = false
+        var comesUp = false
         if let wanted {
-            if !wanted.adminUp { actions.append(.setMacvtapUp(ifindex: wanted.ifindex, name: wanted.name)) }
+            if wanted.adminUp != macvtapUp {
+                actions.append(
+                    macvtapUp
+                        ? .setMacvtapUp(ifindex: wanted.ifindex, name: wanted.name)
+                        : .setMacvtapDown(ifindex: wanted.ifindex, name: wanted.name))
+                comesUp = macvtapUp
+            }
             if goodBackend == nil {
                 actions.append(.attachBackend(vm: key.vm, nic: key.nic, macvtap: wanted.name, hub: hub))
                 attaching = true
@@ -104,10 +123,19 @@ public enum Planner {
         } else {
             let spec = MacvtapSpec(
                 name: name, lowerIfindex: lower.ifindex, lowerName: lower.name, mode: binding.mode, mac: mac,
-                alias: Ownership.alias(for: key))
+                alias: Ownership.alias(for: key), up: macvtapUp)
             actions.append(.createMacvtap(spec))
             actions.append(.attachBackend(vm: key.vm, nic: key.nic, macvtap: name, hub: hub))
             attaching = true
+        }
+
+        if role == .incoming {
+            // No set_link: the incoming device state overwrites the NIC's link at handover, so the
+            // carrier is asserted once the VM runs here. No announce: the guest is not here yet.
+            var plan = planIncoming(
+                key, actions: actions, attaching: attaching, staleReasons: staleReasons, lower: lower)
+            plan.guestLinkVoid = true
+            return plan
         }
 
         let linkUp = binding.link == .up || lower.carrier
@@ -115,9 +143,10 @@ public enum Planner {
         if attaching || linkChanges {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: linkUp))
         }
-        // The carrier comes up on a new path (a new backend, or a lower whose carrier returned, which
-        // a switch may have flushed the MAC from). Not on adoption (recorded link unknown): nothing moved.
-        if binding.announce && linkUp && (attaching || recordedLink == false) {
+        // The carrier comes up on a new path (a new backend, a macvtap brought up at a migration's
+        // handover, or a lower whose carrier returned, which a switch may have flushed the MAC from).
+        // Not on adoption (recorded link unknown): nothing moved.
+        if binding.announce && linkUp && (attaching || comesUp || recordedLink == false) {
             actions.append(.announce(vm: key.vm, nic: key.nic))
         }
 
@@ -137,12 +166,69 @@ public enum Planner {
         } else if attaching {
             change = .create
             reason = Reason("HostPresent", "host \(lower.name) is present and NIC \(key.nic) has no backend")
+        } else if let wanted, comesUp {
+            change = .update
+            reason =
+                staleReasons.first
+                ?? Reason("VMRunsHere", "VM \(key.vm) runs here; macvtap \(wanted.name) comes up on \(lower.name)")
         } else {
             change = .update
             reason = staleReasons.first ?? describeLinkChange(recorded: recordedLink, up: linkUp, lower: lower)
         }
         return BindingPlan(
             key: key, phase: phase, reason: reason, settled: settled, change: change, actions: actions,
+            lower: lower.name)
+    }
+
+    /// No QEMU listens on the monitor: the VM is not running on this host (shut down, never started
+    /// here, or moved away). Nothing holds the macvtaps' fds, and an up macvtap would keep the
+    /// guest's MAC in its lower's table, so co-located VMs could never reach the guest elsewhere.
+    static func planNotRunning(_ key: BindingKey, owned: [ObservedLink], why: String) -> BindingPlan {
+        let actions = owned.sorted { $0.ifindex < $1.ifindex }.map {
+            Action.deleteMacvtap(ifindex: $0.ifindex, name: $0.name)
+        }
+        let message = "VM \(key.vm) is not running on this host (\(why))"
+        var plan = BindingPlan(
+            key: key, phase: .vmNotRunning,
+            reason: Reason("VMNotRunning", actions.isEmpty ? message : message + "; its macvtap goes"),
+            settled: Reason("VMNotRunning", message), change: actions.isEmpty ? .none : .destroy, actions: actions)
+        // The next QEMU starts with its NIC's carrier up, whatever was set on this one.
+        plan.guestLinkVoid = true
+        return plan
+    }
+
+    /// A migration destination: backend ready on a macvtap held down, no carrier or announce yet.
+    static func planIncoming(
+        _ key: BindingKey, actions: [Action], attaching: Bool, staleReasons: [Reason], lower: ObservedLink
+    ) -> BindingPlan {
+        let settled = Reason(
+            "MigrationIncoming", "destination ready on \(lower.name), macvtap held down until the VM runs here")
+        let change: ChangeKind =
+            actions.isEmpty ? .none : attaching ? (staleReasons.isEmpty ? .create : .replace) : .update
+        return BindingPlan(
+            key: key, phase: .migrating, reason: actions.isEmpty ? settled : staleReasons.first ?? settled,
+            settled: settled, change: change, actions: actions, lower: lower.name)
+    }
+
+    /// A migration source during or after handover: the guest runs elsewhere now, so the macvtap
+    /// goes down (co-located VMs then reach it through the wire) but the backend stays: a failed or
+    /// cancelled migration resumes the guest here.
+    static func planDeparted(
+        _ key: BindingKey, wanted: ObservedLink?, actions: [Action], staleReasons: [Reason], lower: ObservedLink
+    ) -> BindingPlan {
+        var actions = actions
+        if let wanted, wanted.adminUp {
+            actions.append(.setMacvtapDown(ifindex: wanted.ifindex, name: wanted.name))
+        }
+        let settled = Reason(
+            "MigratedAway", "VM handed over to another host; macvtap on \(lower.name) held down until QEMU exits")
+        let tearsDown = actions.contains {
+            if case .setMacvtapDown = $0 { return false }
+            return true
+        }
+        return BindingPlan(
+            key: key, phase: .migratedAway, reason: actions.isEmpty ? settled : staleReasons.first ?? settled,
+            settled: settled, change: actions.isEmpty ? .none : tearsDown ? .destroy : .update, actions: actions,
             lower: lower.name)
     }
 

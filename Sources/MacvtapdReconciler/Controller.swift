@@ -2,10 +2,14 @@ import Logging
 import MacvtapdCore
 
 /// The daemon's control loop, in the shape of a Kubernetes controller: triggers (link events, QMP
-/// events, config changes, a periodic resync) only mark VMs dirty; a worker reconciles each dirty
-/// VM's bindings from fresh observations, one reconcile per VM at a time and VMs concurrently, and
-/// retries failed bindings with per-binding exponential backoff. Nothing here tears down because a
-/// config was invalid or a VM did not answer.
+/// events, config changes, a periodic resync) only mark VMs dirty in the work queue; a worker
+/// reconciles each dirty VM's bindings from the link cache and the VM's session, one reconcile per
+/// VM at a time and VMs concurrently, and retries failed bindings with per-binding backoff.
+/// Nothing here tears down because a config was invalid or a VM did not answer.
+///
+/// The parts, each in its own file: `LinkCache` (the informer's cache of links), `VMSession` (one
+/// VM's QMP session, cached observation and run state), `WorkQueue` (dirty set, in-flight set,
+/// backoff) and `StatusWriter` (status document and metrics).
 public actor Controller {
     public struct Options: Sendable {
         /// Full resync: a fresh link dump and every VM reconciled, repairing whatever an event missed.
@@ -42,69 +46,27 @@ public actor Controller {
     let host: any HostDriver
     let connector: any VMConnector
     let executor: Executor
-    let store: StatusStore?
     let logger: Logger
     let options: Options
     public let metrics = Metrics()
 
-    private var desired = DesiredState()
+    var desired = DesiredState()
     /// `desired.bindings`, kept because every link event scans it.
     private var bindings: [NICBinding] = []
     /// False until a valid configuration arrives: without one, macvtapd does not know what is
     /// wanted, so it changes nothing (an empty desired state would tear everything down).
     private var hasDesired = false
     private var config: StatusDocument.ConfigStatus?
-    /// The link cache: a full dump, then kept current by link events and by our own changes.
-    private var links: [Int32: ObservedLink] = [:] {
-        didSet { hostSnapshot = nil }
-    }
-    /// `links` as the planner takes them, built once per change of the cache, not per VM.
-    private var hostSnapshot: ObservedHost?
-
-    private func observedHost() -> ObservedHost {
-        if let hostSnapshot { return hostSnapshot }
-        let built = ObservedHost(links: Array(links.values))
-        hostSnapshot = built
-        return built
-    }
-    /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
-    /// ifindex in a namespace, so a link our executor created and an event already deleted (while
-    /// the reconcile that created it was still running) is never put back into the cache.
-    private var deletedIfindexes: Set<Int32> = []
-    private var sessions: [String: Session] = [:]
-    private var statuses: [BindingKey: BindingStatus] = [:]
-    private var retries: [BindingKey: Retry] = [:]
-    private var dirty: Set<String> = []
-    private var reconciling: Set<String> = []
-    private var stopping = false
+    private var links = LinkCache()
+    var sessions: [String: VMSession] = [:]
+    var statuses: [BindingKey: BindingStatus] = [:]
+    var queue: WorkQueue
+    private var writer: StatusWriter
+    var stopping = false
     /// When the resync in progress started; cleared once every VM it marked was reconciled.
     private var resyncStarted: ContinuousClock.Instant?
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
-    private var statusDirty = false
-    private var statusEncoder = IncrementalStatusEncoder()
-    private var statusWriteScheduled = false
-    private var finished = false
-    /// Called after every reconcile pass that changed status (e.g. to refresh sd_notify STATUS=).
-    private var onStatusChange: (@Sendable ([BindingStatus]) -> Void)?
-
-    struct Retry {
-        var failures: Int
-        var notBefore: ContinuousClock.Instant
-    }
-
-    /// The task that keeps one VM's QMP session alive, and the socket it uses.
-    struct Session {
-        var qmp: String
-        var task: Task<Void, Never>
-    }
-    private var connections: [String: any VMConnection] = [:]
-    /// What each VM's monitor last reported, kept current with the backends our executor attached
-    /// and detached, like an informer's cache: a link event re-plans a VM without asking QEMU again.
-    /// A QMP event, a session change, a failed step or a resync drops it, and the next reconcile
-    /// observes the VM afresh.
-    private var vmCache: [String: ObservedVM] = [:]
-    private var connectErrors: [String: VMConnectError] = [:]
 
     public init(
         host: any HostDriver, connector: any VMConnector, store: StatusStore?, logger: Logger,
@@ -113,9 +75,10 @@ public actor Controller {
         self.host = host
         self.connector = connector
         self.executor = Executor(host: host, logger: logger)
-        self.store = store
         self.logger = logger
         self.options = options
+        queue = WorkQueue(backoffBase: options.backoffBase, backoffCap: options.backoffCap)
+        writer = StatusWriter(store: store, metricsPath: options.metricsPath, logger: logger)
         (wakeups, wake) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -129,28 +92,29 @@ public actor Controller {
         bindings = desired.bindings
         hasDesired = true
         // What is observed depends on the config (e.g. which NICs follow the guest's MAC).
-        vmCache = [:]
+        for vm in sessions.keys { sessions[vm]?.forget() }
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
         markDirty(before.union(desired.vms.keys))
-        statusDirty = true
+        writer.dirty = true
     }
 
     /// A config load failed: keep the last good desired state, and say so in status and metrics.
     public func configRejected(path: String, errors: [String]) {
         config = StatusDocument.ConfigStatus(path: path, valid: false, errors: errors)
         metrics.configReloaded(success: false)
-        statusDirty = true
+        writer.dirty = true
         writeStatus()
     }
 
     public func setStatusObserver(_ observer: @escaping @Sendable ([BindingStatus]) -> Void) {
-        onStatusChange = observer
+        writer.onChange = observer
     }
 
     /// Adopts what a previous run recorded: guest carrier records and the QMP sockets of VMs whose
-    /// bindings were removed while the daemon was down.
+    /// bindings were removed while the daemon was down. A VM that turns out to hold nothing of ours
+    /// is forgotten after its first reconcile.
     public func restore(_ document: StatusDocument?) {
         for binding in document?.bindings ?? [] { statuses[binding.key] = binding }
     }
@@ -159,7 +123,7 @@ public actor Controller {
     public func resync() async {
         let started = ContinuousClock.now
         if await refreshLinks() {
-            vmCache = [:]
+            for vm in sessions.keys { sessions[vm]?.forget() }
             if hasDesired { resyncStarted = resyncStarted ?? started }
         }
         markDirty(allVMs())
@@ -186,43 +150,25 @@ public actor Controller {
             for await _ in wakeups {
                 if stopping { break }
                 guard hasDesired else { continue }
-                for vm in takeDirty() {
+                for vm in queue.takeReady() {
                     group.addTask { await self.reconcile(vm: vm) }
                 }
             }
             // Stop the trigger tasks; reconciles in flight run to completion.
             group.cancelAll()
         }
-        for session in sessions.values { session.task.cancel() }
-        for connection in connections.values { await connection.close() }
-        sessions = [:]
-        connections = [:]
+        await closeSessions()
         writeStatus()
         // The last word: a coalesced write still pending must not land after the daemon stopped.
-        finished = true
+        writer.finished = true
     }
 
-    private func takeDirty() -> [String] {
-        let ready = dirty.subtracting(reconciling)
-        dirty.subtract(ready)
-        reconciling.formUnion(ready)
-        return ready.sorted()
-    }
-
-    private func markDirty(_ vms: some Sequence<String>) {
-        var any = false
-        for vm in vms {
-            dirty.insert(vm)
-            any = true
-        }
-        if any { wake.yield() }
+    func markDirty(_ vms: some Sequence<String>) {
+        if queue.mark(vms) { wake.yield() }
     }
 
     private func allVMs() -> Set<String> {
-        var vms = Set(desired.vms.keys)
-        vms.formUnion(statuses.keys.map(\.vm))
-        for link in links.values { if let owner = link.owner { vms.insert(owner.vm) } }
-        return vms
+        Set(desired.vms.keys).union(statuses.keys.map(\.vm)).union(links.owningVMs)
     }
 
     private func followLinkEvents() async {
@@ -243,42 +189,18 @@ public actor Controller {
     }
 
     private func apply(_ change: LinkChange) async {
-        switch change {
-        case .resyncNeeded:
+        if change == .resyncNeeded {
             logger.warning("link notifications were lost (ENOBUFS); resyncing")
             await resync()
-        case .updated(let link):
-            guard !deletedIfindexes.contains(link.ifindex) else { return }
-            let before = links[link.ifindex]
-            links[link.ifindex] = link
-            // A change that does not touch what the planner reads (e.g. statistics) marks nothing.
-            if before != link { markDirty(vmsAffected(by: link, before: before)) }
-        case .removed(let link):
-            deletedIfindexes.insert(link.ifindex)
-            let before = links.removeValue(forKey: link.ifindex)
-            markDirty(vmsAffected(by: link, before: before))
+            return
         }
-    }
-
-    /// The VMs whose plans may change with this link: bindings that match it (now or
-    /// before), bindings whose macvtap sits on it, and the owner of a macvtap of ours.
-    private func vmsAffected(by link: ObservedLink, before: ObservedLink?) -> Set<String> {
-        var vms = Set<String>()
-        let versions = [link] + (before.map { [$0] } ?? [])
-        for version in versions {
-            if let owner = version.owner { vms.insert(owner.vm) }
+        guard let (before, changed) = links.apply(change), changed else { return }
+        switch change {
+        case .updated(let link), .removed(let link):
+            markDirty(links.vmsAffected(by: link, before: before, bindings: bindings))
+        case .resyncNeeded:
+            break
         }
-        let lowerOf = Set(links.values.filter { $0.lowerIfindex == link.ifindex }.compactMap { $0.owner?.vm })
-        vms.formUnion(lowerOf)
-        // A link udev is still naming may become any binding's host; one it just finished with may
-        // end the wait of bindings that matched nothing.
-        if versions.contains(where: { !$0.udevInitialized }) {
-            return vms.union(bindings.map(\.key.vm))
-        }
-        for binding in bindings where !vms.contains(binding.key.vm) {
-            if versions.contains(where: binding.host.matches) { vms.insert(binding.key.vm) }
-        }
-        return vms
     }
 
     private func resyncPeriodically() async {
@@ -292,153 +214,58 @@ public actor Controller {
         }
     }
 
-    // MARK: - QMP sessions
-
-    /// One session per VM that has bindings or leftovers: desired VMs, and VMs the status still
-    /// lists (bindings removed but not yet torn down).
-    private func updateSessions() {
-        var wanted: [String: String] = desired.vms.mapValues(\.qmp)
-        for status in statuses.values where wanted[status.vm] == nil {
-            if let qmp = status.qmp { wanted[status.vm] = qmp }
-        }
-        for (vm, session) in sessions where wanted[vm] != session.qmp {
-            session.task.cancel()
-            sessions[vm] = nil
-            if let connection = connections.removeValue(forKey: vm) {
-                Task { await connection.close() }
-            }
-            connectErrors[vm] = nil
-        }
-        for (vm, qmp) in wanted where sessions[vm] == nil {
-            let task = Task { await self.maintainSession(vm: vm, qmp: qmp) }
-            sessions[vm] = Session(qmp: qmp, task: task)
-        }
-    }
-
-    /// Connects, follows the VM's events, and reconnects with backoff when the session ends (VM
-    /// shut down, restarted, or not answering).
-    private func maintainSession(vm: String, qmp: String) async {
-        var failures = 0
-        while !Task.isCancelled {
-            let connection: any VMConnection
-            do {
-                connection = try await connector.connect(vm: vm, qmp: qmp)
-            } catch {
-                if connectErrors[vm] != error {
-                    logger.warning("VM \(vm) unreachable: \(error)", metadata: ["vm": "\(vm)"])
-                    connectErrors[vm] = error
-                    markDirty([vm])
-                }
-                failures += 1
-                try? await Task.sleep(for: backoff(failures, base: options.reconnectBase, cap: options.reconnectCap))
-                continue
-            }
-            if Task.isCancelled {
-                await connection.close()
-                return
-            }
-            failures = 0
-            connectErrors[vm] = nil
-            connections[vm] = connection
-            vmCache[vm] = nil
-            logger.info("QMP session with VM \(vm) established", metadata: ["vm": "\(vm)"])
-            markDirty([vm])
-            for await event in connection.events {
-                logger.debug("VM \(vm) event \(event)", metadata: ["vm": "\(vm)"])
-                vmCache[vm] = nil
-                markDirty([vm])
-            }
-            vmCache[vm] = nil
-            if connections[vm] === connection {
-                connections[vm] = nil
-                connectErrors[vm] = .absent("QMP session closed")
-            }
-            await connection.close()
-            markDirty([vm])
-        }
-    }
-
-    private func dropConnection(vm: String, because error: any Error) async {
-        vmCache[vm] = nil
-        guard let connection = connections.removeValue(forKey: vm) else { return }
-        connectErrors[vm] = .unresponsive("\(error)")
-        logger.warning("VM \(vm) stopped answering: \(error)", metadata: ["vm": "\(vm)"])
-        // Closing ends the session's event stream, so maintainSession reconnects.
-        await connection.close()
-    }
-
     // MARK: - Reconcile
 
     private func reconcile(vm: String) async {
         defer {
-            reconciling.remove(vm)
-            if dirty.contains(vm) { wake.yield() }
+            if queue.done(vm) { wake.yield() }
             writeStatusIfChanged()
             finishResyncIfDrained()
         }
         let clock = ContinuousClock()
         let started = clock.now
+        let resumedAt = sessions[vm]?.takeResumedAt()
 
-        var observedVM: ObservedVM
-        if let cached = vmCache[vm], connections[vm] != nil {
-            observedVM = cached
-        } else if let connection = connections[vm] {
-            do {
-                observedVM = try await connection.observe(vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
-                vmCache[vm] = observedVM
-            } catch {
-                await dropConnection(vm: vm, because: error)
-                observedVM = ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
-            }
-        } else if let error = connectErrors[vm] {
-            switch error {
-            case .absent(let why): observedVM = .absent(vm, why)
-            case .unresponsive(let why): observedVM = ObservedVM(name: vm, reachability: .unresponsive(why))
-            }
-        } else if sessions[vm] != nil {
-            observedVM = ObservedVM(name: vm, reachability: .unresponsive("QMP session not established yet"))
-        } else {
-            observedVM = .absent(vm, "no QMP socket is known for this VM")
-        }
+        var observedVM = await observe(vm: vm)
         for (key, status) in statuses where key.vm == vm {
             if let up = status.guestLink { observedVM.guestLink[key.nic] = up }
         }
 
-        let observed = ObservedState(host: observedHost(), vms: [vm: observedVM])
+        let observed = ObservedState(host: links.host(), vms: [vm: observedVM])
         let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
         let planned = clock.now
-        let now = planned
         var due: [BindingPlan] = []
         var rescheduleAt: ContinuousClock.Instant?
         for binding in plan.bindings where binding.key.vm == vm {
-            if let retry = retries[binding.key], retry.notBefore > now, !binding.actions.isEmpty {
-                rescheduleAt = min(rescheduleAt ?? retry.notBefore, retry.notBefore)
+            if let notBefore = queue.notBefore(binding.key), notBefore > planned, !binding.actions.isEmpty {
+                rescheduleAt = min(rescheduleAt ?? notBefore, notBefore)
                 continue
             }
             due.append(binding)
         }
 
-        let connection = connections[vm]
+        let connection = sessions[vm]?.connection
         var outcomes: [BindingOutcome] = []
         for binding in due {
             if binding.actions.isEmpty {
                 outcomes.append(BindingOutcome(plan: binding))
                 continue
             }
-            let outcome = await executor.execute(
-                binding, host: observed.host, connection: connection)
-            for link in outcome.createdLinks where !deletedIfindexes.contains(link.ifindex) {
-                links[link.ifindex] = links[link.ifindex] ?? link
+            let outcome = await executor.execute(binding, host: observed.host, connection: connection)
+            links.follow(outcome)
+            sessions[vm]?.follow(outcome)
+            if let resumedAt, outcome.adminChanges.contains(where: \.up) {
+                let share = clock.now - resumedAt
+                metrics.handedOver(duration: share)
+                logger.info(
+                    "handover: macvtap up \(share.milliseconds) ms after RESUME",
+                    metadata: ["binding": "\(binding.key)", "handover_ms": "\(share.milliseconds)"])
             }
-            for index in outcome.deletedLinks {
-                links[index] = nil
-                deletedIfindexes.insert(index)
-            }
-            followInCache(vm: vm, outcome)
             outcomes.append(outcome)
         }
         let executed = clock.now
         record(outcomes)
+        forgetIfNothingLeft(vm: vm, planned: Set(plan.bindings.map(\.key)))
         let actions = outcomes.reduce(0) { $0 + $1.plan.actions.count }
         logger.debug(
             "reconciled: observe+plan \((planned - started).milliseconds) ms, execute \((executed - planned).milliseconds) ms, \(actions) action(s)",
@@ -450,29 +277,46 @@ public actor Controller {
         }
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
-        if outcomes.contains(where: { $0.plan.isDesired == false && $0.succeeded }) { updateSessions() }
     }
 
-    /// Applies what the executor did to the VM's cached observation, or drops the cache when a step
-    /// failed (what QEMU holds is then unknown).
-    private func followInCache(vm: String, _ outcome: BindingOutcome) {
-        guard outcome.succeeded, var cached = vmCache[vm] else {
-            vmCache[vm] = nil
-            return
+    /// The VM as its session knows it: cached, asked now, or why it cannot be asked.
+    private func observe(vm: String) async -> ObservedVM {
+        guard let session = sessions[vm] else {
+            return .absent(vm, "no QMP socket is known for this VM")
         }
-        let detached = Set(outcome.detachedBackends)
-        cached.backends.removeAll { detached.contains($0.ids) }
-        cached.backends += outcome.attachedBackends
-        vmCache[vm] = cached
+        switch session.source(vm: vm) {
+        case .cached(let cached, _):
+            return cached
+        case .unreachable(let observed):
+            return observed
+        case .live(let connection):
+            do {
+                let observed = try await connection.observe(
+                    vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
+                if sessions[vm]?.connection === connection { sessions[vm]?.observed(observed) }
+                return observed
+            } catch {
+                await dropConnection(vm: vm, because: error)
+                return ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
+            }
+        }
+    }
+
+    /// The status document keeps only VMs that are desired or still hold something of ours: a VM
+    /// an old config named, whose leftovers are gone, is forgotten with its session.
+    private func forgetIfNothingLeft(vm: String, planned: Set<BindingKey>) {
+        guard desired.vms[vm] == nil else { return }
+        let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) }
+        for key in leftovers { statuses[key] = nil }
+        if !leftovers.isEmpty { writer.dirty = true }
+        if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }
     }
 
     /// Replaces the link cache with a fresh dump; false when the dump failed (the cache stays).
     @discardableResult
     private func refreshLinks() async -> Bool {
         do {
-            let dump = try await host.links()
-            links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
-            deletedIfindexes = []
+            links.replace(with: try await host.links())
             return true
         } catch {
             logger.error("link dump failed: \(error)")
@@ -482,12 +326,12 @@ public actor Controller {
 
     /// A resync is done when no VM is dirty or being reconciled any more.
     private func finishResyncIfDrained() {
-        guard let started = resyncStarted, dirty.isEmpty, reconciling.isEmpty else { return }
+        guard let started = resyncStarted, queue.isDrained else { return }
         resyncStarted = nil
         let duration = ContinuousClock.now - started
         metrics.resynced(at: Reconciler.now(), duration: duration)
         logger.debug("resync done in \(duration.milliseconds) ms")
-        writeMetrics()
+        writer.writeMetrics(metrics)
     }
 
     private func record(_ outcomes: [BindingOutcome]) {
@@ -504,15 +348,13 @@ public actor Controller {
             }
             if let failure = outcome.failure {
                 metrics.failed()
-                let failures = (retries[key]?.failures ?? 0) + 1
-                let delay = backoff(failures, base: options.backoffBase, cap: options.backoffCap)
-                retries[key] = Retry(failures: failures, notBefore: ContinuousClock.now + delay)
+                let (attempt, delay) = queue.failed(key, now: ContinuousClock.now)
                 logger.warning(
-                    "reconcile failed (attempt \(failures), retry in \(delay)): \(failure)",
+                    "reconcile failed (attempt \(attempt), retry in \(delay)): \(failure)",
                     metadata: ["binding": "\(key)"])
                 scheduleRetry(vm: key.vm, at: ContinuousClock.now + delay)
             } else if !outcome.plan.actions.isEmpty {
-                retries[key] = nil
+                queue.succeeded(key)
             }
             let next = StatusBuilder.status(for: outcome, before: statuses[key], desired: desired, now: now)
             if next != statuses[key] {
@@ -522,7 +364,7 @@ public actor Controller {
                         metadata: ["binding": "\(key)"])
                 }
                 statuses[key] = next
-                statusDirty = true
+                writer.dirty = true
             }
         }
     }
@@ -534,18 +376,13 @@ public actor Controller {
         }
     }
 
-    private func backoff(_ failures: Int, base: Duration, cap: Duration) -> Duration {
-        let factor = 1 << Swift.min(failures - 1, 20)
-        return Swift.min(cap, base * factor)
-    }
-
     // MARK: - Status
 
     /// Coalesces status writes: a flap touching a hundred bindings on forty VMs changes status after
     /// every VM's reconcile, and one write per 5 ms says the same as a burst of them.
     private func writeStatusIfChanged() {
-        guard statusDirty, !statusWriteScheduled else { return }
-        statusWriteScheduled = true
+        guard writer.dirty, !writer.scheduled else { return }
+        writer.scheduled = true
         Task {
             try? await Task.sleep(for: .milliseconds(5))
             self.flushStatus()
@@ -553,31 +390,11 @@ public actor Controller {
     }
 
     private func flushStatus() {
-        statusWriteScheduled = false
-        if statusDirty && !finished { writeStatus() }
-    }
-
-    private func writeMetrics() {
-        guard let path = options.metricsPath else { return }
-        do {
-            try AtomicFile.write(Array(metrics.render().utf8), to: path)
-        } catch {
-            logger.error("cannot write metrics: \(error)")
-        }
+        writer.scheduled = false
+        if writer.dirty && !writer.finished { writeStatus() }
     }
 
     private func writeStatus() {
-        statusDirty = false
-        let bindings = currentStatus()
-        metrics.phases(bindings.map(\.phase))
-        onStatusChange?(bindings)
-        writeMetrics()
-        guard let store else { return }
-        do {
-            let bytes = try statusEncoder.encode(bindings: bindings, config: config, updated: Reconciler.now())
-            try AtomicFile.write(bytes, to: store.path)
-        } catch {
-            logger.error("cannot write status: \(error)")
-        }
+        writer.write(currentStatus(), config: config, metrics: metrics)
     }
 }

@@ -9,6 +9,7 @@ public protocol HostDriver: Sendable {
     func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink
     func deleteMacvtap(ifindex: Int32, name: String) async throws
     func setMacvtapUp(ifindex: Int32, name: String) async throws
+    func setMacvtapDown(ifindex: Int32, name: String) async throws
     /// Opens the macvtap's tap character device, lends the fd to `body`, and closes it afterwards
     /// (QEMU keeps its own copy once the fd was passed with getfd).
     func withOpenTap<T: Sendable>(

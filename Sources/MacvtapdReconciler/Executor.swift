@@ -17,6 +17,8 @@ public struct BindingOutcome: Sendable {
     /// Links this run created and deleted, so a cache can follow without waiting for events.
     public var createdLinks: [ObservedLink] = []
     public var deletedLinks: [Int32] = []
+    /// Macvtaps this run brought up (true) or took down (false), by ifindex.
+    public var adminChanges: [(ifindex: Int32, up: Bool)] = []
     /// Backends this run attached and detached, so a cache of the VM can follow.
     public var attachedBackends: [ObservedBackend] = []
     public var detachedBackends: [Ownership.BackendIDs] = []
@@ -84,6 +86,10 @@ public struct Executor: Sendable {
                     outcome.createdLinks.append(link)
                 case .setMacvtapUp(let ifindex, let name):
                     try await host.setMacvtapUp(ifindex: ifindex, name: name)
+                    outcome.adminChanges.append((ifindex, true))
+                case .setMacvtapDown(let ifindex, let name):
+                    try await host.setMacvtapDown(ifindex: ifindex, name: name)
+                    outcome.adminChanges.append((ifindex, false))
                 case .deleteMacvtap(let ifindex, let name):
                     try await host.deleteMacvtap(ifindex: ifindex, name: name)
                     outcome.deletedLinks.append(ifindex)

@@ -18,6 +18,8 @@ public final class Metrics: Sendable {
         var reloadFailures = 0
         var lastResync: Double?
         var lastResyncDuration: Double?
+        var handovers = 0
+        var handoverSum = 0.0
     }
     private let state = Mutex(State())
 
@@ -25,6 +27,14 @@ public final class Metrics: Sendable {
 
     func reconciled(duration: Duration) { state.withLock { $0.reconciles += 1 } }
     func failed() { state.withLock { $0.failures += 1 } }
+
+    /// A migration handover: RESUME received → macvtap up.
+    func handedOver(duration: Duration) {
+        state.withLock { state in
+            state.handovers += 1
+            state.handoverSum += duration.milliseconds / 1000
+        }
+    }
     func resynced(at time: Double, duration: Duration) {
         state.withLock { state in
             state.lastResync = time
@@ -95,6 +105,10 @@ public final class Metrics: Sendable {
             "macvtapd_last_resync_duration_seconds", "gauge",
             "How long the last full resync took: link dump to every VM reconciled.",
             [("", String(state.lastResyncDuration ?? 0))])
+        metric(
+            "macvtapd_handover_duration_seconds", "summary",
+            "Live-migration handovers: RESUME received to the VM's macvtap up.",
+            [("_sum", String(state.handoverSum)), ("_count", String(state.handovers))])
         return lines.joined(separator: "\n") + "\n"
     }
 }

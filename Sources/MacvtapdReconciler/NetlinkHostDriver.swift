@@ -24,7 +24,7 @@ public struct NetlinkHostDriver: HostDriver {
                 try socket.createMacvtap(
                     MacvtapConfiguration(
                         name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
-                        alias: spec.alias, up: true)))
+                        alias: spec.alias, up: spec.up)))
         } catch let error as NetlinkError where error.isNoSuchDevice || error.isAlreadyExists {
             // The lower vanished, or the name is taken since the observation: re-plan.
             throw StaleObservation("\(error)")
@@ -47,8 +47,16 @@ public struct NetlinkHostDriver: HostDriver {
     }
 
     public func setMacvtapUp(ifindex: Int32, name: String) async throws {
+        try setAdministrativeState(up: true, ifindex: ifindex)
+    }
+
+    public func setMacvtapDown(ifindex: Int32, name: String) async throws {
+        try setAdministrativeState(up: false, ifindex: ifindex)
+    }
+
+    private func setAdministrativeState(up: Bool, ifindex: Int32) throws {
         do {
-            try socket.setUp(true, index: ifindex)
+            try socket.setUp(up, index: ifindex)
         } catch let error as NetlinkError where error.isNoSuchDevice {
             throw StaleObservation("\(error)")
         }

@@ -65,7 +65,7 @@ final class QMPVMConnection: VMConnection {
             nics[nic.id] = observed
         }
         return ObservedVM(
-            name: vm, reachability: .reachable, running: status.running, nics: nics,
+            name: vm, reachability: .reachable, runState: RunState(rawValue: status.status), nics: nics,
             backends: Self.backends(in: network))
     }
 

@@ -102,8 +102,10 @@ public enum StatusBuilder {
             vm: plan.key.vm, nic: plan.key.nic, phase: phase, reason: plan.settled.code,
             message: plan.settled.message, since: before?.phase == phase ? before!.since : now,
             attempts: 0, lastError: before?.lastError, lower: plan.lower,
-            macvtap: phase == .attached || phase == .noCarrier ? Ownership.macvtapName(for: plan.key) : nil,
-            hub: desired.binding(plan.key)?.hub, guestLink: outcome.guestLinkSet ?? before?.guestLink,
+            macvtap: [.attached, .noCarrier, .migrating, .migratedAway].contains(phase)
+                ? Ownership.macvtapName(for: plan.key) : nil,
+            hub: desired.binding(plan.key)?.hub,
+            guestLink: plan.guestLinkVoid ? nil : outcome.guestLinkSet ?? before?.guestLink,
             qmp: desired.vms[plan.key.vm]?.qmp ?? before?.qmp)
         if let failure = outcome.failure {
             status.reason = "ActionFailed"

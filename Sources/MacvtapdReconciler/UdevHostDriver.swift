@@ -38,6 +38,10 @@ public struct UdevHostDriver: HostDriver {
         try await base.deleteMacvtap(ifindex: ifindex, name: name)
     }
 
+    public func setMacvtapDown(ifindex: Int32, name: String) async throws {
+        try await base.setMacvtapDown(ifindex: ifindex, name: name)
+    }
+
     public func setMacvtapUp(ifindex: Int32, name: String) async throws {
         try await base.setMacvtapUp(ifindex: ifindex, name: name)
     }

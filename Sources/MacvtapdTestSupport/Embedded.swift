@@ -70,7 +70,7 @@ public final class EmbeddedHost: HostDriver {
                 throw EmbeddedError("ENODEV")
             }
             let link = ObservedLink(
-                ifindex: state.nextIndex, name: spec.name, kind: "macvtap", mac: spec.mac,
+                ifindex: state.nextIndex, name: spec.name, kind: "macvtap", mac: spec.mac, adminUp: spec.up,
                 lowerIfindex: spec.lowerIfindex, alias: spec.alias, macvtapMode: spec.mode)
             state.nextIndex += 1
             state.links.append(link)
@@ -90,10 +90,21 @@ public final class EmbeddedHost: HostDriver {
     }
 
     public func setMacvtapUp(ifindex: Int32, name: String) async throws {
-        state.withLock { state in
-            if let index = state.links.firstIndex(where: { $0.ifindex == ifindex }) {
-                state.links[index].adminUp = true
+        try setAdministrativeState(up: true, ifindex: ifindex, name: name)
+    }
+
+    public func setMacvtapDown(ifindex: Int32, name: String) async throws {
+        try setAdministrativeState(up: false, ifindex: ifindex, name: name)
+    }
+
+    private func setAdministrativeState(up: Bool, ifindex: Int32, name: String) throws {
+        try state.withLock { state in
+            state.operations.append("\(up ? "up" : "down") \(name)")
+            guard let index = state.links.firstIndex(where: { $0.ifindex == ifindex }) else {
+                throw EmbeddedError("ENODEV")
             }
+            state.links[index].adminUp = up
+            state.announce(.updated(state.links[index]))
         }
     }
 
@@ -119,6 +130,7 @@ public final class EmbeddedVM: VMConnection {
         public var netdevs: [String: Int?] = [:]
         public var link: [String: Bool] = [:]
         public var reachable: VMConnectError? = nil
+        public var runState: RunState = .running
         public var failAttach = false
         /// Observe hangs this long, like a QEMU whose monitor stopped answering.
         public var observeDelay: Duration = .zero
@@ -159,7 +171,8 @@ public final class EmbeddedVM: VMConnection {
                 backends[ids] = backend
             }
             return ObservedVM(
-                name: vm, reachability: .reachable, running: true, nics: state.nics, backends: Array(backends.values))
+                name: vm, reachability: .reachable, runState: state.runState, nics: state.nics,
+                backends: Array(backends.values))
         }
     }
 
@@ -200,6 +213,13 @@ public final class EmbeddedVM: VMConnection {
         let (stream, continuation) = AsyncStream.makeStream(of: String.self)
         state.withLock { $0.eventContinuations.append(continuation) }
         return stream
+    }
+
+    /// QEMU sends an event (`RESUME`, `STOP`, ...) to every session.
+    public func send(event: String) {
+        state.withLock { state in
+            for continuation in state.eventContinuations { continuation.yield(event) }
+        }
     }
 
     /// QEMU quits: the monitor sends SHUTDOWN, the session ends, and the socket stops answering.

@@ -9,7 +9,9 @@ struct Apply: AsyncParsableCommand {
             Carries out the plan `macvtapd plan` shows. Every step is idempotent: a second apply right
             after the first changes nothing. A failing binding is reported with the step and the error
             while the others are still applied. Writes the status document (see --status-file).
-            Exit status: 0 all bindings applied, 1 a binding failed or the config is invalid.
+            Exit status: 0 every binding applied or waiting for something outside macvtapd (a VM not \
+            running on this host, a missing host interface); 1 a step failed, a VM's monitor did not \
+            answer (its bindings could not be planned), or the config is invalid.
             """
     )
 
@@ -40,7 +42,13 @@ struct Apply: AsyncParsableCommand {
             }
         }
         let changed = result.outcomes.filter { !$0.plan.actions.isEmpty }.count
-        print("Apply complete: \(changed - result.failures.count) binding(s) changed, \(result.failures.count) failed.")
-        if !result.failures.isEmpty { throw ExitCode(1) }
+        let unknown = result.plan.bindings.filter { $0.standing == .unknown }
+        for binding in unknown {
+            print("\(binding.key): NOT APPLIED: \(binding.reason.message)")
+        }
+        print(
+            "Apply complete: \(changed - result.failures.count) binding(s) changed, \(result.failures.count) failed, "
+                + "\(result.plan.count(.waiting)) waiting, \(unknown.count) not applied (VM not answering).")
+        if !result.failures.isEmpty || !unknown.isEmpty { throw ExitCode(1) }
     }
 }

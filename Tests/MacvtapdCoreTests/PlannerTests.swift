@@ -12,7 +12,7 @@ struct World: Sendable {
     var binding = NICBinding(key: World.key, host: .name("eth0"))
     var links: [ObservedLink] = [World.eth0, World.eth1]
     var vm = ObservedVM(
-        name: "web1", reachability: .reachable, running: true,
+        name: "web1", reachability: .reachable, runState: .running,
         nics: ["nic0": ObservedNIC(id: "nic0", mac: World.guestMAC, hub: 10)])
 
     var desired: DesiredState {
@@ -54,8 +54,10 @@ struct World: Sendable {
 func shape(_ plan: BindingPlan) -> [String] {
     plan.actions.map { action in
         switch action {
-        case .createMacvtap(let spec): return "create \(spec.lowerName) \(spec.mode.rawValue) \(spec.mac)"
+        case .createMacvtap(let spec):
+            return "create \(spec.lowerName) \(spec.mode.rawValue) \(spec.mac)\(spec.up ? "" : " down")"
         case .setMacvtapUp(let index, _): return "up \(index)"
+        case .setMacvtapDown(let index, _): return "down \(index)"
         case .deleteMacvtap(let index, _): return "delete \(index)"
         case .attachBackend(_, let nic, _, let hub): return "attach \(nic) hub \(hub)"
         case .detachBackend(_, let backend): return "detach \(backend.ids.ifindex)"
@@ -265,8 +267,8 @@ let plannerCases: [PlannerCase] = {
     downedMacvtap.links[2].adminUp = false
     cases.append(
         PlannerCase(
-            name: "owned macvtap set down is brought up", world: downedMacvtap, phase: .attached, change: .update,
-            reason: "CarrierUp", actions: ["up 42"]))
+            name: "owned macvtap set down is brought up and announced", world: downedMacvtap, phase: .attached,
+            change: .update, reason: "VMRunsHere", actions: ["up 42", "announce"]))
 
     var wrongHub = World.converged
     wrongHub.vm.backends = [World.backend(ifindex: 42, hub: 11)]
@@ -287,8 +289,118 @@ let plannerCases: [PlannerCase] = {
     absent.vm = .absent("web1", "no such file")
     cases.append(
         PlannerCase(
-            name: "absent VM waits", world: absent, phase: .vmUnreachable, change: .none, reason: "VMAbsent",
-            actions: []))
+            name: "VM not running here waits with nothing", world: absent, phase: .vmNotRunning, change: .none,
+            reason: "VMNotRunning", actions: [], messageContains: "not running on this host"))
+
+    var exited = World.converged
+    exited.vm = .absent("web1", "connection refused")
+    cases.append(
+        PlannerCase(
+            name: "QEMU gone: its macvtap is deleted", world: exited, phase: .vmNotRunning, change: .destroy,
+            reason: "VMNotRunning", actions: ["delete 42"], messageContains: "its macvtap goes"))
+
+    // MARK: Run states
+
+    var prelaunch = World()
+    prelaunch.vm.runState = .prelaunch
+    cases.append(
+        PlannerCase(
+            name: "prelaunch attaches before the guest first runs", world: prelaunch, phase: .attached,
+            change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
+
+    var paused = World.converged
+    paused.vm.runState = .paused
+    cases.append(
+        PlannerCase(
+            name: "paused by the user: nothing changes", world: paused, phase: .attached, change: .none,
+            reason: "Converged", actions: []))
+
+    var incoming = World()
+    incoming.vm.runState = .inmigrate
+    cases.append(
+        PlannerCase(
+            name: "migration destination: attached on a macvtap created down, no link, no announce",
+            world: incoming, phase: .migrating, change: .create, reason: "MigrationIncoming",
+            actions: ["create eth0 bridge 52:54:00:12:34:56 down", "attach nic0 hub 10"],
+            messageContains: "held down until the VM runs here"))
+
+    var incomingReady = World()
+    incomingReady.links.append(World.macvtap(ifindex: 42, on: World.eth0, up: false))
+    incomingReady.vm.backends = [World.backend(ifindex: 42)]
+    incomingReady.vm.runState = .inmigrate
+    cases.append(
+        PlannerCase(
+            name: "migration destination ready: nothing to do", world: incomingReady, phase: .migrating,
+            change: .none, reason: "MigrationIncoming", actions: []))
+
+    var incomingUp = incomingReady
+    incomingUp.links[2].adminUp = true
+    cases.append(
+        PlannerCase(
+            name: "migration destination with an up macvtap takes it down", world: incomingUp, phase: .migrating,
+            change: .update, reason: "MigrationIncoming", actions: ["down 42"]))
+
+    var incomingHostMissing = World()
+    incomingHostMissing.links = [World.eth1]
+    incomingHostMissing.vm.runState = .inmigrate
+    cases.append(
+        PlannerCase(
+            name: "migration destination without its host interface sets no link", world: incomingHostMissing,
+            phase: .hostMissing, change: .none, reason: "HostMissing", actions: []))
+
+    var handedOver = incomingReady
+    handedOver.vm.runState = .running
+    cases.append(
+        PlannerCase(
+            name: "handover: the macvtap comes up first, then carrier and announce", world: handedOver,
+            phase: .attached, change: .update, reason: "VMRunsHere", actions: ["up 42", "link up", "announce"]))
+
+    var handedOverQuiet = handedOver
+    handedOverQuiet.binding.announce = false
+    cases.append(
+        PlannerCase(
+            name: "handover without announce", world: handedOverQuiet, phase: .attached, change: .update,
+            reason: "VMRunsHere", actions: ["up 42", "link up"]))
+
+    for state in [RunState.finishMigrate, .postmigrate] {
+        var departing = World.converged
+        departing.vm.runState = state
+        cases.append(
+            PlannerCase(
+                name: "migration source in \(state): macvtap down, backend kept", world: departing,
+                phase: .migratedAway, change: .update, reason: "MigratedAway", actions: ["down 42"],
+                messageContains: "held down until QEMU exits"))
+    }
+
+    var departed = World.converged
+    departed.links[2].adminUp = false
+    departed.vm.runState = .postmigrate
+    cases.append(
+        PlannerCase(
+            name: "migration source after handover: nothing more", world: departed, phase: .migratedAway,
+            change: .none, reason: "MigratedAway", actions: []))
+
+    var departedNothing = World()
+    departedNothing.vm.runState = .postmigrate
+    cases.append(
+        PlannerCase(
+            name: "migration source without a backend creates nothing", world: departedNothing,
+            phase: .migratedAway, change: .none, reason: "MigratedAway", actions: []))
+
+    var resumedSource = departed
+    resumedSource.vm.runState = .running
+    cases.append(
+        PlannerCase(
+            name: "failed migration resumes the source: macvtap up again", world: resumedSource, phase: .attached,
+            change: .update, reason: "VMRunsHere", actions: ["up 42", "announce"]))
+
+    var shutdownGuest = World.converged
+    shutdownGuest.vm.runState = .shutdown
+    cases.append(
+        PlannerCase(
+            name: "guest powered off, QEMU still there: backends stay", world: shutdownGuest, phase: .attached,
+            change: .none, reason: "Converged", actions: []))
 
     var noNIC = World()
     noNIC.vm.nics = [:]

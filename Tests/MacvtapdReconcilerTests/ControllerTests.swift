@@ -139,7 +139,11 @@ import Testing
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             world.web1.shutDown()
-            #expect(await eventually { await Self.phase(controller, "web1") == .vmUnreachable })
+            #expect(await eventually { await Self.phase(controller, "web1") == .vmNotRunning })
+            #expect(
+                await eventually { !world.host.macvtaps.contains { $0.owner?.vm == "web1" } },
+                "a macvtap exists only while its VM's QEMU runs")
+            #expect(await Self.phase(controller, "db1") == .attached)
             world.web1.restart()
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             #expect(world.web1.netdevIDs.count == 2)
@@ -176,6 +180,103 @@ import Testing
             world.db1.state.withLock { $0.failAttach = false }
             #expect(await eventually { await Self.phase(controller, "db1") == .attached })
             #expect(await controller.currentStatus().first { $0.vm == "db1" }?.attempts == 0)
+        }
+    }
+
+    // MARK: - VM lifecycle and live migration
+
+    static func macvtap(_ world: Fixture, _ vm: String) -> ObservedLink? {
+        world.host.macvtaps.first { $0.owner?.vm == vm }
+    }
+
+    @Test func incomingMigrationHoldsTheMacvtapDownUntilResume() async throws {
+        let world = Fixture()
+        world.web1.state.withLock { $0.runState = .inmigrate }
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .migrating })
+            #expect(world.web1.netdevIDs.count == 2, "the backend is ready before handover")
+            #expect(Self.macvtap(world, "web1")?.adminUp == false, "out of the lower's MAC table")
+            #expect(!world.web1.calls.contains { $0.hasPrefix("link") || $0.hasPrefix("announce") })
+
+            // Handover: QEMU says RESUME; no query is needed to bring the macvtap up.
+            world.web1.state.withLock { $0.runState = .running }
+            world.web1.send(event: "RESUME")
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(Self.macvtap(world, "web1")?.adminUp == true)
+            let calls = world.web1.calls
+            #expect(calls.suffix(2) == ["link nic0 true", "announce nic0"], "carrier, then announce: \(calls)")
+            let operations = world.host.operations.filter { $0.hasPrefix("up ") || $0.hasPrefix("down ") }
+            #expect(operations.count == 1, "up once: \(operations)")
+        }
+    }
+
+    @Test func migrationSourceTakesTheMacvtapDownAndKeepsTheBackend() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            world.web1.state.withLock { $0.runState = .finishMigrate }
+            world.web1.send(event: "STOP")
+            #expect(await eventually { await Self.phase(controller, "web1") == .migratedAway })
+            #expect(Self.macvtap(world, "web1")?.adminUp == false)
+            #expect(world.web1.netdevIDs.count == 2, "kept in case the migration fails")
+
+            // A failed migration resumes the source.
+            world.web1.state.withLock { $0.runState = .running }
+            world.web1.send(event: "RESUME")
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(Self.macvtap(world, "web1")?.adminUp == true)
+
+            // A completed one: the source QEMU quits after handover, and its macvtap goes.
+            world.web1.state.withLock { $0.runState = .postmigrate }
+            world.web1.send(event: "STOP")
+            #expect(await eventually { await Self.phase(controller, "web1") == .migratedAway })
+            world.web1.shutDown()
+            #expect(await eventually { await Self.phase(controller, "web1") == .vmNotRunning })
+            #expect(Self.macvtap(world, "web1") == nil)
+        }
+    }
+
+    @Test func userPauseChangesNothing() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        try await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            let before = (world.host.operations, world.web1.calls)
+            world.web1.state.withLock { $0.runState = .paused }
+            world.web1.send(event: "STOP")
+            try await Task.sleep(for: .milliseconds(100))
+            world.web1.state.withLock { $0.runState = .running }
+            world.web1.send(event: "RESUME")
+            world.web1.send(event: "RESET")
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(await Self.phase(controller, "web1") == .attached)
+            #expect(world.host.operations == before.0)
+            #expect(world.web1.calls == before.1)
+        }
+    }
+
+    @Test func statusForgetsVMsThatAreNeitherDesiredNorHoldAnything() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        // An old status names a VM no config mentions any more, whose QEMU is long gone.
+        await controller.restore(
+            StatusDocument(
+                updated: 0, config: nil,
+                bindings: [
+                    BindingStatus(
+                        vm: "ghost", nic: "nic0", phase: .attached, reason: "Converged", message: "", since: 0,
+                        qmp: "/run/ghost.sock")
+                ]))
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(await eventually { await controller.currentStatus().allSatisfy { $0.vm != "ghost" } })
+            #expect(await controller.sessions["ghost"] == nil, "no session retried forever")
         }
     }
 }

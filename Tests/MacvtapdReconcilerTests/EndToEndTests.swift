@@ -45,7 +45,7 @@ import Testing
 
             let again = try await sandbox.macvtapd("apply")
             #expect(again.status == 0)
-            #expect(again.stdout.contains("No changes."), "a second apply changes nothing: \(again.stdout)")
+            #expect(again.stdout.contains("No changes:"), "a second apply changes nothing: \(again.stdout)")
             let plan = try await sandbox.macvtapd("plan", ["--detailed-exitcode"])
             #expect(plan.status == 0, "no changes: exit 0")
 
@@ -180,9 +180,38 @@ import Testing
             let apply = try await sandbox.macvtapd("apply")
             #expect(apply.status == 0, "waiting is not failing: \(apply.stderr)")
             let status = try #require(try sandbox.status())
-            #expect(status.binding(BindingKey(vm: "ghost", nic: "nic0"))?.phase == .vmUnreachable)
+            #expect(status.binding(BindingKey(vm: "ghost", nic: "nic0"))?.phase == .vmNotRunning)
+            #expect(apply.stdout.contains("1 waiting"), "a VM not running here waits: \(apply.stdout)")
             #expect(status.binding(BindingKey(vm: "web1", nic: "nic0"))?.phase == .attached)
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+        }
+    }
+
+    @Test func applyFailsWhenAMonitorDoesNotAnswerAndPlanSaysUnknown() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            // Accepts, never greets: what is behind it cannot be planned, so it is not "unchanged".
+            let hung = try ListeningSocket(path: sandbox.directory.path + "/hung.qmp")
+            defer { hung.close() }
+            try sandbox.writeConfig(
+                """
+                version: 1
+                vms:
+                  web1:
+                    qmp: \(sandbox.qemu.qmpSocketPath)
+                    nics:
+                      nic0: {host: up0}
+                  wedged:
+                    qmp: \(hung.path)
+                    nics:
+                      nic0: {host: up0}
+                """)
+            let apply = try await sandbox.macvtapd("apply", ["--qmp-timeout", "1"])
+            #expect(apply.status == 1, "\(apply.stdout)")
+            #expect(apply.stdout.contains("wedged/nic0: NOT APPLIED"), "\(apply.stdout)")
+            let status = try #require(try sandbox.status())
+            #expect(status.binding(BindingKey(vm: "web1", nic: "nic0"))?.phase == .attached)
+            let plan = try await sandbox.macvtapd("plan", ["--qmp-timeout", "1"])
+            #expect(plan.stdout.contains("No changes known: 1 unchanged, 0 waiting, 1 unknown"), "\(plan.stdout)")
         }
     }
 

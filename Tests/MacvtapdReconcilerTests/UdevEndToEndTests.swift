@@ -90,7 +90,7 @@ import Testing
             #expect(try sandbox.macvtaps().map(\.alias) == ["macvtapd:web1/nic0"], "exactly one macvtap")
             #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
             #expect(!(try await sandbox.frameReachesHub(from: "enp4s0", nic: "nic0", within: .milliseconds(500))))
-            #expect(try await sandbox.macvtapdWithUdev("apply").stdout.contains("No changes."))
+            #expect(try await sandbox.macvtapdWithUdev("apply").stdout.contains("No changes:"))
         }
     }
 

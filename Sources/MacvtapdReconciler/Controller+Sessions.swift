@@ -1,0 +1,86 @@
+import Logging
+import MacvtapdCore
+
+/// The controller's side of the VM sessions: which VMs have one, and the task that keeps each
+/// connected and turns its QMP events into reconciles.
+extension Controller {
+    /// One session per VM that has bindings or leftovers: desired VMs, and VMs the status still
+    /// lists (bindings removed but not yet torn down).
+    func updateSessions() {
+        var wanted: [String: String] = desired.vms.mapValues(\.qmp)
+        for status in statuses.values where wanted[status.vm] == nil {
+            if let qmp = status.qmp { wanted[status.vm] = qmp }
+        }
+        for (vm, session) in sessions where wanted[vm] != session.qmp {
+            session.task.cancel()
+            sessions[vm] = nil
+            if let connection = session.connection {
+                Task { await connection.close() }
+            }
+        }
+        for (vm, qmp) in wanted where sessions[vm] == nil {
+            let task = Task { await self.maintainSession(vm: vm, qmp: qmp) }
+            sessions[vm] = VMSession(qmp: qmp, task: task)
+        }
+    }
+
+    /// Connects, follows the VM's events, and reconnects with backoff when the session ends (VM
+    /// shut down, restarted, or not answering). A VM that is not running here is one quiet line,
+    /// then a connect attempt (one syscall) per backoff period.
+    func maintainSession(vm: String, qmp: String) async {
+        var failures = 0
+        while !Task.isCancelled {
+            let connection: any VMConnection
+            do {
+                connection = try await connector.connect(vm: vm, qmp: qmp)
+            } catch {
+                if sessions[vm]?.connectFailed(error) == true {
+                    switch error {
+                    case .absent(let why):
+                        logger.info("VM \(vm) is not running here: \(why)", metadata: ["vm": "\(vm)"])
+                    case .unresponsive(let why):
+                        logger.warning("VM \(vm) does not answer on QMP: \(why)", metadata: ["vm": "\(vm)"])
+                    }
+                    markDirty([vm])
+                }
+                failures += 1
+                try? await Task.sleep(
+                    for: WorkQueue.backoff(failures, base: options.reconnectBase, cap: options.reconnectCap))
+                continue
+            }
+            guard !Task.isCancelled, sessions[vm] != nil else {
+                await connection.close()
+                return
+            }
+            failures = 0
+            sessions[vm]?.connected(connection)
+            logger.info("QMP session with VM \(vm) established", metadata: ["vm": "\(vm)"])
+            markDirty([vm])
+            for await event in connection.events {
+                logger.debug("VM \(vm) event \(event)", metadata: ["vm": "\(vm)"])
+                sessions[vm]?.handle(event: event, at: .now)
+                markDirty([vm])
+            }
+            // QEMU closed the monitor: most likely it quit, which the reconnect (at once) confirms
+            // or refutes. Until then the VM is in doubt, and doubt tears nothing down.
+            sessions[vm]?.closed(connection, why: .unresponsive("QMP session closed; reconnecting"))
+            await connection.close()
+        }
+    }
+
+    func dropConnection(vm: String, because error: any Error) async {
+        guard let connection = sessions[vm]?.drop(because: error) else { return }
+        logger.warning("VM \(vm) stopped answering: \(error)", metadata: ["vm": "\(vm)"])
+        // Closing ends the session's event stream, so maintainSession reconnects.
+        await connection.close()
+    }
+
+    func closeSessions() async {
+        let all = sessions.values
+        sessions = [:]
+        for session in all {
+            session.task.cancel()
+            await session.connection?.close()
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import MacvtapdCore
+
+/// The controller's view of the host's links, like an informer's cache: a full dump, then kept
+/// current by link events and by the executor's own changes, so a link event re-plans without a
+/// dump. Link events decide which VMs to look at again; the planner decides what to do.
+struct LinkCache {
+    private(set) var links: [Int32: ObservedLink] = [:] {
+        didSet { snapshot = nil }
+    }
+    /// `links` as the planner takes them, built once per change of the cache, not per VM.
+    private var snapshot: ObservedHost?
+    /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
+    /// ifindex in a namespace, so a link our executor created and an event already deleted (while
+    /// the reconcile that created it was still running) is never put back into the cache.
+    private var deleted: Set<Int32> = []
+
+    mutating func host() -> ObservedHost {
+        if let snapshot { return snapshot }
+        let built = ObservedHost(links: Array(links.values))
+        snapshot = built
+        return built
+    }
+
+    /// Replaces everything with a fresh dump.
+    mutating func replace(with dump: [ObservedLink]) {
+        links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
+        deleted = []
+    }
+
+    /// Applies a link event; returns the link's previous version and whether anything the planner
+    /// reads changed (nil when the event is about a link already known to be deleted).
+    mutating func apply(_ change: LinkChange) -> (before: ObservedLink?, changed: Bool)? {
+        switch change {
+        case .resyncNeeded:
+            return nil
+        case .updated(let link):
+            guard !deleted.contains(link.ifindex) else { return nil }
+            let before = links[link.ifindex]
+            // A change that does not touch what the planner reads (e.g. statistics) changes nothing.
+            if before != link { links[link.ifindex] = link }
+            return (before, before != link)
+        case .removed(let link):
+            deleted.insert(link.ifindex)
+            return (links.removeValue(forKey: link.ifindex), true)
+        }
+    }
+
+    /// What the executor did, before the kernel's events about it arrive.
+    mutating func follow(_ outcome: BindingOutcome) {
+        for link in outcome.createdLinks where !deleted.contains(link.ifindex) {
+            links[link.ifindex] = links[link.ifindex] ?? link
+        }
+        for index in outcome.deletedLinks {
+            links[index] = nil
+            deleted.insert(index)
+        }
+        for change in outcome.adminChanges where links[change.ifindex]?.adminUp != change.up {
+            links[change.ifindex]?.adminUp = change.up
+        }
+    }
+
+    /// The VMs whose plans may change with this link: bindings that match it (now or before),
+    /// bindings whose macvtap sits on it, and the owner of a macvtap of ours.
+    func vmsAffected(by link: ObservedLink, before: ObservedLink?, bindings: [NICBinding]) -> Set<String> {
+        var vms = Set<String>()
+        let versions = [link] + (before.map { [$0] } ?? [])
+        for version in versions {
+            if let owner = version.owner { vms.insert(owner.vm) }
+        }
+        for other in links.values where other.lowerIfindex == link.ifindex {
+            if let owner = other.owner { vms.insert(owner.vm) }
+        }
+        // A link udev is still naming may become any binding's host; one it just finished with may
+        // end the wait of bindings that matched nothing.
+        if versions.contains(where: { !$0.udevInitialized }) {
+            return vms.union(bindings.map(\.key.vm))
+        }
+        for binding in bindings where !vms.contains(binding.key.vm) {
+            if versions.contains(where: binding.host.matches) { vms.insert(binding.key.vm) }
+        }
+        return vms
+    }
+
+    /// The VMs owning a macvtap of ours.
+    var owningVMs: Set<String> { Set(links.values.compactMap { $0.owner?.vm }) }
+}

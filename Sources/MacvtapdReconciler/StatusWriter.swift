@@ -1,0 +1,49 @@
+import Logging
+import MacvtapdCore
+
+/// Writes the status document and the metrics textfile for the controller. Writes are coalesced
+/// (the controller flushes at most once per short window), and a write that fails is logged, never
+/// retried in a loop: these files describe the daemon, they do not steer it.
+struct StatusWriter {
+    let store: StatusStore?
+    let metricsPath: String?
+    let logger: Logger
+    private var encoder = IncrementalStatusEncoder()
+    /// Status changed since the last write.
+    var dirty = false
+    /// A coalesced write is pending.
+    var scheduled = false
+    /// The daemon stopped: a pending write must not land after its last word.
+    var finished = false
+    /// Called with every written status (e.g. to refresh sd_notify STATUS=).
+    var onChange: (@Sendable ([BindingStatus]) -> Void)?
+
+    init(store: StatusStore?, metricsPath: String?, logger: Logger) {
+        self.store = store
+        self.metricsPath = metricsPath
+        self.logger = logger
+    }
+
+    mutating func write(_ bindings: [BindingStatus], config: StatusDocument.ConfigStatus?, metrics: Metrics) {
+        dirty = false
+        metrics.phases(bindings.map(\.phase))
+        onChange?(bindings)
+        writeMetrics(metrics)
+        guard let store else { return }
+        do {
+            let bytes = try encoder.encode(bindings: bindings, config: config, updated: Reconciler.now())
+            try AtomicFile.write(bytes, to: store.path)
+        } catch {
+            logger.error("cannot write status: \(error)")
+        }
+    }
+
+    func writeMetrics(_ metrics: Metrics) {
+        guard let metricsPath else { return }
+        do {
+            try AtomicFile.write(Array(metrics.render().utf8), to: metricsPath)
+        } catch {
+            logger.error("cannot write metrics: \(error)")
+        }
+    }
+}

@@ -1,0 +1,68 @@
+import MacvtapdCore
+
+/// The controller's work queue, in the shape of client-go's: a key is a VM; marking a VM dirty
+/// twice before it is reconciled reconciles it once; a VM is never reconciled twice at the same
+/// time (a mark that arrives during its reconcile runs it again afterwards); failed bindings wait
+/// out a per-binding exponential backoff.
+struct WorkQueue {
+    struct Retry {
+        var failures: Int
+        var notBefore: ContinuousClock.Instant
+    }
+
+    let backoffBase: Duration
+    let backoffCap: Duration
+    private var dirty: Set<String> = []
+    private var inFlight: Set<String> = []
+    private var retries: [BindingKey: Retry] = [:]
+
+    init(backoffBase: Duration, backoffCap: Duration) {
+        self.backoffBase = backoffBase
+        self.backoffCap = backoffCap
+    }
+
+    /// True when something was marked (the loop should wake).
+    @discardableResult
+    mutating func mark(_ vms: some Sequence<String>) -> Bool {
+        var any = false
+        for vm in vms {
+            dirty.insert(vm)
+            any = true
+        }
+        return any
+    }
+
+    /// The dirty VMs not being reconciled, now taken as in flight.
+    mutating func takeReady() -> [String] {
+        let ready = dirty.subtracting(inFlight)
+        dirty.subtract(ready)
+        inFlight.formUnion(ready)
+        return ready.sorted()
+    }
+
+    /// The VM's reconcile ended; true when it was marked again meanwhile.
+    mutating func done(_ vm: String) -> Bool {
+        inFlight.remove(vm)
+        return dirty.contains(vm)
+    }
+
+    var isDrained: Bool { dirty.isEmpty && inFlight.isEmpty }
+
+    /// When a failed binding may be tried again; nil when it is not backing off.
+    func notBefore(_ key: BindingKey) -> ContinuousClock.Instant? { retries[key]?.notBefore }
+
+    /// Records a failure; returns the attempt number and the delay before the next one.
+    mutating func failed(_ key: BindingKey, now: ContinuousClock.Instant) -> (attempt: Int, delay: Duration) {
+        let failures = (retries[key]?.failures ?? 0) + 1
+        let delay = Self.backoff(failures, base: backoffBase, cap: backoffCap)
+        retries[key] = Retry(failures: failures, notBefore: now + delay)
+        return (failures, delay)
+    }
+
+    mutating func succeeded(_ key: BindingKey) { retries[key] = nil }
+
+    static func backoff(_ failures: Int, base: Duration, cap: Duration) -> Duration {
+        let factor = 1 << Swift.min(failures - 1, 20)
+        return Swift.min(cap, base * factor)
+    }
+}
