@@ -93,7 +93,8 @@ public final class TwoHosts: Sendable {
 
     /// eth0 on the host, its peer a port of the switch's bridge, and the co-located client.
     private static func cable(_ host: Host, to network: NetworkNamespace) throws {
-        try host.namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", host.switchPort, "netns", network.name)
+        try host.namespace.ip(
+            "link", "add", "eth0", "type", "veth", "peer", "name", host.switchPort, "netns", network.name)
         try network.ip("link", "set", host.switchPort, "master", "br0")
         try network.ip("link", "set", host.switchPort, "up")
         try host.namespace.ip("link", "set", "eth0", "up")
