@@ -222,6 +222,10 @@ public actor Controller {
             writeStatusIfChanged()
             finishResyncIfDrained()
         }
+        // A session whose first connect is still under way knows nothing yet: planning now would
+        // flip a restarted daemon's adopted bindings to "unreachable" for an instant. Its outcome
+        // marks the VM dirty again.
+        if let session = sessions[vm], session.isConnecting { return }
         let clock = ContinuousClock()
         let started = clock.now
         let resumedAt = sessions[vm]?.takeResumedAt()

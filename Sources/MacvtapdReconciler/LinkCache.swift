@@ -33,9 +33,14 @@ struct LinkCache {
         switch change {
         case .resyncNeeded:
             return nil
-        case .updated(let link):
+        case .updated(var link):
             guard !deleted.contains(link.ifindex) else { return nil }
             let before = links[link.ifindex]
+            // The kernel takes a new macvtap's alias (our mark) in a second request and announces
+            // that change only for a link that is up: a macvtap created down (a migration
+            // destination) is announced without its mark, possibly after the executor recorded it.
+            // Keep the mark until a dump says otherwise.
+            if link.alias == nil, link.isMacvtap, let known = before?.alias { link.alias = known }
             // A change that does not touch what the planner reads (e.g. statistics) changes nothing.
             if before != link { links[link.ifindex] = link }
             return (before, before != link)
@@ -48,7 +53,12 @@ struct LinkCache {
     /// What the executor did, before the kernel's events about it arrive.
     mutating func follow(_ outcome: BindingOutcome) {
         for link in outcome.createdLinks where !deleted.contains(link.ifindex) {
-            links[link.ifindex] = links[link.ifindex] ?? link
+            if var announced = links[link.ifindex] {
+                if announced.alias == nil { announced.alias = link.alias }
+                links[link.ifindex] = announced
+            } else {
+                links[link.ifindex] = link
+            }
         }
         for index in outcome.deletedLinks {
             links[index] = nil

@@ -21,6 +21,9 @@ struct VMSession {
         self.task = task
     }
 
+    /// The first connect is under way: neither a connection nor a reason why there is none.
+    var isConnecting: Bool { connection == nil && connectError == nil }
+
     /// Where the next reconcile gets the VM from.
     enum Source {
         case cached(ObservedVM, any VMConnection)
