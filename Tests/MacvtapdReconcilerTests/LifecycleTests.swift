@@ -1,6 +1,7 @@
 import MacvtapdCore
 import MacvtapdQMP
 import MacvtapdTestSupport
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -55,6 +56,26 @@ import Testing
         }
     }
 
+    /// Runs `body` and stops every VM it launched through `launch`, even when `body` throws: a
+    /// `defer { Task { ... } }` would leave QEMUs running after the test process exits.
+    static func withVMs(_ body: (_ launch: (Bool, String?) async throws -> VMProcess) async throws -> Void)
+        async throws
+    {
+        let launched = Mutex<[VMProcess]>([])
+        func launch(paused: Bool, incoming: String?) async throws -> VMProcess {
+            let vm = try await VMProcess.launch(paused: paused, incoming: incoming)
+            launched.withLock { $0.append(vm) }
+            return vm
+        }
+        do {
+            try await body(launch)
+        } catch {
+            for vm in launched.withLock({ $0 }) { await vm.stop() }
+            throw error
+        }
+        for vm in launched.withLock({ $0 }) { await vm.stop() }
+    }
+
     static func until(_ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
         try await eventually(within: timeout, condition)
     }
@@ -91,129 +112,131 @@ import Testing
 
     @Test func startedPausedUnderSIsAttachedBeforeTheGuestFirstRuns() async throws {
         try await TwoHosts.with { hosts in
-            let vm = try await VMProcess.launch(paused: true)
-            defer { Task { await vm.stop() } }
-            try hosts.writeConfig(TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
-            let daemon = try hosts.startDaemon(on: hosts.a)
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
-            #expect(try await vm.runState() == "prelaunch", "macvtapd never starts the CPUs")
-            #expect(try await vm.ourNetdevs().count == 2)
-            #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
+            try await Self.withVMs { launch in
+                let vm = try await launch(true, nil)
+                try hosts.writeConfig(
+                    TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
+                let daemon = try hosts.startDaemon(on: hosts.a)
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
+                #expect(try await vm.runState() == "prelaunch", "macvtapd never starts the CPUs")
+                #expect(try await vm.ourNetdevs().count == 2)
+                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
 
-            let client = try await vm.monitor()
-            try await client.execute("cont")
-            await client.close()
-            #expect(try await Self.frameReaches(vm, from: hosts.a, in: hosts), "frames flow once it runs")
-            #expect(try await vm.ourNetdevs().count == 2, "nothing re-attached at cont")
-            await daemon.stop()
+                let client = try await vm.monitor()
+                try await client.execute("cont")
+                await client.close()
+                #expect(try await Self.frameReaches(vm, from: hosts.a, in: hosts), "frames flow once it runs")
+                #expect(try await vm.ourNetdevs().count == 2, "nothing re-attached at cont")
+                await daemon.stop()
+            }
         }
     }
 
     @Test func liveMigrationMovesTheMacvtapWithTheGuest() async throws {
         try await TwoHosts.with { hosts in
-            let source = try await VMProcess.launch()
-            let incoming = hosts.directory.path + "/migration.sock"
-            let destination = try await VMProcess.launch(incoming: incoming)
-            defer {
-                Task {
-                    await source.stop()
-                    await destination.stop()
-                }
+            try await Self.withVMs { launch in
+                let source = try await launch(false, nil)
+                let incoming = hosts.directory.path + "/migration.sock"
+                let destination = try await launch(false, incoming)
+                let yaml = { (qmp: String) in TwoHosts.config(vm: "web1", qmp: qmp, nics: ["nic0"]) }
+                try hosts.writeConfig(yaml(source.qemu.qmpSocketPath), on: hosts.a)
+                try hosts.writeConfig(yaml(destination.qemu.qmpSocketPath), on: hosts.b)
+                let daemonA = try hosts.startDaemon(on: hosts.a)
+                var daemonB = try hosts.startDaemon(on: hosts.b)
+
+                // Before handover: the destination is ready but holds its macvtap down.
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemonA.log())")
+                #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
+                #expect(try await destination.runState() == "inmigrate")
+                #expect(try await destination.ourNetdevs().count == 2, "backend attached while inmigrate")
+                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false], "out of b's MAC table")
+                #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
+
+                // A restarted destination daemon adopts what it made: no second macvtap, no second backend.
+                await daemonB.stop()
+                daemonB = try hosts.startDaemon(on: hosts.b, ["--log-level", "debug"])
+                // The restarted daemon's own word, not the status file its predecessor left: it has
+                // observed the VM (the session is up, a reconcile ran), so it follows the handover.
+                #expect(
+                    await Self.until {
+                        let own = daemonB.log().components(separatedBy: "configuration loaded").last ?? ""
+                        return own.contains("QMP session with VM web1 established") && own.contains("reconciled:")
+                    })
+                #expect(hosts.phase("web1", on: hosts.b) == .migrating)
+                #expect(!daemonB.log().contains("VMUnreachable"), "adoption does not flap the phase")
+                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false])
+                #expect(try await destination.ourNetdevs().count == 2)
+
+                try await Self.migrate(source, to: incoming)
+
+                // After handover: b's macvtap up and frames reach the guest there; a's down, backend kept.
+                #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .attached }, "\(daemonB.log())")
+                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [true])
+                #expect(try await Self.frameReaches(destination, from: hosts.b, in: hosts))
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .migratedAway }, "\(daemonA.log())")
+                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [false])
+                #expect(try await source.runState() == "postmigrate")
+                #expect(try await source.ourNetdevs().count == 2, "kept until the source QEMU exits")
+                #expect(daemonB.log().contains("handover: macvtap up"), "\(daemonB.log())")
+
+                // The source QEMU quits: nothing of the VM stays on host a.
+                await source.stop()
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning }, "\(daemonA.log())")
+                #expect(Self.macvtaps(hosts, hosts.a).isEmpty)
+                #expect(hosts.phase("web1", on: hosts.b) == .attached)
+                await daemonA.stop()
+                await daemonB.stop()
             }
-            let yaml = { (qmp: String) in TwoHosts.config(vm: "web1", qmp: qmp, nics: ["nic0"]) }
-            try hosts.writeConfig(yaml(source.qemu.qmpSocketPath), on: hosts.a)
-            try hosts.writeConfig(yaml(destination.qemu.qmpSocketPath), on: hosts.b)
-            let daemonA = try hosts.startDaemon(on: hosts.a)
-            var daemonB = try hosts.startDaemon(on: hosts.b)
-
-            // Before handover: the destination is ready but holds its macvtap down.
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemonA.log())")
-            #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
-            #expect(try await destination.runState() == "inmigrate")
-            #expect(try await destination.ourNetdevs().count == 2, "backend attached while inmigrate")
-            #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false], "out of b's MAC table")
-            #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
-
-            // A restarted destination daemon adopts what it made: no second macvtap, no second backend.
-            await daemonB.stop()
-            daemonB = try hosts.startDaemon(on: hosts.b, ["--log-level", "debug"])
-            // The restarted daemon's own word, not the status file its predecessor left: it has
-            // observed the VM (the session is up, a reconcile ran), so it follows the handover.
-            #expect(
-                await Self.until {
-                    let own = daemonB.log().components(separatedBy: "configuration loaded").last ?? ""
-                    return own.contains("QMP session with VM web1 established") && own.contains("reconciled:")
-                })
-            #expect(hosts.phase("web1", on: hosts.b) == .migrating)
-            #expect(!daemonB.log().contains("VMUnreachable"), "adoption does not flap the phase")
-            #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false])
-            #expect(try await destination.ourNetdevs().count == 2)
-
-            try await Self.migrate(source, to: incoming)
-
-            // After handover: b's macvtap up and frames reach the guest there; a's down, backend kept.
-            #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .attached }, "\(daemonB.log())")
-            #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [true])
-            #expect(try await Self.frameReaches(destination, from: hosts.b, in: hosts))
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .migratedAway }, "\(daemonA.log())")
-            #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [false])
-            #expect(try await source.runState() == "postmigrate")
-            #expect(try await source.ourNetdevs().count == 2, "kept until the source QEMU exits")
-            #expect(daemonB.log().contains("handover: macvtap up"), "\(daemonB.log())")
-
-            // The source QEMU quits: nothing of the VM stays on host a.
-            await source.stop()
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning }, "\(daemonA.log())")
-            #expect(Self.macvtaps(hosts, hosts.a).isEmpty)
-            #expect(hosts.phase("web1", on: hosts.b) == .attached)
-            await daemonA.stop()
-            await daemonB.stop()
         }
     }
 
     @Test func cancelledMigrationLeavesNothingOnTheDestination() async throws {
         try await TwoHosts.with { hosts in
-            let source = try await VMProcess.launch()
-            let destination = try await VMProcess.launch(incoming: hosts.directory.path + "/migration.sock")
-            defer { Task { await source.stop() } }
-            try hosts.writeConfig(
-                TwoHosts.config(vm: "web1", qmp: source.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
-            try hosts.writeConfig(
-                TwoHosts.config(vm: "web1", qmp: destination.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.b)
-            let daemonA = try hosts.startDaemon(on: hosts.a)
-            let daemonB = try hosts.startDaemon(on: hosts.b)
-            #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
-            #expect(Self.macvtaps(hosts, hosts.b).count == 1)
+            try await Self.withVMs { launch in
+                let source = try await launch(false, nil)
+                let destination = try await launch(false, hosts.directory.path + "/migration.sock")
+                try hosts.writeConfig(
+                    TwoHosts.config(vm: "web1", qmp: source.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
+                try hosts.writeConfig(
+                    TwoHosts.config(vm: "web1", qmp: destination.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.b)
+                let daemonA = try hosts.startDaemon(on: hosts.a)
+                let daemonB = try hosts.startDaemon(on: hosts.b)
+                #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
+                #expect(Self.macvtaps(hosts, hosts.b).count == 1)
 
-            // The migration is given up: the destination QEMU quits, the source runs on.
-            await destination.stop()
-            #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .vmNotRunning }, "\(daemonB.log())")
-            #expect(Self.macvtaps(hosts, hosts.b).isEmpty, "host b keeps nothing: \(daemonB.log())")
-            #expect(hosts.phase("web1", on: hosts.a) == .attached)
-            #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
-            #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
-            await daemonA.stop()
-            await daemonB.stop()
+                // The migration is given up: the destination QEMU quits, the source runs on.
+                await destination.stop()
+                #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .vmNotRunning }, "\(daemonB.log())")
+                #expect(Self.macvtaps(hosts, hosts.b).isEmpty, "host b keeps nothing: \(daemonB.log())")
+                #expect(hosts.phase("web1", on: hosts.a) == .attached)
+                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
+                #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
+                await daemonA.stop()
+                await daemonB.stop()
+            }
         }
     }
 
     @Test func aDaemonStartingBesideLeftoversOfAStoppedVMDeletesThem() async throws {
         try await TwoHosts.with { hosts in
-            let vm = try await VMProcess.launch()
-            try hosts.writeConfig(TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
-            var daemon = try hosts.startDaemon(on: hosts.a)
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
-            await daemon.stop()
+            try await Self.withVMs { launch in
+                let vm = try await launch(false, nil)
+                try hosts.writeConfig(
+                    TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
+                var daemon = try hosts.startDaemon(on: hosts.a)
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
+                await daemon.stop()
 
-            // QEMU quits while no daemon watches: the macvtap stays, up, holding the guest's MAC.
-            await vm.stop()
-            #expect(Self.macvtaps(hosts, hosts.a).count == 1)
-            daemon = try hosts.startDaemon(on: hosts.a)
-            #expect(await Self.until { Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemon.log())")
-            #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning })
-            let notRunningLines = daemon.log().split(separator: "\n").filter { $0.contains("is not running here") }
-            #expect(notRunningLines.count == 1, "one quiet line: \(notRunningLines)")
-            await daemon.stop()
+                // QEMU quits while no daemon watches: the macvtap stays, up, holding the guest's MAC.
+                await vm.stop()
+                #expect(Self.macvtaps(hosts, hosts.a).count == 1)
+                daemon = try hosts.startDaemon(on: hosts.a)
+                #expect(await Self.until { Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemon.log())")
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning })
+                let notRunningLines = daemon.log().split(separator: "\n").filter { $0.contains("is not running here") }
+                #expect(notRunningLines.count == 1, "one quiet line: \(notRunningLines)")
+                await daemon.stop()
+            }
         }
     }
 }
