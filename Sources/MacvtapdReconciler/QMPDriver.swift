@@ -41,32 +41,66 @@ final class QMPVMConnection: VMConnection {
     }
 
     func observe(vm: String, guestMACOf guestMACNICs: Set<String>) async throws -> ObservedVM {
-        // Sequential on purpose: the monitor answers one command at a time anyway, and an
-        // `async let` here crashes the Swift 6.3 optimizer (coroutine splitting) in release builds.
-        let status = try await client.queryStatus()
-        let network = try await client.networkInfo()
-        var nics: [String: ObservedNIC] = [:]
+        // The monitor answers in order, but commands need not wait for each other's replies: all of
+        // an observation is sent at once (pipelined), so it costs about one round trip, not one per
+        // command. A task group, not `async let`: the latter crashes the Swift 6.3 optimizer
+        // (coroutine splitting) in release builds.
+        let client = self.client
+        let (status, network) = try await withThrowingTaskGroup(of: Reply.self) { group in
+            group.addTask { .status(try await client.queryStatus()) }
+            group.addTask { .network(try await client.networkInfo()) }
+            var status: VMStatus?
+            var network: NetworkInfo?
+            for try await reply in group {
+                switch reply {
+                case .status(let value): status = value
+                case .network(let value): network = value
+                case .deviceMAC, .guestMAC: break
+                }
+            }
+            return (status!, network!)
+        }
         let known = deviceMACs.withLock { cache in
             // A NIC that went may come back under the same id as another device.
             cache = cache.filter { id, _ in network.nics.contains { $0.id == id } }
             return cache
         }
+        var nics: [String: ObservedNIC] = [:]
         for nic in network.nics {
-            var observed = ObservedNIC(id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id))
-            if let mac = known[nic.id] {
-                observed.deviceMAC = mac
-            } else if let mac = try? await client.nicMAC(id: nic.id) {
-                observed.deviceMAC = mac
-                deviceMACs.withLock { $0[nic.id] = mac }
+            nics[nic.id] = ObservedNIC(
+                id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id), deviceMAC: known[nic.id])
+        }
+        let unknown = network.nics.map(\.id).filter { known[$0] == nil }
+        let following = network.nics.map(\.id).filter { guestMACNICs.contains($0) }
+        try await withThrowingTaskGroup(of: Reply.self) { group in
+            for id in unknown {
+                // A device whose MAC cannot be read is planned from `info network`'s MAC instead.
+                group.addTask { .deviceMAC(id, try? await client.nicMAC(id: id)) }
             }
-            if guestMACNICs.contains(nic.id) {
-                observed.guestMAC = try await client.queryRxFilter(name: nic.id).mainMAC
+            for id in following {
+                group.addTask { .guestMAC(id, try await client.queryRxFilter(name: id).mainMAC) }
             }
-            nics[nic.id] = observed
+            for try await reply in group {
+                switch reply {
+                case .deviceMAC(let id, let mac?):
+                    nics[id]?.deviceMAC = mac
+                    deviceMACs.withLock { $0[id] = mac }
+                case .guestMAC(let id, let mac): nics[id]?.guestMAC = mac
+                case .deviceMAC, .status, .network: break
+                }
+            }
         }
         return ObservedVM(
             name: vm, reachability: .reachable, runState: RunState(rawValue: status.status), nics: nics,
             backends: Self.backends(in: network))
+    }
+
+    /// One answer of a pipelined observation.
+    private enum Reply: Sendable {
+        case status(VMStatus)
+        case network(NetworkInfo)
+        case deviceMAC(String, MACAddress?)
+        case guestMAC(String, MACAddress?)
     }
 
     /// Our backends from the hub topology: ports on hubs, and taps behind ports or standing alone

@@ -137,6 +137,41 @@ import Testing
         }
     }
 
+    @Test func periodicResyncRepairsWhatNoEventReports() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(bindings: [("nic0", "up0")])
+            // Link events off: only the resync can notice anything.
+            let daemon = try sandbox.startDaemon(["--no-events", "--resync", "1"])
+            #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
+            let attached = try await Self.ourNetdevs(sandbox)
+            #expect(attached.count == 2)
+
+            // Someone removes our backend behind the daemon's back: QEMU sends no event for it.
+            let client = try await QMPClient.connect(to: sandbox.testMonitorPath)
+            for id in attached.sorted(by: { $0.contains(".port") && !$1.contains(".port") }) {
+                try await client.deleteNetdev(id: id)
+            }
+            await client.close()
+            #expect(
+                try await Self.until(.seconds(5)) { try await Self.ourNetdevs(sandbox).count == 2 },
+                "the next resync re-attaches: \(daemon.log())")
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+
+            // And someone deletes our macvtap: no link event reaches the daemon either. The backend
+            // on its dead fd is replaced by one on a new macvtap (a new ifindex in its ids).
+            let before = try await Self.ourNetdevs(sandbox)
+            let name = try #require(try sandbox.macvtaps().first?.name)
+            try sandbox.namespace.ip("link", "del", name)
+            #expect(
+                try await Self.until(.seconds(5)) {
+                    let now = try await Self.ourNetdevs(sandbox)
+                    return try sandbox.macvtaps().count == 1 && now.count == 2 && Set(now).isDisjoint(with: before)
+                }, "recreated and re-attached: \(daemon.log())")
+            #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
+            await daemon.stop()
+        }
+    }
+
     @Test func hungQMPSocketDoesNotStopOtherVMs() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             // A socket that accepts connections but never greets: a wedged QEMU monitor.
