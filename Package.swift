@@ -70,8 +70,12 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
-            swiftSettings: strict
+            swiftSettings: strict,
+            plugins: ["BuildInfoPlugin"]
         ),
+
+        // `macvtapd --version`: VERSION plus the git commit, generated before every build.
+        .plugin(name: "BuildInfoPlugin", capability: .buildTool()),
 
         // `make bench`: measured numbers against a baseline run in the same invocation (not tests).
         .executableTarget(
@@ -119,6 +123,8 @@ let package = Package(
             ],
             swiftSettings: strict
         ),
+        // The built `macvtapd` as operators run it: usage errors, help, status, man pages, the unit.
+        .testTarget(name: "MacvtapdCLITests", dependencies: ["MacvtapdTestSupport"], swiftSettings: strict),
         .testTarget(name: "MacvtapdGuestTests", dependencies: ["MacvtapdTestSupport"], swiftSettings: strict),
         .testTarget(
             name: "MacvtapdReconcilerTests",

@@ -21,7 +21,12 @@ trap 'exit 130' INT TERM
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 in_ns() { ip netns exec "$ns" "$@"; }
-macvtapd() { in_ns "$bin" "$@" --status-file "$work/status.json" --device-dir "$work/dev"; }
+# --device-dir only for the commands that open tap devices (apply, run); plan and status only read.
+macvtapd() {
+    local extra=()
+    case "$1" in apply | run) extra=(--device-dir "$work/dev") ;; esac
+    in_ns "$bin" "$@" --status-file "$work/status.json" "${extra[@]}"
+}
 
 step "sandbox: namespace $ns with host interfaces uplink0 and uplink1 (veth pairs)"
 ip netns add "$ns"

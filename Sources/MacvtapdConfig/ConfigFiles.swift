@@ -9,7 +9,7 @@ enum ConfigFiles {
     static func read(path: String, limits: ConfigLimits) -> Result<[ConfigSource], Diagnostic> {
         var info = stat()
         guard stat(path, &info) == 0 else {
-            return .failure(Diagnostic("cannot read configuration '\(path)': \(errorText())", at: nil))
+            return .failure(Diagnostic("cannot read the configuration: \(errorText())", path: path))
         }
         switch info.st_mode & S_IFMT {
         case S_IFREG:
@@ -18,23 +18,28 @@ enum ConfigFiles {
             return directory(path, limits: limits)
         default:
             return .failure(
-                Diagnostic("configuration '\(path)' is neither a regular file nor a directory", at: nil))
+                Diagnostic(
+                    "the configuration is \(kind(info.st_mode)); it must be a regular file or a directory", path: path))
         }
     }
 
     /// The `*.yaml` and `*.yml` regular files of `directory`, hidden ones aside, in byte-wise name order.
     private static func directory(_ directory: String, limits: ConfigLimits) -> Result<[ConfigSource], Diagnostic> {
         guard let stream = opendir(directory) else {
-            return .failure(Diagnostic("cannot list configuration directory '\(directory)': \(errorText())", at: nil))
+            return .failure(Diagnostic("cannot list the configuration directory: \(errorText())", path: directory))
         }
         defer { closedir(stream) }
         var names: [String] = []
+        var skipped: [String] = []
         while let entry = readdir(stream) {
             let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
                 String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
             }
             // Editors' backup and swap files are hidden or have another suffix; they are not configuration.
-            guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else { continue }
+            guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else {
+                if name != "." && name != ".." { skipped.append(name) }
+                continue
+            }
             // A broken symlink or a directory named *.yaml is read (and reported) rather than skipped:
             // silently dropping a file would silently drop its VMs' bindings.
             names.append(name)
@@ -42,14 +47,14 @@ enum ConfigFiles {
         guard !names.isEmpty else {
             return .failure(
                 Diagnostic(
-                    "configuration directory '\(directory)' holds no *.yaml or *.yml file "
-                        + "(write one with 'version: 1' and 'vms: {}' to declare no VMs)", at: nil))
+                    "the configuration directory holds no *.yaml or *.yml file\(skippedNote(skipped)) "
+                        + "(write one with 'version: 1' and 'vms: {}' to declare no VMs)", path: directory))
         }
         guard names.count <= limits.maxFiles else {
             return .failure(
                 Diagnostic(
-                    "configuration directory '\(directory)' holds \(names.count) files; the limit is \(limits.maxFiles)",
-                    at: nil))
+                    "the configuration directory holds \(names.count) files; the limit is \(limits.maxFiles)",
+                    path: directory))
         }
         names.sort { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
         return .success(names.map { readFile(join(directory, $0), limits: limits) })
@@ -64,7 +69,10 @@ enum ConfigFiles {
         var info = stat()
         guard fstat(fd, &info) == 0 else { return ConfigSource(path: path, problem: cannotRead(path)) }
         guard info.st_mode & S_IFMT == S_IFREG else {
-            return ConfigSource(path: path, problem: Diagnostic("'\(path)' is not a regular file", at: nil))
+            return ConfigSource(
+                path: path,
+                problem: Diagnostic(
+                    "\(kind(info.st_mode)) cannot be a configuration file; it must be a regular file", path: path))
         }
         if Int(info.st_size) > limits.maxFileBytes {
             return ConfigSource(path: path, problem: tooLarge(path, bytes: Int(info.st_size), limits: limits))
@@ -97,7 +105,30 @@ enum ConfigFiles {
     }
 
     private static func cannotRead(_ path: String) -> Diagnostic {
-        Diagnostic("cannot read '\(path)': \(errorText())", at: nil)
+        Diagnostic("cannot read the file: \(errorText())", path: path)
+    }
+
+    /// What the user may have meant to be read: `web.YAML` (suffixes are case-sensitive), `web.yaml.bak`.
+    private static func skippedNote(_ skipped: [String]) -> String {
+        guard !skipped.isEmpty else { return "" }
+        let sorted = skipped.sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
+        let shown = sorted.prefix(5).map { "'\($0)'" }.joined(separator: ", ")
+        let more = sorted.count > 5 ? " and \(sorted.count - 5) more" : ""
+        return
+            "; skipped \(shown)\(more): only names ending in .yaml or .yml (lower case) are read, and not hidden ones"
+    }
+
+    /// "a FIFO", "a directory", ...: what a path is, in words.
+    private static func kind(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFDIR: return "a directory"
+        case S_IFIFO: return "a FIFO"
+        case S_IFSOCK: return "a socket"
+        case S_IFCHR: return "a character device"
+        case S_IFBLK: return "a block device"
+        case S_IFLNK: return "a symbolic link"
+        default: return "not a regular file"
+        }
     }
 
     private static func join(_ directory: String, _ name: String) -> String {

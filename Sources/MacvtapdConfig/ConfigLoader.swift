@@ -89,10 +89,23 @@ public enum ConfigLoader {
             merged.add(declaration)
         }
         diagnostics += merged.diagnostics
+        var passthru = PassthruRule()
+        // In file order, so the first NIC named is the one written first.
+        for declaration in declarations {
+            for binding in declaration.spec.nics.values.sorted(by: { inSourceOrder($0.source, $1.source) }) {
+                passthru.add(binding)
+            }
+        }
+        diagnostics += passthru.diagnostics
         let files = sources.map(\.path)
         guard diagnostics.isEmpty else { return ConfigLoadResult(desired: nil, diagnostics: diagnostics, files: files) }
         return ConfigLoadResult(desired: DesiredState(vms: merged.vms), diagnostics: [], files: files)
     }
+}
+
+/// Line, then column; the files are already visited in order.
+private func inSourceOrder(_ a: SourceLocation?, _ b: SourceLocation?) -> Bool {
+    (a?.line ?? 0, a?.column ?? 0) < (b?.line ?? 0, b?.column ?? 0)
 }
 
 /// One configuration file's name and contents, or why it could not be read.

@@ -190,8 +190,8 @@ struct YAMLComposer {
                 let (contextLine, contextColumn) = Self.position(parser.context_mark)
                 message += " (\(context) at \(contextLine):\(contextColumn))"
             }
-            if YAMLComposer.lineIsIndentedWithTab(line, in: bytes) {
-                message += "; tabs cannot indent YAML, indent with spaces"
+            if let hint = YAMLHints.hint(problem: problem, line: line, column: column, in: bytes) {
+                message += "; " + hint
             }
             return Failure(message: "invalid YAML: " + message, line: line, column: column)
         }

@@ -64,13 +64,16 @@ public struct StatusDocument: Codable, Hashable, Sendable {
         }
     }
 
+    /// The format this macvtapd writes and reads; a reader refuses a newer one instead of misreading it.
+    public static let currentFormatVersion = 1
+
     public var formatVersion: Int
     public var updated: Double
     public var config: ConfigStatus?
     public var bindings: [BindingStatus]
 
     public init(updated: Double, config: ConfigStatus?, bindings: [BindingStatus]) {
-        self.formatVersion = 1
+        self.formatVersion = Self.currentFormatVersion
         self.updated = updated
         self.config = config
         self.bindings = bindings.sorted { $0.key < $1.key }

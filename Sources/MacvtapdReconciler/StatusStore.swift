@@ -18,17 +18,25 @@ public struct StatusStore: Sendable {
         self.path = path
     }
 
-    /// The last document written, or nil when there is none yet.
+    /// The last document written, or nil when there is none yet. A file that exists but cannot be
+    /// read or decoded is an error that says why, in words an operator can act on.
     public func read() throws -> StatusDocument? {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            if FileManager.default.fileExists(atPath: path) { throw StatusStoreError("cannot read \(path)") }
-            return nil
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            if errno == ENOENT { return nil }
+            throw StatusStoreError("cannot read \(path): \(errnoText())")
         }
-        do {
-            return try JSONDecoder().decode(StatusDocument.self, from: data)
-        } catch {
-            throw StatusStoreError("\(path) is not a macvtapd status document: \(error)")
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let got = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) }
+            if got < 0 && errno == EINTR { continue }
+            guard got >= 0 else { throw StatusStoreError("cannot read \(path): \(errnoText())") }
+            if got == 0 { break }
+            bytes += chunk[..<got]
         }
+        return try StatusDecoding.decode(bytes, path: path)
     }
 
     public func write(_ document: StatusDocument) throws {

@@ -176,8 +176,10 @@ public final class Sandbox: Sendable {
     private func commandLine(_ command: String, _ arguments: [String]) -> [String] {
         var all = [command] + arguments
         if command != "status" && command != "validate" {
-            all += ["-c", configPath, "--device-dir", deviceDirectory, "--qmp-timeout", "3"]
+            all += ["-c", configPath, "--qmp-timeout", "3"]
         }
+        // Only the commands that open tap devices take --device-dir.
+        if command == "apply" || command == "run" { all += ["--device-dir", deviceDirectory] }
         if command != "validate" { all += ["--status-file", statusPath] }
         return ["netns", "exec", namespace.name, binary] + all
     }

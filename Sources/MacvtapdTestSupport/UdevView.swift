@@ -78,7 +78,8 @@ extension Sandbox {
     public func macvtapdWithUdev(_ command: String, _ arguments: [String] = []) async throws -> ChildResult {
         try FileManager.default.createDirectory(atPath: udevRunDirectory, withIntermediateDirectories: true)
         var all = [command] + arguments + ["--udev", "on"]
-        all += ["-c", configPath, "--device-dir", deviceDirectory, "--qmp-timeout", "3", "--status-file", statusPath]
+        all += ["-c", configPath, "--qmp-timeout", "3", "--status-file", statusPath]
+        if command == "apply" || command == "run" { all += ["--device-dir", deviceDirectory] }
         return try await ChildProcess.run(
             "/usr/sbin/ip",
             ["netns", "exec", namespace.name, "/bin/sh", "-c", Self.privateUdevScript, udevRunDirectory, binary] + all)

@@ -5,17 +5,25 @@ import MacvtapdReconciler
 struct Apply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Converge the host and VMs to the desired state once.",
+        usage: "macvtapd apply [-c <path>] [--dry-run] [--json] [<options>]",
         discussion: """
-            Carries out the plan `macvtapd plan` shows. Every step is idempotent: a second apply right
-            after the first changes nothing. A failing binding is reported with the step and the error
+            Carries out the plan `macvtapd plan` shows. Every step is idempotent: a second apply right \
+            after the first changes nothing. A failing binding is reported with the step and the error \
             while the others are still applied. Writes the status document (see --status-file).
+
             Exit status: 0 every binding applied or waiting for something outside macvtapd (a VM not \
             running on this host, a missing host interface); 1 a step failed, a VM's monitor did not \
-            answer (its bindings could not be planned), or the config is invalid.
+            answer (its bindings could not be planned), or the configuration is invalid; 2 usage error.
             """
     )
 
-    @OptionGroup var options: WorldOptions
+    @OptionGroup var config: ConfigOptions
+
+    @Option(help: ArgumentHelp("Where the JSON status document is read and written.", valueName: "path"))
+    var statusFile: String = StatusStore.defaultPath
+
+    @OptionGroup var device: DeviceOptions
+    @OptionGroup var options: ObserveOptions
 
     @Flag(help: "Print the plan and stop, exactly as `macvtapd plan` does.")
     var dryRun = false
@@ -24,14 +32,13 @@ struct Apply: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
-        let desired = try options.loadDesired()
-        let reconciler = try options.reconciler()
+        let desired = try config.loadDesired(outcome: "nothing was changed")
+        let reconciler = try options.reconciler(statusFile: statusFile, deviceDirectory: device.deviceDir)
         if dryRun {
             try PlanOutput.print(try await reconciler.plan(desired), json: json)
             return
         }
-        let result = try await reconciler.apply(
-            desired, config: .init(path: options.config.config, valid: true))
+        let result = try await reconciler.apply(desired, config: .init(path: config.path, valid: true))
         try PlanOutput.print(result.plan, json: json)
         print("")
         for outcome in result.outcomes where !outcome.plan.actions.isEmpty {

@@ -6,23 +6,33 @@ import MacvtapdReconciler
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the daemon: reconcile on link and QMP events, config changes and periodically.",
+        usage: "macvtapd run [-c <path>] [--resync <duration>] [<options>]",
         discussion: """
-            Reconciles every binding on start, then whenever rtnetlink reports a link change, a VM's
-            QMP session says something (SHUTDOWN, a reconnect), the configuration changes on disk or
-            SIGHUP arrives, and every --resync seconds. A failing binding is retried with exponential
-            backoff (0.5 s doubling to 30 s, reset on success) without delaying the others.
+            Reconciles every binding on start, then whenever rtnetlink reports a link change, a VM's QMP \
+            session says something (SHUTDOWN, a reconnect), the configuration changes on disk or SIGHUP \
+            arrives, and every --resync interval. A failing binding is retried with exponential backoff \
+            (0.5 s doubling to 30 s, reset on success) without delaying the others.
 
-            An invalid configuration is logged and shown in status; the last good desired state stays
-            in force. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place.
-            Under systemd (Type=notify) it reports readiness, a STATUS= line, and feeds the watchdog
-            when WatchdogSec= is set.
+            An invalid configuration is logged and shown in status; the last good desired state stays in \
+            force. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
+            systemd (Type=notify) it reports readiness and a STATUS= line, and feeds the watchdog when \
+            WatchdogSec= is set.
             """
     )
 
-    @OptionGroup var options: WorldOptions
+    @OptionGroup var config: ConfigOptions
 
-    @Option(help: "Seconds between full resyncs that repair anything an event missed.")
-    var resync: Double = 30
+    @Option(help: ArgumentHelp("Where the JSON status document is written.", valueName: "path"))
+    var statusFile: String = StatusStore.defaultPath
+
+    @OptionGroup var device: DeviceOptions
+    @OptionGroup var options: ObserveOptions
+
+    @Option(
+        help: DurationOption.help(
+            "Time between full resyncs that repair anything an event missed.", default: .seconds(30)),
+        transform: DurationOption.parser(within: DurationOption.resync))
+    var resync: Duration = .seconds(30)
 
     @Flag(help: "Ignore rtnetlink events and rely on the periodic resync alone (a baseline for benchmarks).")
     var noEvents = false
@@ -30,7 +40,10 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Do not watch the configuration with inotify; reload only on SIGHUP.")
     var noWatchConfig = false
 
-    @Option(help: "Prometheus textfile to write (for node_exporter's textfile collector); '' disables it.")
+    @Option(
+        help: ArgumentHelp(
+            "Prometheus textfile to write (for node_exporter's textfile collector); '' disables it.",
+            valueName: "path"))
     var metricsFile: String = "/run/macvtapd/macvtapd.prom"
 
     func run() async throws {
@@ -41,12 +54,12 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "macvtapd")
-        let drivers = try options.liveDrivers()
+        let drivers = try options.liveDrivers(deviceDirectory: device.deviceDir)
         logger.info("\(drivers.udev.why)")
         let settings = Daemon.Settings(
-            configPath: options.config.config, store: StatusStore(path: options.statusFile),
+            configPath: config.path, store: StatusStore(path: statusFile),
             controller: Controller.Options(
-                resyncInterval: .milliseconds(Int(resync * 1000)), useLinkEvents: !noEvents,
+                resyncInterval: resync, useLinkEvents: !noEvents,
                 metricsPath: metricsFile.isEmpty ? nil : metricsFile),
             watchConfig: !noWatchConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)

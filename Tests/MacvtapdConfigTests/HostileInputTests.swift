@@ -129,7 +129,9 @@ struct HostileInputTests {
         try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: directory.path + "/missing")
         let result = ConfigLoader.load(path: directory.path)
         #expect(result.desired == nil)
-        #expect(result.diagnostics.map(\.description) == ["error: cannot read '\(link)': No such file or directory"])
+        #expect(
+            result.diagnostics.map(\.description) == ["\(link): error: cannot read the file: No such file or directory"]
+        )
     }
 
     @Test func aFIFOIsRefusedWithoutBlocking() throws {
@@ -138,11 +140,14 @@ struct HostileInputTests {
         let fifo = directory.path + "/pipe.yaml"
         #expect(mkfifo(fifo, 0o600) == 0)
         let result = ConfigLoader.load(path: directory.path + "/")
-        #expect(result.diagnostics.map(\.description) == ["error: '\(fifo)' is not a regular file"])
+        #expect(
+            result.diagnostics.map(\.description) == [
+                "\(fifo): error: a FIFO cannot be a configuration file; it must be a regular file"
+            ])
         let direct = ConfigLoader.load(path: fifo)
         #expect(
             direct.diagnostics.map(\.description) == [
-                "error: configuration '\(fifo)' is neither a regular file nor a directory"
+                "\(fifo): error: the configuration is a FIFO; it must be a regular file or a directory"
             ])
     }
 

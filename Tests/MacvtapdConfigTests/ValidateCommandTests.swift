@@ -45,7 +45,8 @@ struct ValidateCommandTests {
         let run = try await validate(["-c", "/nonexistent/macvtapd.yaml"])
         #expect(run.status == 1)
         #expect(
-            run.stderr.contains("cannot read configuration '/nonexistent/macvtapd.yaml': No such file or directory"))
+            run.stderr.contains(
+                "/nonexistent/macvtapd.yaml: error: cannot read the configuration: No such file or directory"))
     }
 
     @Test func aWrongArgumentIsAUsageError() async throws {
