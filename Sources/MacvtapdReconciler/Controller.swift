@@ -46,6 +46,8 @@ public actor Controller {
     let logger: Logger
     let options: Options
     public let metrics = Metrics()
+    /// Status and metrics files are written off the loop: a slow disk must not stall reconciling.
+    private let files = FileReplacer()
 
     private var desired = DesiredState()
     /// `desired.bindings`, kept because every link event scans it.
@@ -200,6 +202,7 @@ public actor Controller {
         writeStatus()
         // The last word: a coalesced write still pending must not land after the daemon stopped.
         finished = true
+        await files.flush()
     }
 
     private func takeDirty() -> [String] {
@@ -559,11 +562,7 @@ public actor Controller {
 
     private func writeMetrics() {
         guard let path = options.metricsPath else { return }
-        do {
-            try AtomicFile.write(Array(metrics.render().utf8), to: path)
-        } catch {
-            logger.error("cannot write metrics: \(error)")
-        }
+        files.replace(path, with: Array(metrics.render().utf8), logger: logger, what: "metrics")
     }
 
     private func writeStatus() {
@@ -575,7 +574,7 @@ public actor Controller {
         guard let store else { return }
         do {
             let bytes = try statusEncoder.encode(bindings: bindings, config: config, updated: Reconciler.now())
-            try AtomicFile.write(bytes, to: store.path)
+            files.replace(store.path, with: bytes, logger: logger, what: "status")
         } catch {
             logger.error("cannot write status: \(error)")
         }
