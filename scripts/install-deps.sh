@@ -5,8 +5,9 @@ set -euo pipefail
 
 # udev provides the systemd-udevd the udev end-to-end tests run in their sandbox.
 # linux-image-cloud-amd64 and busybox-static only feed the test guest's initramfs
-# (scripts/build-guest-initramfs.sh); nothing boots the host with that kernel.
-packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps
+# (scripts/build-guest-initramfs.sh); nothing boots the host with that kernel. time (GNU time)
+# measures a child's own peak RSS and CPU in the tests (ChildProcess.usageWrapper).
+packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps time
     iputils-ping linux-image-cloud-amd64 busybox-static)
 missing=()
 for p in "${packages[@]}"; do

@@ -53,8 +53,9 @@ public final class Daemon: Sendable {
         }
         await reload()
         let notifier = self.notifier
+        // Never waits for systemd (SystemdNotifier): this runs on the control loop.
         await controller.setStatusObserver { bindings in
-            notifier.notify(["STATUS": Self.summary(bindings)])
+            notifier.status(Self.summary(bindings))
         }
 
         var watcher: ConfigWatcher?
@@ -81,12 +82,12 @@ public final class Daemon: Sendable {
                 for await signal in signals.stream {
                     if signal == SIGHUP {
                         self.logger.info("SIGHUP: reloading the configuration")
-                        notifier.notify(["RELOADING": "1"])
+                        notifier.reloading()
                         await self.reload()
-                        notifier.notify(["READY": "1"])
+                        notifier.ready()
                     } else {
                         self.logger.notice("signal \(signal): stopping; backends stay in place")
-                        notifier.notify(["STOPPING": "1"])
+                        notifier.stopping()
                         await self.controller.stop()
                         return
                     }
@@ -95,7 +96,7 @@ public final class Daemon: Sendable {
             if let interval = notifier.watchdogInterval {
                 group.addTask { await self.keepWatchdogFed(every: interval) }
             }
-            notifier.notify(["READY": "1", "STATUS": "started"])
+            notifier.ready(status: "started")
             // The controller returning means stop() was called: end the helpers with it.
             _ = await group.next()
             watcher?.close()
@@ -124,7 +125,7 @@ public final class Daemon: Sendable {
     private func keepWatchdogFed(every interval: Duration) async {
         while !Task.isCancelled {
             _ = await controller.currentStatus()
-            notifier.notify(["WATCHDOG": "1"])
+            notifier.watchdog()
             try? await Task.sleep(for: interval)
         }
     }

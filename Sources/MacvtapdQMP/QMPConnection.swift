@@ -258,12 +258,11 @@ final class QMPConnection: Sendable {
     }
 
     private func readLoop() {
-        var buffer: [UInt8] = []
+        var lines = QMPLineSplitter(maximumLineLength: maximumLineLength)
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         var greeted = false
-        var scanFrom = 0
         var reason: String
-        reading: while true {
+        while true {
             guard waitUntilReadable() else { continue }
             let count = chunk.withUnsafeMutableBytes { Glibc.read(readFD, $0.baseAddress, $0.count) }
             if count < 0 {
@@ -280,24 +279,8 @@ final class QMPConnection: Sendable {
                 reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
                 break
             }
-            buffer.append(contentsOf: chunk[0..<count])
-            var lineStart = 0
-            while let newline = buffer[scanFrom...].firstIndex(of: 0x0A) {
-                var lineEnd = newline
-                if lineEnd > lineStart, buffer[lineEnd - 1] == 0x0D { lineEnd -= 1 }
-                if lineEnd > lineStart, let fatal = handle(line: buffer[lineStart..<lineEnd], greeted: &greeted) {
-                    reason = fatal
-                    break reading
-                }
-                lineStart = newline + 1
-                scanFrom = lineStart
-            }
-            if lineStart > 0 {
-                buffer.removeFirst(lineStart)
-            }
-            scanFrom = buffer.count
-            if buffer.count > maximumLineLength {
-                reason = "peer sent a line longer than \(maximumLineLength) bytes"
+            if let fatal = lines.append(chunk[0..<count], { handle(line: $0, greeted: &greeted) }) {
+                reason = fatal
                 break
             }
         }
@@ -343,39 +326,27 @@ final class QMPConnection: Sendable {
 
     /// Returns a reason to drop the connection, or nil to keep reading.
     private func handle(line: ArraySlice<UInt8>, greeted: inout Bool) -> String? {
-        let message: JSONValue
-        do {
-            message = try JSONReader.parse(line)
-        } catch {
-            return "peer sent \(error): \(String(decoding: line.prefix(120), as: UTF8.self))"
-        }
-        guard message.objectValue != nil else { return "peer sent a non-object message: \(message)" }
-        if !greeted {
-            guard message["QMP"] != nil else { return "first message is not a QMP greeting: \(message)" }
+        switch QMPInbound.decode(line, greeted: greeted) {
+        case .fatal(let reason):
+            return reason
+        case .greeting(let message):
             greeted = true
             let waiting = state.withLock { state in
                 if state.pending[Self.greetingID] == nil { state.earlyGreeting = message }
                 return state.pending[Self.greetingID] != nil
             }
             if waiting { complete(id: Self.greetingID, with: .success(message)) }
-            return nil
-        }
-        if let event = QMPEvent(message: message) {
+        case .event(let event):
             eventSink.yield(event)
-            return nil
-        }
-        // Replies without a known id are late answers to commands that timed out or were cancelled.
-        guard let id = message["id"]?.intValue, id != Self.greetingID else { return nil }
-        if let value = message["return"] {
+        case .reply(let id, let value):
             complete(id: id, with: .success(value))
-        } else if let error = message["error"] {
+        case .failure(let id, let errorClass, let description):
             let command = state.withLock { $0.pending[id]?.command } ?? "?"
             complete(
                 id: id,
-                with: .failure(
-                    QMPError.commandFailed(
-                        command: command, class: error["class"]?.stringValue ?? "GenericError",
-                        description: error["desc"]?.stringValue ?? "\(error)")))
+                with: .failure(QMPError.commandFailed(command: command, class: errorClass, description: description)))
+        case .ignored:
+            break
         }
         return nil
     }

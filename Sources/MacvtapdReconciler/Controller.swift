@@ -161,6 +161,7 @@ public actor Controller {
         writeStatus()
         // The last word: a coalesced write still pending must not land after the daemon stopped.
         writer.finished = true
+        await writer.files.flush()
     }
 
     func markDirty(_ vms: some Sequence<String>) {

@@ -2,12 +2,14 @@ import Logging
 import MacvtapdCore
 
 /// Writes the status document and the metrics textfile for the controller. Writes are coalesced
-/// (the controller flushes at most once per short window), and a write that fails is logged, never
-/// retried in a loop: these files describe the daemon, they do not steer it.
+/// (the controller flushes at most once per short window) and done off the control loop (a slow
+/// disk must not stall reconciling); a write that fails is logged, never retried in a loop: these
+/// files describe the daemon, they do not steer it.
 struct StatusWriter {
     let store: StatusStore?
     let metricsPath: String?
     let logger: Logger
+    let files = FileReplacer()
     private var encoder = IncrementalStatusEncoder()
     /// Status changed since the last write.
     var dirty = false
@@ -32,7 +34,7 @@ struct StatusWriter {
         guard let store else { return }
         do {
             let bytes = try encoder.encode(bindings: bindings, config: config, updated: Reconciler.now())
-            try AtomicFile.write(bytes, to: store.path)
+            files.replace(store.path, with: bytes, logger: logger, what: "status")
         } catch {
             logger.error("cannot write status: \(error)")
         }
@@ -40,10 +42,6 @@ struct StatusWriter {
 
     func writeMetrics(_ metrics: Metrics) {
         guard let metricsPath else { return }
-        do {
-            try AtomicFile.write(Array(metrics.render().utf8), to: metricsPath)
-        } catch {
-            logger.error("cannot write metrics: \(error)")
-        }
+        files.replace(metricsPath, with: Array(metrics.render().utf8), logger: logger, what: "metrics")
     }
 }

@@ -160,16 +160,26 @@ public final class Sandbox: Sendable {
 
     /// `macvtapd <command> ...` left running in the background (a daemon, or an apply to kill midway),
     /// its output in `<log>` in the sandbox directory.
-    public func start(_ command: String, _ arguments: [String] = [], log: String) throws -> BackgroundProcess {
+    /// `environment` adds variables (e.g. NOTIFY_SOCKET); `stderr`, when given, is the fd the child's
+    /// standard error goes to instead of the log (e.g. a pipe nobody reads).
+    public func start(
+        _ command: String, _ arguments: [String] = [], log: String, environment: [String: String] = [:],
+        stderr: Int32? = nil
+    ) throws -> BackgroundProcess {
         let process = try BackgroundProcess.start(
-            "/usr/sbin/ip", commandLine(command, arguments), logPath: directory.path + "/" + log)
+            "/usr/sbin/ip", commandLine(command, arguments), logPath: directory.path + "/" + log,
+            environment: environment, stderr: stderr)
         children.withLock { $0.append(process) }
         return process
     }
 
     /// Starts `macvtapd run` in the background inside the namespace; stop it with `stop(daemon:)`.
-    public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
-        try start("run", ["--metrics-file", directory.path + "/macvtapd.prom"] + arguments, log: "daemon.log")
+    public func startDaemon(
+        _ arguments: [String] = [], environment: [String: String] = [:], stderr: Int32? = nil
+    ) throws -> BackgroundProcess {
+        try start(
+            "run", ["--metrics-file", directory.path + "/macvtapd.prom"] + arguments, log: "daemon.log",
+            environment: environment, stderr: stderr)
     }
 
     /// `ip netns exec <namespace> macvtapd <command>` with this sandbox's config, status and device paths.
@@ -263,17 +273,33 @@ public final class BackgroundProcess: Sendable {
     public let logPath: String
     private let exitStatus = Mutex<Int32?>(nil)
 
-    public static func start(_ executable: String, _ arguments: [String], logPath: String) throws -> BackgroundProcess {
+    /// Standard output (and standard error, unless `stderr` names another fd) go to `logPath`;
+    /// `environment` is added to this process's.
+    public static func start(
+        _ executable: String, _ arguments: [String], logPath: String, environment: [String: String] = [:],
+        stderr: Int32? = nil
+    ) throws -> BackgroundProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        posix_spawn_file_actions_adddup2(&actions, stderr ?? 1, 2)
         let argv = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        var inherited: [String] = []
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if let name = text.split(separator: "=", maxSplits: 1).first, environment[String(name)] == nil {
+                inherited.append(text)
+            }
+            entry += 1
+        }
+        let envp = (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
+        defer { envp.forEach { free($0) } }
         var pid = pid_t()
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, environ)
+        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
         guard spawned == 0 else {
             throw ChildError("cannot start \(executable): \(String(cString: strerror(spawned)))")
         }

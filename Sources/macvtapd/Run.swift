@@ -3,6 +3,10 @@ import Logging
 import MacvtapdDaemon
 import MacvtapdReconciler
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the daemon: reconcile on link and QMP events, config changes and periodically.",
@@ -48,8 +52,12 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let level = options.logLevel ?? .info
+        // Logging must never stall the control loop: lines go through a queue to standard error,
+        // and a reader that went away (EPIPE) costs log lines, not the daemon.
+        signal(SIGPIPE, SIG_IGN)
+        let output = QueuedOutput.standardError
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler = StreamLogHandler(label: label, stream: output.stream)
             handler.logLevel = level
             return handler
         }
@@ -64,5 +72,7 @@ struct Run: AsyncParsableCommand {
             watchConfig: !noWatchConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
+        // The last lines (the stop) are still queued; a reader that never comes back costs a second.
+        await output.flush(timeout: .seconds(1))
     }
 }

@@ -1,65 +1,77 @@
+import Foundation
 import MacvtapdDaemon
+import MacvtapdTestSupport
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
     import Glibc
 #endif
 
-/// A datagram socket standing in for systemd's notification socket.
-final class NotifySocket {
-    let fd: Int32
-    let path: String
-
-    init(abstract: Bool) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
-        let name = "macvtapd-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
-        path = abstract ? "@" + name : "/tmp/" + name
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var bytes = Array(path.utf8)
-        if abstract { bytes[0] = 0 }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            for (index, byte) in bytes.enumerated() { raw[index] = byte }
-        }
-        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count)
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
-        }
-        guard bound == 0 else { throw NotifyTestError() }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    }
-
-    func receive() -> String? {
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : nil
-    }
-
-    deinit {
-        close(fd)
-        if !path.hasPrefix("@") { unlink(path) }
-    }
-}
-
-struct NotifyTestError: Error {}
-
 @Suite struct SystemdNotifierTests {
     @Test(arguments: [false, true])
     func sendsDatagrams(abstract: Bool) throws {
-        let socket = try NotifySocket(abstract: abstract)
+        let socket = try NotifySocket(
+            path: abstract ? nil : "/tmp/macvtapd-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        defer { socket.close() }
         let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path])
-        #expect(notifier.notify(["READY": "1", "STATUS": "3 binding(s): 3 Attached"]))
+        notifier.ready(status: "3 binding(s): 3 Attached")
         #expect(socket.receive() == "READY=1\nSTATUS=3 binding(s): 3 Attached")
-        #expect(notifier.notify(["WATCHDOG": "1"]))
+        notifier.watchdog()
         #expect(socket.receive() == "WATCHDOG=1")
+        #expect(notifier.isDrained)
+    }
+
+    /// A PID 1 that reads late: nothing waits, the latest of everything arrives once it reads, and
+    /// the STATUS= lines in between are dropped.
+    @Test func fullSocketNeverBlocksAndTheLatestArrivesLater() async throws {
+        let socket = try NotifySocket()
+        defer { socket.close() }
+        let filled = try socket.fill()
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path])
+        // On a thread of its own: a blocking send must fail the test, not hang the runner's threads.
+        let returned = Mutex(false)
+        Thread.detachNewThread {
+            notifier.ready(status: "starting")
+            for count in 0..<1_000 { notifier.status("\(count) binding(s)") }
+            notifier.watchdog()
+            returned.withLock { $0 = true }
+        }
+        #expect(await eventually { returned.withLock { $0 } }, "a notification waited for the full socket")
+        #expect(!notifier.isDrained)
+
+        // Exactly the fillers: the retry may deliver the rest while they are being read.
+        let fillers = (0..<filled).map { _ in socket.receive() }
+        #expect(fillers.allSatisfy { $0 == "X_FILLER=1" })
+        #expect(socket.receive() == "READY=1\nSTATUS=999 binding(s)\nWATCHDOG=1")
+        #expect(await eventually { notifier.isDrained })
+        #expect(socket.receive(timeout: .milliseconds(100)) == nil, "the dropped STATUS= lines stay dropped")
+    }
+
+    @Test func stoppingIsNotUndoneByALaterReady() throws {
+        let socket = try NotifySocket()
+        defer { socket.close() }
+        let filled = try socket.fill()
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path])
+        notifier.reloading()
+        notifier.stopping()
+        notifier.ready()
+        for _ in 0..<filled { _ = socket.receive() }
+        #expect(socket.receive() == "STOPPING=1")
     }
 
     @Test func silentWithoutSystemd() {
         let notifier = SystemdNotifier(environment: [:])
         #expect(!notifier.isEnabled)
-        #expect(!notifier.notify(["READY": "1"]))
+        notifier.ready()
+        #expect(notifier.isDrained)
         #expect(notifier.watchdogInterval == nil)
+    }
+
+    @Test func nobodyListeningIsIgnored() {
+        let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": "/nonexistent/notify.sock"])
+        notifier.ready()
+        #expect(notifier.isDrained, "no retry for a socket that is not there")
     }
 
     @Test func watchdogIntervalIsHalfTheTimeout() {

@@ -1,0 +1,68 @@
+/// The byte stream a QMP monitor sends, cut into lines: the reader thread's framing, kept apart
+/// from the socket so that it can be fuzzed (fuzz/) with any stream in any chunking.
+struct QMPLineSplitter {
+    let maximumLineLength: Int
+    private var buffer: [UInt8] = []
+    /// Where the search for the next newline resumes: bytes before it hold none.
+    private var scanFrom = 0
+
+    init(maximumLineLength: Int) {
+        self.maximumLineLength = maximumLineLength
+    }
+
+    /// Adds a chunk as read from the socket and hands each complete, non-empty line to `line`
+    /// (without its CR LF or LF). Returns a reason to drop the connection: the one `line` gave, or
+    /// a partial line past the limit (a peer must not make us buffer without bound).
+    mutating func append(_ chunk: some Collection<UInt8>, _ line: (ArraySlice<UInt8>) -> String?) -> String? {
+        buffer.append(contentsOf: chunk)
+        var lineStart = 0
+        while let newline = buffer[scanFrom...].firstIndex(of: 0x0A) {
+            var lineEnd = newline
+            if lineEnd > lineStart, buffer[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+            if lineEnd > lineStart, let fatal = line(buffer[lineStart..<lineEnd]) { return fatal }
+            lineStart = newline + 1
+            scanFrom = lineStart
+        }
+        if lineStart > 0 { buffer.removeFirst(lineStart) }
+        scanFrom = buffer.count
+        if buffer.count > maximumLineLength { return "peer sent a line longer than \(maximumLineLength) bytes" }
+        return nil
+    }
+}
+
+/// One line from a QMP monitor, decoded: what the reader does with it depends only on this.
+enum QMPInbound: Equatable {
+    case greeting(JSONValue)
+    case event(QMPEvent)
+    case reply(id: Int64, JSONValue)
+    case failure(id: Int64, class: String, description: String)
+    /// A reply nobody can be waiting for (no id, the greeting's id, neither return nor error).
+    case ignored
+    /// A reason to drop the connection.
+    case fatal(String)
+
+    /// `greeted`: whether the greeting came already (the first message must be one).
+    static func decode(_ line: ArraySlice<UInt8>, greeted: Bool) -> QMPInbound {
+        let message: JSONValue
+        do {
+            message = try JSONReader.parse(line)
+        } catch {
+            return .fatal("peer sent \(error): \(String(decoding: line.prefix(120), as: UTF8.self))")
+        }
+        guard message.objectValue != nil else { return .fatal("peer sent a non-object message: \(message)") }
+        if !greeted {
+            guard message["QMP"] != nil else { return .fatal("first message is not a QMP greeting: \(message)") }
+            return .greeting(message)
+        }
+        if let event = QMPEvent(message: message) { return .event(event) }
+        // Replies without a known id are late answers to commands that timed out or were cancelled.
+        guard let id = message["id"]?.intValue, id != QMPConnection.greetingID else { return .ignored }
+        if let value = message["return"] { return .reply(id: id, value) }
+        if let error = message["error"] {
+            return .failure(
+                id: id, class: error["class"]?.stringValue ?? "GenericError",
+                description: error["desc"]?.stringValue ?? "\(error)")
+        }
+        return .ignored
+    }
+}
