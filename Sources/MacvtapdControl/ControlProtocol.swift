@@ -77,7 +77,7 @@ public enum ControlProtocol {
 
         error InvalidRequest (reason: string)
         error ConfigInvalid (config: string, errors: []string)
-        error OtherConfig (config: string)
+        error OtherConfig (config: string, pid: int)
         error RequestTooLarge (limit: int)
         error RequestTimeout (reason: string)
         error Busy (limit: int)
@@ -134,11 +134,14 @@ public struct ControlError: Error, Codable, Sendable, Hashable, CustomStringConv
         public var method: String?
         public var parameter: String?
         public var interface: String?
+        /// The daemon's pid, where the error is about the daemon (OtherConfig).
+        public var pid: Int32?
 
         public init(
             reason: String? = nil, config: String? = nil, errors: [String]? = nil, limit: Int? = nil,
-            method: String? = nil, parameter: String? = nil, interface: String? = nil
+            method: String? = nil, parameter: String? = nil, interface: String? = nil, pid: Int32? = nil
         ) {
+            self.pid = pid
             self.reason = reason
             self.config = config
             self.errors = errors
@@ -361,8 +364,12 @@ public struct ServiceInfo: Codable, Sendable {
 
 public struct InterfaceDescriptionParameters: Codable, Sendable {
     public var interface: String
+
+    public init(interface: String) { self.interface = interface }
 }
 
 public struct InterfaceDescriptionReply: Codable, Sendable {
     public var description: String
+
+    public init(description: String) { self.description = description }
 }

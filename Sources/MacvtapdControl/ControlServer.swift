@@ -229,7 +229,8 @@ private final class ServerLoop: @unchecked Sendable {
             nextID += 1
             clients[id] = Client(fd: fd, peer: peer, state: .reading(deadline: .now + limits.requestTimeout))
             if !endpoint.admits(peer) {
-                refuse(id, ControlError("io.macvtapd.PermissionDenied", .init(reason: "\(peer) may not use this socket")))
+                refuse(
+                    id, ControlError("io.macvtapd.PermissionDenied", .init(reason: "\(peer) may not use this socket")))
             } else if clients.count > limits.maxClients {
                 refuse(id, ControlError("io.macvtapd.Busy", .init(limit: limits.maxClients)))
             }
@@ -352,7 +353,8 @@ private final class ServerLoop: @unchecked Sendable {
                 refuse(
                     id,
                     ControlError(
-                        "io.macvtapd.RequestTimeout", .init(reason: "\(what) within \(seconds) s; closing the connection")))
+                        "io.macvtapd.RequestTimeout",
+                        .init(reason: "\(what) within \(seconds) s; closing the connection")))
             case .writing(let deadline, _) where deadline <= now:
                 drop(id)
             default:

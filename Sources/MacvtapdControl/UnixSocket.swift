@@ -70,9 +70,10 @@ public struct Peer: Sendable, Hashable, CustomStringConvertible {
     func supplementaryGroups() -> Set<gid_t> {
         guard let text = ProcFile.read("/proc/\(pid)/status") else { return [] }
         for line in text.split(separator: "\n") where line.hasPrefix("Groups:") {
-            return Set(line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap {
-                gid_t($0)
-            })
+            return Set(
+                line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap {
+                    gid_t($0)
+                })
         }
         return []
     }
@@ -101,3 +102,11 @@ enum ProcFile {
 }
 
 func errnoText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// An absolute path with symlinks resolved, or the path as given when it does not resolve: how the
+/// CLI and the daemon agree on whether two paths name the same configuration.
+public func canonicalPath(_ path: String) -> String {
+    guard let resolved = realpath(path, nil) else { return path }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}

@@ -32,6 +32,13 @@ extension Controller {
         public var resyncing: Bool
     }
 
+    /// Returns once the controller made its first link dump (at once, after that), or is stopping.
+    public func untilStarted() async {
+        while !started && !stopping {
+            try? await Task.sleep(for: .milliseconds(5))
+        }
+    }
+
     // MARK: - Status
 
     /// The status document as the daemon holds it now, and what it is doing.

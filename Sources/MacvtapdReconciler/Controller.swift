@@ -72,6 +72,8 @@ public actor Controller {
     /// Outcomes gathered for `apply` callers waiting on the control socket, by watch id.
     var watches: [Int: ApplyWatch] = [:]
     var nextWatch = 0
+    /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
+    var started = false
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
@@ -150,6 +152,7 @@ public actor Controller {
     public func run() async {
         await resync()
         updateSessions()
+        started = true
         await withTaskGroup(of: Void.self) { group in
             if options.useLinkEvents {
                 group.addTask { await self.followLinkEvents() }
