@@ -100,8 +100,8 @@ public enum ControlClient {
 }
 
 /// Runs a blocking body on a new thread and awaits its result without holding a pool thread.
-enum OffThread {
-    static func run<T: Sendable, E: Error>(_ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
+public enum OffThread {
+    public static func run<T: Sendable, E: Error>(_ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
         let result: Result<T, E> = await withCheckedContinuation { continuation in
             let work = Work { continuation.resume(returning: Result(catching: body)) }
             let box = Unmanaged.passRetained(work)

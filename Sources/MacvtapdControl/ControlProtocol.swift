@@ -179,7 +179,9 @@ public struct ControlError: Error, Codable, Sendable, Hashable, CustomStringConv
         case "io.macvtapd.RequestTimeout": return "request timed out: \(p.reason ?? "")"
         case "io.macvtapd.Busy": return "the daemon already serves \(p.limit ?? 0) control connections"
         case "io.macvtapd.PermissionDenied": return "permission denied: \(p.reason ?? "")"
-        case "io.macvtapd.Stopping": return "the daemon is stopping"
+        case "io.macvtapd.Stopping":
+            return "the daemon stopped (or is restarting) before it finished; what it did so far stays; "
+                + "run the command again once it is back"
         case "org.varlink.service.MethodNotFound": return "unknown method \(p.method ?? "")"
         case "org.varlink.service.InvalidParameter": return "invalid parameter \(p.parameter ?? "")"
         case "org.varlink.service.MethodNotImplemented": return "not implemented: \(p.method ?? "")"

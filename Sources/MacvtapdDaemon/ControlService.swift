@@ -102,6 +102,8 @@ struct ControlService: Sendable {
             throw ControlError("io.macvtapd.ConfigInvalid", .init(config: info.config, errors: errors))
         case .watching(let watch):
             let settlement = await daemon.controller.settle(watch, timeout: .milliseconds(milliseconds))
+            // A report cut short by a stop would read like bindings that failed to settle.
+            if await daemon.controller.isStopping { throw ControlError("io.macvtapd.Stopping") }
             let report = ApplyReport(
                 settlement.plan, outcomes: settlement.outcomes, settled: settlement.settled,
                 pending: settlement.pending)

@@ -39,6 +39,9 @@ extension Controller {
         }
     }
 
+    /// `stop()` was called.
+    public var isStopping: Bool { stopping }
+
     // MARK: - Status
 
     /// The status document as the daemon holds it now, and what it is doing.
