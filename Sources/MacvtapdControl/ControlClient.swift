@@ -53,12 +53,16 @@ public enum ControlClient {
         UnixSocket.setNonBlocking(fd)
         let outgoing = message + [0]
         var sent = 0
-        while sent < outgoing.count {
+        sending: while sent < outgoing.count {
             try wait(fd, for: POLLOUT, until: deadline, path: path)
-            let count = outgoing.withUnsafeBytes { write(fd, $0.baseAddress! + sent, $0.count - sent) }
+            // MSG_NOSIGNAL: a daemon that refused the call and closed must cost an error, not SIGPIPE.
+            let count = outgoing.withUnsafeBytes {
+                send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
+            }
             if count < 0 {
                 if errno == EINTR || errno == EAGAIN { continue }
-                throw .broken("the daemon at \(path) closed the connection: \(errnoText())")
+                // The daemon stopped reading, most likely after refusing the call: its reply says why.
+                break sending
             }
             sent += count
         }
