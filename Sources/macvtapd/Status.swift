@@ -10,6 +10,7 @@ import MacvtapdReconciler
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show each binding's phase, reason and last error.",
+        usage: "macvtapd status [-c <path>] [--json] [<options>]",
         discussion: """
             Asks the daemon on --control-socket when one answers: its live status and what it is doing now. \
             Otherwise reads the status document that apply and the daemon write, and says when it was \
