@@ -1,9 +1,32 @@
-# macvtapd — the two commands README.md promises, plus the developer loop.
+# macvtapd — the two commands README.md promises, the developer loop, and installing it.
 SWIFT ?= swift
 BUILD_FLAGS ?=
 BIN = .build/debug/macvtapd
 
-.PHONY: deps build test demo bench lint format clean
+# `make install` and `make deb`: a release build with the Swift runtime linked in, so the binary
+# runs where no Swift toolchain is; its own scratch path, apart from the debug build the tests use.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/macvtapd
+# The daemon reads /etc/macvtapd by default, whatever the prefix.
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+RELEASE_SCRATCH ?= .build-release
+RELEASE_FLAGS = -c release --static-swift-stdlib --scratch-path $(RELEASE_SCRATCH) $(BUILD_FLAGS)
+RELEASE_BIN = $(RELEASE_SCRATCH)/release/macvtapd
+# Generated from the built binary: man pages (section 8, a daemon in sbin) and completions.
+GENERATED = $(RELEASE_SCRATCH)/generated
+# Reproducible man page dates: the last commit's, not today's.
+MANDATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date +%F)
+DEB_OUT ?= out
+
+.PHONY: deps build test demo bench lint format clean release generated install uninstall deb
 
 deps:
 	@scripts/install-deps.sh
@@ -31,4 +54,60 @@ format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
 
 clean:
-	rm -rf .build
+	rm -rf .build $(RELEASE_SCRATCH)
+
+release:
+	$(SWIFT) build $(RELEASE_FLAGS) --product macvtapd
+	$(SWIFT) build $(RELEASE_FLAGS) --product generate-manual
+
+# Man pages by swift-argument-parser's generate-manual (the tool its generate-manual plugin runs),
+# pointed at the very binary being installed; completions from that binary. Neither can drift
+# from --help.
+generated: release
+	rm -rf $(GENERATED) && mkdir -p $(GENERATED)/man
+	$(RELEASE_SCRATCH)/release/generate-manual $(RELEASE_BIN) --multi-page --section 8 \
+		--date $(MANDATE) --output-directory $(GENERATED)/man
+	for shell in bash zsh fish; do \
+		$(RELEASE_BIN) --generate-completion-script $$shell >$(GENERATED)/completion.$$shell || exit 1; \
+	done
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		packaging/macvtapd.service.in >$(GENERATED)/macvtapd.service
+	sed -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		packaging/macvtapd.yaml.in >$(GENERATED)/macvtapd.yaml
+
+# The example configuration declares no VMs and is installed only where none exists: an edited
+# one is never overwritten.
+install: generated
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(SBINDIR)/macvtapd
+	install -D -m 0644 $(GENERATED)/macvtapd.service $(DESTDIR)$(UNITDIR)/macvtapd.service
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(GENERATED)/man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -D -m 0644 $(GENERATED)/completion.bash $(DESTDIR)$(BASHCOMPDIR)/macvtapd
+	install -D -m 0644 $(GENERATED)/completion.zsh $(DESTDIR)$(ZSHCOMPDIR)/_macvtapd
+	install -D -m 0644 $(GENERATED)/completion.fish $(DESTDIR)$(FISHCOMPDIR)/macvtapd.fish
+	install -D -m 0644 schemas/macvtapd.schema.json $(DESTDIR)$(DATADIR)/macvtapd/macvtapd.schema.json
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/examples/conf.d
+	install -m 0644 examples/macvtapd.yaml $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 examples/conf.d/*.yaml $(DESTDIR)$(DOCDIR)/examples/conf.d/
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/macvtapd
+	test -e $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml || \
+		install -m 0644 $(GENERATED)/macvtapd.yaml $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml
+
+# Leaves $(SYSCONFDIR)/macvtapd alone unless it holds only the untouched example.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/macvtapd $(DESTDIR)$(UNITDIR)/macvtapd.service
+	rm -f $(DESTDIR)$(MANDIR)/man8/macvtapd.8 $(DESTDIR)$(MANDIR)/man8/macvtapd.*.8
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/macvtapd $(DESTDIR)$(ZSHCOMPDIR)/_macvtapd $(DESTDIR)$(FISHCOMPDIR)/macvtapd.fish
+	rm -rf $(DESTDIR)$(DATADIR)/macvtapd $(DESTDIR)$(DOCDIR)
+	if [ -f $(GENERATED)/macvtapd.yaml ] && cmp -s $(GENERATED)/macvtapd.yaml $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml; rmdir $(DESTDIR)$(SYSCONFDIR)/macvtapd 2>/dev/null || true; \
+	fi
+
+# A Debian package from the install tree (PREFIX=/usr), with dpkg-shlibdeps and dpkg-deb:
+# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb.
+deb:
+	rm -rf $(RELEASE_SCRATCH)/debroot
+	$(MAKE) install DESTDIR=$(CURDIR)/$(RELEASE_SCRATCH)/debroot PREFIX=/usr \
+		ZSHCOMPDIR=/usr/share/zsh/vendor-completions
+	scripts/build-deb.sh $(RELEASE_SCRATCH)/debroot $(DEB_OUT)
