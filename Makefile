@@ -18,7 +18,7 @@ BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
 ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
 FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
 RELEASE_SCRATCH ?= .build-release
-RELEASE_FLAGS = -c release --static-swift-stdlib --scratch-path $(RELEASE_SCRATCH) $(BUILD_FLAGS)
+RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(RELEASE_SCRATCH) $(BUILD_FLAGS)
 RELEASE_BIN = $(RELEASE_SCRATCH)/release/macvtapd
 # Generated from the built binary: man pages (section 8, a daemon in sbin) and completions.
 GENERATED = $(RELEASE_SCRATCH)/generated
@@ -34,9 +34,12 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-# The whole suite, including the real-kernel and real-QEMU tests (they need root).
+# The whole suite, including the real-kernel and real-QEMU tests (they need root). The release
+# build that the package tests install is made first, so that its minutes of compiling do not
+# compete with the timing-sensitive tests.
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(MAKE) release
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
@@ -105,9 +108,13 @@ uninstall:
 	fi
 
 # A Debian package from the install tree (PREFIX=/usr), with dpkg-shlibdeps and dpkg-deb:
-# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb.
+# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb. The binary is stripped and the man pages and README
+# compressed as dh_strip and dh_compress would (no -dbgsym package: the unstripped binary stays in
+# $(RELEASE_SCRATCH)/release).
 deb:
 	rm -rf $(RELEASE_SCRATCH)/debroot
 	$(MAKE) install DESTDIR=$(CURDIR)/$(RELEASE_SCRATCH)/debroot PREFIX=/usr \
 		ZSHCOMPDIR=/usr/share/zsh/vendor-completions
+	strip --strip-unneeded $(RELEASE_SCRATCH)/debroot/usr/sbin/macvtapd
+	gzip -9n $(RELEASE_SCRATCH)/debroot/usr/share/man/man8/*.8 $(RELEASE_SCRATCH)/debroot/usr/share/doc/macvtapd/README.md
 	scripts/build-deb.sh $(RELEASE_SCRATCH)/debroot $(DEB_OUT)

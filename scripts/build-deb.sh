@@ -4,8 +4,8 @@
 # shared libraries (the Swift runtime is linked in, so only system libraries remain) and dpkg-deb
 # writes the archive. Every file under ROOT/etc is a conffile. Used by `make deb`.
 set -euo pipefail
-root=$1
-out=$2
+root=$(realpath "$1")
+out=$(realpath -m "$2")
 here=$(cd "$(dirname "$0")/.." && pwd)
 binary=$root/usr/sbin/macvtapd
 [ -x "$binary" ] || { echo "build-deb: no $binary; run make deb" >&2; exit 1; }
@@ -13,6 +13,8 @@ binary=$root/usr/sbin/macvtapd
 version=$(tr -d ' \n' <"$here/VERSION")
 arch=$(dpkg --print-architecture)
 
+rm -rf "$root/DEBIAN"
+mkdir -p "$root/DEBIAN"
 # dpkg-shlibdeps reads debian/control of a source tree: a minimal one in a scratch directory.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -24,8 +26,6 @@ if [ -z "$depends" ] || printf '%s' "$depends" | grep -qi swift; then
     exit 1
 fi
 
-rm -rf "$root/DEBIAN"
-mkdir -p "$root/DEBIAN"
 installed_size=$(du -sk --apparent-size "$root" | cut -f1)
 sed -e "s|@VERSION@|$version|" -e "s|@ARCH@|$arch|" -e "s|@INSTALLED_SIZE@|$installed_size|" \
     -e "s|@DEPENDS@|$depends|" "$here/packaging/debian/control.in" >"$root/DEBIAN/control"
