@@ -70,6 +70,8 @@ generated: release
 	rm -rf $(GENERATED) && mkdir -p $(GENERATED)/man
 	$(RELEASE_SCRATCH)/release/generate-manual $(RELEASE_BIN) --multi-page --section 8 \
 		--date $(MANDATE) --output-directory $(GENERATED)/man
+	# generate-manual keeps the blank line between discussion paragraphs; mdoc spells it .Pp.
+	sed -i 's/^$$/.Pp/' $(GENERATED)/man/*.8
 	for shell in bash zsh fish; do \
 		$(RELEASE_BIN) --generate-completion-script $$shell >$(GENERATED)/completion.$$shell || exit 1; \
 	done

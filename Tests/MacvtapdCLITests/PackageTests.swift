@@ -154,7 +154,7 @@ struct PackageTests {
         let unit = try String(
             contentsOfFile: destdir.path + "/opt/mvtd/lib/systemd/system/macvtapd.service", encoding: .utf8)
         #expect(unit.contains("ExecStart=/opt/mvtd/sbin/macvtapd run --config /etc/macvtapd\n"))
-        #expect(!unit.contains("@"), "a placeholder is left in the unit")
+        #expect(!unit.contains("@SBINDIR@") && !unit.contains("@SYSCONFDIR@"), "a placeholder is left in the unit")
         let example = try String(contentsOfFile: destdir.path + "/etc/macvtapd/macvtapd.yaml", encoding: .utf8)
         #expect(example.contains("$schema=/opt/mvtd/share/macvtapd/macvtapd.schema.json"))
 
