@@ -34,12 +34,12 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-# The whole suite, including the real-kernel and real-QEMU tests (they need root). The release
-# build that the package tests install is made first, so that its minutes of compiling do not
-# compete with the timing-sensitive tests.
+# The whole suite, including the real-kernel and real-QEMU tests (they need root). The package
+# the package tests install is made first (PackageTests' own `make deb` then finds it current),
+# so that minutes of compiling and compressing do not compete with the timing-sensitive tests.
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
-	$(MAKE) release
+	$(MAKE) deb DEB_OUT=$(RELEASE_SCRATCH)/deb
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
@@ -110,10 +110,15 @@ uninstall:
 	fi
 
 # A Debian package from the install tree (PREFIX=/usr), with dpkg-shlibdeps and dpkg-deb:
-# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb. The binary is stripped and the man pages and README
-# compressed as dh_strip and dh_compress would (no -dbgsym package: the unstripped binary stays in
-# $(RELEASE_SCRATCH)/release).
-deb:
+# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb, remade only when the binary or a packaged file changed. The
+# binary is stripped and the man pages and README compressed as dh_strip and dh_compress would (no
+# -dbgsym package: the unstripped binary stays in $(RELEASE_SCRATCH)/release).
+DEB_FILE = $(DEB_OUT)/macvtapd_$(shell tr -d ' \n' <VERSION)_$(shell dpkg --print-architecture).deb
+deb: release
+	$(MAKE) $(DEB_FILE)
+
+$(DEB_FILE): $(RELEASE_BIN) VERSION README.md schemas/macvtapd.schema.json examples/macvtapd.yaml \
+		$(wildcard examples/conf.d/*.yaml packaging/* packaging/debian/*) scripts/build-deb.sh Makefile
 	rm -rf $(RELEASE_SCRATCH)/debroot
 	$(MAKE) install DESTDIR=$(CURDIR)/$(RELEASE_SCRATCH)/debroot PREFIX=/usr \
 		ZSHCOMPDIR=/usr/share/zsh/vendor-completions

@@ -7,8 +7,9 @@ import Testing
 /// without starting it and purges without a trace; the man pages and completions come from the
 /// binary itself; the unit verifies and the README states its exposure score.
 ///
-/// The release build behind the package takes minutes on 2 cores: `make test` builds it before
-/// the suite (`make release`), and this suite runs `make deb` once for all its tests.
+/// The release build behind the package takes minutes on 2 cores: `make test` makes the package
+/// before the suite, and this suite's one `make deb` (for all its tests) remakes it only when the
+/// binary or a packaged file changed.
 @Suite("package", .serialized)
 struct PackageTests {
     static let scratch = repositoryRoot + "/.build-release"
@@ -43,10 +44,9 @@ struct PackageTests {
     }
 
     @Test func packageInstallsRunsAndPurgesCleanlyInAThrowawayRoot() async throws {
-        let (deb, make) = try await Self.built.value
+        let (deb, _) = try await Self.built.value
         let size = try FileManager.default.attributesOfItem(atPath: deb)[.size] as? Int ?? 0
         #expect(size > 1_000_000 && size < 40_000_000, "package size \(size) bytes")
-        #expect(make.contains("build-deb: Depends: "))
 
         let run = try await ChildProcess.run(
             repositoryRoot + "/scripts/test-deb.sh", [deb, repositoryRoot + "/examples/ansible/playbook.yml"])
