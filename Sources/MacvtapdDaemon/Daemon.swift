@@ -18,12 +18,19 @@ public final class Daemon: Sendable {
         public var store: StatusStore
         public var controller: Controller.Options
         public var watchConfig: Bool
+        /// Reject, like an invalid one, a configuration that someone other than root or this user can
+        /// change (`ConfigPermissions`); `macvtapd run` sets it unless given --allow-insecure-config.
+        public var requireSecureConfig: Bool
 
-        public init(configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true) {
+        public init(
+            configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true,
+            requireSecureConfig: Bool = false
+        ) {
             self.configPath = configPath
             self.store = store
             self.controller = controller
             self.watchConfig = watchConfig
+            self.requireSecureConfig = requireSecureConfig
         }
     }
 
@@ -107,7 +114,18 @@ public final class Daemon: Sendable {
 
     /// Loads the configuration; an invalid one is reported and the last good desired state stays.
     public func reload() async {
-        let result = ConfigLoader.load(path: settings.configPath)
+        var result = ConfigLoader.load(path: settings.configPath)
+        if settings.requireSecureConfig {
+            let insecure = ConfigPermissions.insecurePaths(configuration: settings.configPath)
+            if !insecure.isEmpty {
+                result.desired = nil
+                result.diagnostics += insecure.map {
+                    Diagnostic(
+                        "\($0.problem) \($0.details): others could change which VM reaches which network "
+                            + "(--allow-insecure-config overrides)", path: $0.path)
+                }
+            }
+        }
         if let desired = result.desired {
             logger.info(
                 "configuration loaded: \(desired.vms.count) VM(s), \(desired.bindings.count) binding(s)",

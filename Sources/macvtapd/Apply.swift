@@ -18,6 +18,7 @@ struct Apply: AsyncParsableCommand {
     )
 
     @OptionGroup var config: ConfigOptions
+    @OptionGroup var security: InsecureConfigOptions
 
     @Option(help: ArgumentHelp("Where the JSON status document is read and written.", valueName: "path"))
     var statusFile: String = StatusStore.defaultPath
@@ -32,6 +33,7 @@ struct Apply: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        try security.check(config)
         let desired = try config.loadDesired(outcome: "nothing was changed")
         let reconciler = try options.reconciler(statusFile: statusFile, deviceDirectory: device.deviceDir)
         if dryRun {

@@ -34,6 +34,7 @@ struct PlanCommand: AsyncParsableCommand {
     var detailedExitcode = false
 
     func run() async throws {
+        try config.checkPermissions(.warn)
         let desired = try config.loadDesired(outcome: "no plan was made")
         let plan = try await options.reconciler(statusFile: statusFile).plan(desired)
         try PlanOutput.print(plan, json: json)

@@ -18,13 +18,15 @@ struct Run: AsyncParsableCommand {
             (0.5 s doubling to 30 s, reset on success) without delaying the others.
 
             An invalid configuration is logged and shown in status; the last good desired state stays in \
-            force. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
+            force. So is a configuration that a group or other users can write (see \
+            --allow-insecure-config), at start and on every reload. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
             systemd (Type=notify) it reports readiness and a STATUS= line, and feeds the watchdog when \
             WatchdogSec= is set.
             """
     )
 
     @OptionGroup var config: ConfigOptions
+    @OptionGroup var security: InsecureConfigOptions
 
     @Option(help: ArgumentHelp("Where the JSON status document is written.", valueName: "path"))
     var statusFile: String = StatusStore.defaultPath
@@ -51,6 +53,7 @@ struct Run: AsyncParsableCommand {
     var metricsFile: String = "/run/macvtapd/macvtapd.prom"
 
     func run() async throws {
+        try security.check(config)
         let level = options.logLevel ?? .info
         // Logging must never stall the control loop: lines go through a queue to standard error,
         // and a reader that went away (EPIPE) costs log lines, not the daemon.
@@ -69,7 +72,7 @@ struct Run: AsyncParsableCommand {
             controller: Controller.Options(
                 resyncInterval: resync, useLinkEvents: !noEvents,
                 metricsPath: metricsFile.isEmpty ? nil : metricsFile),
-            watchConfig: !noWatchConfig)
+            watchConfig: !noWatchConfig, requireSecureConfig: !security.allowInsecureConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
         // The last lines (the stop) are still queued; a reader that never comes back costs a second.
