@@ -1,9 +1,32 @@
-# macvtapd — the two commands README.md promises, plus the developer loop.
+# macvtapd — the two commands README.md promises, the developer loop, and installing it.
 SWIFT ?= swift
 BUILD_FLAGS ?=
 BIN = .build/debug/macvtapd
 
-.PHONY: deps build test demo bench lint format clean
+# `make install` and `make deb`: a release build with the Swift runtime linked in, so the binary
+# runs where no Swift toolchain is; its own scratch path, apart from the debug build the tests use.
+PREFIX ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+DATADIR ?= $(PREFIX)/share
+MANDIR ?= $(DATADIR)/man
+DOCDIR ?= $(DATADIR)/doc/macvtapd
+# The daemon reads /etc/macvtapd by default, whatever the prefix.
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+BASHCOMPDIR ?= $(DATADIR)/bash-completion/completions
+ZSHCOMPDIR ?= $(DATADIR)/zsh/site-functions
+FISHCOMPDIR ?= $(DATADIR)/fish/vendor_completions.d
+RELEASE_SCRATCH ?= .build-release
+RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(RELEASE_SCRATCH) $(BUILD_FLAGS)
+RELEASE_BIN = $(RELEASE_SCRATCH)/release/macvtapd
+# Generated from the built binary: man pages (section 8, a daemon in sbin) and completions.
+GENERATED = $(RELEASE_SCRATCH)/generated
+# Reproducible man page dates: the last commit's, not today's.
+MANDATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date +%F)
+DEB_OUT ?= out
+
+.PHONY: deps build test demo bench lint format clean release generated install uninstall deb
 
 deps:
 	@scripts/install-deps.sh
@@ -11,9 +34,12 @@ deps:
 build: deps
 	$(SWIFT) build $(BUILD_FLAGS)
 
-# The whole suite, including the real-kernel and real-QEMU tests (they need root).
+# The whole suite, including the real-kernel and real-QEMU tests (they need root). The package
+# the package tests install is made first (PackageTests' own `make deb` then finds it current),
+# so that minutes of compiling and compressing do not compete with the timing-sensitive tests.
 test: deps
 	$(SWIFT) build --build-tests $(BUILD_FLAGS)
+	$(MAKE) deb DEB_OUT=$(RELEASE_SCRATCH)/deb
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
@@ -31,4 +57,71 @@ format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
 
 clean:
-	rm -rf .build
+	rm -rf .build $(RELEASE_SCRATCH)
+
+release:
+	$(SWIFT) build $(RELEASE_FLAGS) --product macvtapd
+	$(SWIFT) build $(RELEASE_FLAGS) --product generate-manual
+
+# Man pages by swift-argument-parser's generate-manual (the tool its generate-manual plugin runs),
+# pointed at the very binary being installed; completions from that binary. Neither can drift
+# from --help.
+generated: release
+	rm -rf $(GENERATED) && mkdir -p $(GENERATED)/man
+	$(RELEASE_SCRATCH)/release/generate-manual $(RELEASE_BIN) --multi-page --section 8 \
+		--date $(MANDATE) --output-directory $(GENERATED)/man
+	# generate-manual keeps the blank line between discussion paragraphs; mdoc spells it .Pp.
+	sed -i 's/^$$/.Pp/' $(GENERATED)/man/*.8
+	for shell in bash zsh fish; do \
+		$(RELEASE_BIN) --generate-completion-script $$shell >$(GENERATED)/completion.$$shell || exit 1; \
+	done
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+		packaging/macvtapd.service.in >$(GENERATED)/macvtapd.service
+	sed -e 's|@DATADIR@|$(DATADIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+		packaging/macvtapd.yaml.in >$(GENERATED)/macvtapd.yaml
+
+# The example configuration declares no VMs and is installed only where none exists: an edited
+# one is never overwritten.
+install: generated
+	install -D -m 0755 $(RELEASE_BIN) $(DESTDIR)$(SBINDIR)/macvtapd
+	install -D -m 0644 $(GENERATED)/macvtapd.service $(DESTDIR)$(UNITDIR)/macvtapd.service
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(GENERATED)/man/*.8 $(DESTDIR)$(MANDIR)/man8/
+	install -D -m 0644 $(GENERATED)/completion.bash $(DESTDIR)$(BASHCOMPDIR)/macvtapd
+	install -D -m 0644 $(GENERATED)/completion.zsh $(DESTDIR)$(ZSHCOMPDIR)/_macvtapd
+	install -D -m 0644 $(GENERATED)/completion.fish $(DESTDIR)$(FISHCOMPDIR)/macvtapd.fish
+	install -D -m 0644 schemas/macvtapd.schema.json $(DESTDIR)$(DATADIR)/macvtapd/macvtapd.schema.json
+	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	install -d -m 0755 $(DESTDIR)$(DOCDIR)/examples/conf.d
+	install -m 0644 examples/macvtapd.yaml $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 examples/conf.d/*.yaml $(DESTDIR)$(DOCDIR)/examples/conf.d/
+	install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/macvtapd
+	test -e $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml || \
+		install -m 0644 $(GENERATED)/macvtapd.yaml $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml
+
+# Leaves $(SYSCONFDIR)/macvtapd alone unless it holds only the untouched example.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/macvtapd $(DESTDIR)$(UNITDIR)/macvtapd.service
+	rm -f $(DESTDIR)$(MANDIR)/man8/macvtapd.8 $(DESTDIR)$(MANDIR)/man8/macvtapd.*.8
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/macvtapd $(DESTDIR)$(ZSHCOMPDIR)/_macvtapd $(DESTDIR)$(FISHCOMPDIR)/macvtapd.fish
+	rm -rf $(DESTDIR)$(DATADIR)/macvtapd $(DESTDIR)$(DOCDIR)
+	if [ -f $(GENERATED)/macvtapd.yaml ] && cmp -s $(GENERATED)/macvtapd.yaml $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml; then \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/macvtapd/macvtapd.yaml; rmdir $(DESTDIR)$(SYSCONFDIR)/macvtapd 2>/dev/null || true; \
+	fi
+
+# A Debian package from the install tree (PREFIX=/usr), with dpkg-shlibdeps and dpkg-deb:
+# $(DEB_OUT)/macvtapd_VERSION_ARCH.deb, remade only when the binary or a packaged file changed. The
+# binary is stripped and the man pages and README compressed as dh_strip and dh_compress would (no
+# -dbgsym package: the unstripped binary stays in $(RELEASE_SCRATCH)/release).
+DEB_FILE = $(DEB_OUT)/macvtapd_$(shell tr -d ' \n' <VERSION)_$(shell dpkg --print-architecture).deb
+deb: release
+	$(MAKE) $(DEB_FILE)
+
+$(DEB_FILE): $(RELEASE_BIN) VERSION README.md schemas/macvtapd.schema.json examples/macvtapd.yaml \
+		$(wildcard examples/conf.d/*.yaml packaging/* packaging/debian/*) scripts/build-deb.sh Makefile
+	rm -rf $(RELEASE_SCRATCH)/debroot
+	$(MAKE) install DESTDIR=$(CURDIR)/$(RELEASE_SCRATCH)/debroot PREFIX=/usr \
+		ZSHCOMPDIR=/usr/share/zsh/vendor-completions
+	strip --strip-unneeded $(RELEASE_SCRATCH)/debroot/usr/sbin/macvtapd
+	gzip -9n $(RELEASE_SCRATCH)/debroot/usr/share/man/man8/*.8 $(RELEASE_SCRATCH)/debroot/usr/share/doc/macvtapd/README.md
+	scripts/build-deb.sh $(RELEASE_SCRATCH)/debroot $(DEB_OUT)

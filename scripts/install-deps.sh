@@ -6,9 +6,15 @@ set -euo pipefail
 # udev provides the systemd-udevd the udev end-to-end tests run in their sandbox.
 # linux-image-cloud-amd64 and busybox-static only feed the test guest's initramfs
 # (scripts/build-guest-initramfs.sh); nothing boots the host with that kernel. time (GNU time)
-# measures a child's own peak RSS and CPU in the tests (ChildProcess.usageWrapper).
+# measures a child's own peak RSS and CPU in the tests (ChildProcess.usageWrapper). The package
+# tests (make deb, scripts/test-deb.sh) need dpkg-dev (dpkg-shlibdeps), binutils (strip), systemd
+# (systemd-analyze verify and security; nothing starts it), init-system-helpers
+# (deb-systemd-helper in the maintainer scripts), groff-base (the man pages render without
+# warnings), ansible-core with python3-apt (the Ansible example in check mode) and strace (the
+# system calls macvtapd makes pass the unit's SystemCallFilter=).
 packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps time
-    iputils-ping linux-image-cloud-amd64 busybox-static)
+    iputils-ping linux-image-cloud-amd64 busybox-static dpkg-dev binutils systemd init-system-helpers groff-base
+    ansible-core python3-apt strace)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

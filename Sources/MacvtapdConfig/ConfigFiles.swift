@@ -25,9 +25,33 @@ enum ConfigFiles {
 
     /// The `*.yaml` and `*.yml` regular files of `directory`, hidden ones aside, in byte-wise name order.
     private static func directory(_ directory: String, limits: ConfigLimits) -> Result<[ConfigSource], Diagnostic> {
-        guard let stream = opendir(directory) else {
+        guard let (names, skipped) = listing(directory) else {
             return .failure(Diagnostic("cannot list the configuration directory: \(errorText())", path: directory))
         }
+        guard !names.isEmpty else {
+            return .failure(
+                Diagnostic(
+                    "the configuration directory holds no *.yaml or *.yml file\(skippedNote(skipped)) "
+                        + "(write one with 'version: 1' and 'vms: {}' to declare no VMs)", path: directory))
+        }
+        guard names.count <= limits.maxFiles else {
+            return .failure(
+                Diagnostic(
+                    "the configuration directory holds \(names.count) files; the limit is \(limits.maxFiles)",
+                    path: directory))
+        }
+        return .success(names.map { readFile(join(directory, $0), limits: limits) })
+    }
+
+    /// The paths of the files `read` merges from `directory`, in merge order; empty when it cannot be listed.
+    static func configurationFiles(in directory: String) -> [String] {
+        (listing(directory)?.names ?? []).map { join(directory, $0) }
+    }
+
+    /// The configuration files' names in byte-wise order, and the names skipped; nil when the
+    /// directory cannot be listed (errno says why).
+    private static func listing(_ directory: String) -> (names: [String], skipped: [String])? {
+        guard let stream = opendir(directory) else { return nil }
         defer { closedir(stream) }
         var names: [String] = []
         var skipped: [String] = []
@@ -44,20 +68,8 @@ enum ConfigFiles {
             // silently dropping a file would silently drop its VMs' bindings.
             names.append(name)
         }
-        guard !names.isEmpty else {
-            return .failure(
-                Diagnostic(
-                    "the configuration directory holds no *.yaml or *.yml file\(skippedNote(skipped)) "
-                        + "(write one with 'version: 1' and 'vms: {}' to declare no VMs)", path: directory))
-        }
-        guard names.count <= limits.maxFiles else {
-            return .failure(
-                Diagnostic(
-                    "the configuration directory holds \(names.count) files; the limit is \(limits.maxFiles)",
-                    path: directory))
-        }
         names.sort { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) }
-        return .success(names.map { readFile(join(directory, $0), limits: limits) })
+        return (names, skipped)
     }
 
     /// Reads at most one byte more than the limit, so a file that grows or lies about its size is still bounded.

@@ -21,16 +21,20 @@ public final class Daemon: Sendable {
         public var watchConfig: Bool
         /// The control socket, already locked and listening; nil serves none.
         public var control: Control?
+        /// Reject, like an invalid one, a configuration that someone other than root or this user can
+        /// change (`ConfigPermissions`); `macvtapd run` sets it unless given --allow-insecure-config.
+        public var requireSecureConfig: Bool
 
         public init(
             configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true,
-            control: Control? = nil
+            control: Control? = nil, requireSecureConfig: Bool = false
         ) {
             self.configPath = configPath
             self.store = store
             self.controller = controller
             self.watchConfig = watchConfig
             self.control = control
+            self.requireSecureConfig = requireSecureConfig
         }
     }
 
@@ -147,13 +151,30 @@ public final class Daemon: Sendable {
     /// `macvtapd apply` through the control socket: a reload now, with its outcomes gathered.
     func reloadForApply() async -> ApplyStart {
         logger.info("apply requested on the control socket; reloading")
-        let result = ConfigLoader.load(path: settings.configPath)
+        let result = loadChecked()
         guard let desired = await accept(result) else { return .rejected(result.diagnostics.map(\.description)) }
         return .watching(await controller.apply(desired, config: .init(path: settings.configPath, valid: true)))
     }
 
     private func load() async -> DesiredState? {
-        await accept(ConfigLoader.load(path: settings.configPath))
+        await accept(loadChecked())
+    }
+
+    /// The configuration as loaded, refused like an invalid one when others could change it.
+    private func loadChecked() -> ConfigLoadResult {
+        var result = ConfigLoader.load(path: settings.configPath)
+        if settings.requireSecureConfig {
+            let insecure = ConfigPermissions.insecurePaths(configuration: settings.configPath)
+            if !insecure.isEmpty {
+                result.desired = nil
+                result.diagnostics += insecure.map {
+                    Diagnostic(
+                        "\($0.problem) \($0.details): others could change which VM reaches which network "
+                            + "(--allow-insecure-config overrides)", path: $0.path)
+                }
+            }
+        }
+        return result
     }
 
     /// Logs a load's outcome; an invalid configuration is recorded as rejected.

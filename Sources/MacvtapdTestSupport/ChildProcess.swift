@@ -59,7 +59,8 @@ public enum ChildProcess {
         defer { argv.forEach { free($0) } }
         var pid = pid_t()
         let start = DispatchTime.now()
-        let spawned = posix_spawn(&pid, usageWrapper, &actions, nil, argv, environ)
+        let attributes = CleanSignalSpawnAttributes()
+        let spawned = posix_spawn(&pid, usageWrapper, &actions, attributes.pointer, argv, environ)
         guard spawned == 0 else {
             throw ChildError("cannot start \(executable): \(String(cString: strerror(spawned)))")
         }

@@ -21,8 +21,10 @@ public struct GuestImage: Sendable {
     }()
 
     /// The image in the default cache, built once per process (every later call reuses the result).
-    public static func cached() throws(GuestVMError) -> GuestImage {
-        try shared.get()
+    /// The build script runs for seconds on a fresh machine: it, and every caller waiting for it,
+    /// waits off the cooperative pool.
+    public static func cached() async throws(GuestVMError) -> GuestImage {
+        try await offPool { shared }.get()
     }
 
     private static let shared: Result<GuestImage, GuestVMError> = Result {

@@ -74,7 +74,8 @@ enum GuestProcess {
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
+        let attributes = CleanSignalSpawnAttributes()
+        let result = posix_spawnp(&pid, arguments[0], &actions, attributes.pointer, argv, environ)
         guard result == 0 else { throw .system(operation: "spawn \(arguments[0])", errno: result) }
         return pid
     }

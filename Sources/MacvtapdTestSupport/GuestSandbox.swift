@@ -49,7 +49,7 @@ public final class GuestSandbox: Sendable {
 
     /// The namespace with the bridge and `lowers`, then the guest booted to `GUEST READY`.
     public static func start(_ configuration: GuestConfiguration, lowers: [String]) async throws -> GuestSandbox {
-        let namespace = try NetworkNamespace(prefix: "mvtguest")
+        let namespace = try await NetworkNamespace(prefix: "mvtguest")
         let directory: TemporaryDirectory
         do {
             directory = try TemporaryDirectory()
@@ -58,11 +58,11 @@ public final class GuestSandbox: Sendable {
             throw error
         }
         do {
-            try namespace.ip("link", "add", bridge, "type", "bridge")
-            try namespace.ip("link", "set", bridge, "address", bridgeMAC.description)
-            try namespace.ip("addr", "add", "\(bridgeAddress)/\(prefixLength)", "dev", bridge)
-            try namespace.ip("link", "set", bridge, "up")
-            for lower in lowers { try addLower(lower, in: namespace, directory: directory) }
+            try await namespace.ip("link", "add", bridge, "type", "bridge")
+            try await namespace.ip("link", "set", bridge, "address", bridgeMAC.description)
+            try await namespace.ip("addr", "add", "\(bridgeAddress)/\(prefixLength)", "dev", bridge)
+            try await namespace.ip("link", "set", bridge, "up")
+            for lower in lowers { try await addLower(lower, in: namespace, directory: directory) }
             let vm = try await GuestVM.boot(configuration)
             return GuestSandbox(namespace: namespace, vm: vm, directory: directory, binary: try binaryPath(vm))
         } catch {
@@ -103,7 +103,7 @@ public final class GuestSandbox: Sendable {
     /// return times are measured from here.
     private static func addLower(
         _ name: String, carrier: Bool = true, in namespace: NetworkNamespace, directory: TemporaryDirectory
-    ) throws {
+    ) async throws {
         let batch = try directory.write(
             "add-\(name).ip",
             """
@@ -113,27 +113,27 @@ public final class GuestSandbox: Sendable {
             link set \(name) up
 
             """)
-        try namespace.ip("-batch", batch)
+        try await namespace.ip("-batch", batch)
     }
 
     /// The host interface (re)appears: a new veth pair whose peer joins the bridge, both up; with
     /// `carrier: false` the peer stays down until `setCarrier(of:up:)`, as a port whose link
     /// partner is not there yet.
-    public func addLower(_ name: String, carrier: Bool = true) throws {
-        try Self.addLower(name, carrier: carrier, in: namespace, directory: directory)
+    public func addLower(_ name: String, carrier: Bool = true) async throws {
+        try await Self.addLower(name, carrier: carrier, in: namespace, directory: directory)
     }
 
     /// Hot-removes the host interface (its bridge port and every macvtap on it go with it).
-    public func deleteLower(_ name: String) throws { try namespace.ip("link", "del", name) }
+    public func deleteLower(_ name: String) async throws { try await namespace.ip("link", "del", name) }
 
     /// The host interface stays but loses (or regains) carrier: its peer, the bridge port, goes down.
-    public func setCarrier(of lower: String, up: Bool) throws {
-        try namespace.ip("link", "set", lower + "p", up ? "up" : "down")
+    public func setCarrier(of lower: String, up: Bool) async throws {
+        try await namespace.ip("link", "set", lower + "p", up ? "up" : "down")
     }
 
     /// The bridge port the bridge has learned `mac` on, from `bridge fdb`; nil when it has not.
-    public func learnedPort(of mac: MACAddress) throws -> String? {
-        let output = try namespace.exec(["bridge", "fdb", "show", "br", Self.bridge])
+    public func learnedPort(of mac: MACAddress) async throws -> String? {
+        let output = try await namespace.exec(["bridge", "fdb", "show", "br", Self.bridge])
         for line in output.split(separator: "\n") {
             let words = line.split(separator: " ")
             guard words.count >= 3, MACAddress(String(words[0])) == mac, words[1] == "dev" else { continue }
@@ -144,8 +144,8 @@ public final class GuestSandbox: Sendable {
     }
 
     /// The MACs of the macvtaps in the namespace.
-    public func macvtapMACs() throws -> [MACAddress] {
-        let output = try namespace.ip("-o", "link", "show", "type", "macvtap")
+    public func macvtapMACs() async throws -> [MACAddress] {
+        let output = try await namespace.ip("-o", "link", "show", "type", "macvtap")
         return output.split(separator: "\n").compactMap { line in
             guard let range = line.range(of: "link/ether ") else { return nil }
             return MACAddress(String(line[range.upperBound...].prefix(17)))

@@ -37,10 +37,10 @@ public final class GuestVM: Sendable {
     /// Spawns QEMU and returns at once; `waitUntilReady` waits for the guest.
     public static func launch(
         _ configuration: GuestConfiguration, image explicitImage: GuestImage? = nil
-    ) throws(GuestVMError) -> GuestVM {
+    ) async throws(GuestVMError) -> GuestVM {
         // Not `??`: its autoclosure rethrows untyped errors.
         let image: GuestImage
-        if let explicitImage { image = explicitImage } else { image = try GuestImage.cached() }
+        if let explicitImage { image = explicitImage } else { image = try await GuestImage.cached() }
         GuestLeftovers.reapedOnce
         var template = Array(GuestLeftovers.directoryTemplate.utf8CString)
         guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
@@ -53,7 +53,7 @@ public final class GuestVM: Sendable {
     public static func boot(
         _ configuration: GuestConfiguration, readyTimeout: Duration = .seconds(60)
     ) async throws(GuestVMError) -> GuestVM {
-        let vm = try launch(configuration)
+        let vm = try await launch(configuration)
         do {
             try await vm.waitUntilReady(timeout: readyTimeout)
         } catch {

@@ -11,37 +11,42 @@ public final class NetworkNamespace: Sendable {
     /// `/run/netns/NAME`: what `RouteSocket(networkNamespace:)` and friends take.
     public var path: String { "/run/netns/\(name)" }
 
-    public init(prefix: String = "mvtd") throws {
+    public init(prefix: String = "mvtd") async throws {
         name = "\(prefix)-\(getpid())-\(NetworkNamespace.counter.add(1, ordering: .relaxed).newValue)"
-        try NetworkNamespaceCommand.run(["ip", "netns", "add", name])
+        try await NetworkNamespaceCommand.run(["ip", "netns", "add", name])
         do {
-            try ip("link", "set", "lo", "up")
+            try await ip("link", "set", "lo", "up")
         } catch {
-            _ = try? NetworkNamespaceCommand.run(["ip", "netns", "del", name])
+            try? delete()
             throw error
         }
     }
 
     deinit { try? delete() }
 
-    /// Removes the namespace. Its interfaces go when the last socket into it is closed.
+    /// Removes the namespace as `ip netns del` does (detach its bind mount, unlink the name),
+    /// without a child process: it runs from deinit, on whatever thread dropped the last reference.
+    /// Its interfaces go when the last socket and process in it are gone.
     public func delete() throws {
         guard !deleted.exchange(true, ordering: .relaxed) else { return }
-        try NetworkNamespaceCommand.run(["ip", "netns", "del", name])
+        umount2(path, Int32(MNT_DETACH))
+        guard unlink(path) == 0 else {
+            throw NetworkNamespaceCommandError(command: ["unlink \(path)"], status: errno, output: "")
+        }
     }
 
     public var exists: Bool { access(path, F_OK) == 0 }
 
     /// `ip -n NAME ARGS...`
     @discardableResult
-    public func ip(_ arguments: String...) throws -> String {
-        try NetworkNamespaceCommand.run(["ip", "-n", name] + arguments)
+    public func ip(_ arguments: String...) async throws -> String {
+        try await NetworkNamespaceCommand.run(["ip", "-n", name] + arguments)
     }
 
     /// Any command inside the namespace (`ip netns exec NAME ...`).
     @discardableResult
-    public func exec(_ arguments: [String]) throws -> String {
-        try NetworkNamespaceCommand.run(["ip", "netns", "exec", name] + arguments)
+    public func exec(_ arguments: [String]) async throws -> String {
+        try await NetworkNamespaceCommand.run(["ip", "netns", "exec", name] + arguments)
     }
 
     /// Runs `body` with the calling thread inside the namespace; sockets made there stay there.

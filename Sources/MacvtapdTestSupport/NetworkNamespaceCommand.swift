@@ -14,16 +14,28 @@ public struct NetworkNamespaceCommandError: Error, CustomStringConvertible {
 /// posix_spawn + wait, output (stdout and stderr together) captured: no Foundation, no shell.
 public enum NetworkNamespaceCommand {
     /// Runs `arguments[0]` (looked up in PATH) and returns its output; throws when it fails.
+    /// Waits on a thread of its own (`offPool`), never on the cooperative pool.
     @discardableResult
-    public static func run(_ arguments: [String]) throws -> String {
-        let (status, output) = try runReturningStatus(arguments)
+    public static func run(_ arguments: [String]) async throws -> String {
+        try await offPool { try runBlocking(arguments) }
+    }
+
+    /// `run` waiting on the calling thread: only for benchmarks' timed loops and synchronous code
+    /// that owns its thread.
+    @discardableResult
+    public static func runBlocking(_ arguments: [String]) throws -> String {
+        let (status, output) = try runReturningStatusBlocking(arguments)
         guard status == 0 else {
             throw NetworkNamespaceCommandError(command: arguments, status: status, output: output)
         }
         return output
     }
 
-    public static func runReturningStatus(_ arguments: [String]) throws -> (status: Int32, output: String) {
+    public static func runReturningStatus(_ arguments: [String]) async throws -> (status: Int32, output: String) {
+        try await offPool { try runReturningStatusBlocking(arguments) }
+    }
+
+    static func runReturningStatusBlocking(_ arguments: [String]) throws -> (status: Int32, output: String) {
         var pipeFDs: [Int32] = [-1, -1]
         // A socketpair because it can be made close-on-exec atomically (pipe2 needs _GNU_SOURCE):
         // a write end leaked into a child spawned in parallel would hold our read open.
@@ -39,7 +51,8 @@ public enum NetworkNamespaceCommand {
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let spawned = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
+        let attributes = CleanSignalSpawnAttributes()
+        let spawned = posix_spawnp(&pid, arguments[0], &actions, attributes.pointer, argv, environ)
         close(pipeFDs[1])
         defer { close(pipeFDs[0]) }
         guard spawned == 0 else {

@@ -215,7 +215,8 @@ public final class QEMUProcess: Sendable {
         let argv = arguments.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ)
+        let attributes = CleanSignalSpawnAttributes()
+        let result = posix_spawnp(&pid, arguments[0], &actions, attributes.pointer, argv, environ)
         guard result == 0 else {
             throw QEMUFixtureError("posix_spawnp \(arguments[0]) failed: \(String(cString: strerror(result)))")
         }

@@ -50,9 +50,9 @@ public final class Sandbox: Sendable {
 
     /// Host interfaces `lowers` (each a veth whose peer is `<name>p`, both up) and a VM `vm` with `nics`.
     public static func start(nics: [QEMUNIC], lowers: [String], paused: Bool = false) async throws -> Sandbox {
-        let namespace = try NetworkNamespace(prefix: "mvte2e")
+        let namespace = try await NetworkNamespace(prefix: "mvte2e")
         do {
-            for lower in lowers { try addLower(lower, in: namespace) }
+            for lower in lowers { try await addLower(lower, in: namespace) }
             let probes = try Dictionary(uniqueKeysWithValues: nics.map { ($0.id, try Probe()) })
             let qemu = try await QEMUProcess.launch(
                 QEMUOptions(
@@ -113,20 +113,20 @@ public final class Sandbox: Sendable {
 
     // MARK: Host interfaces
 
-    static func addLower(_ name: String, in namespace: NetworkNamespace) throws {
-        try namespace.ip("link", "add", name, "type", "veth", "peer", "name", name + "p")
-        try namespace.ip("link", "set", name, "up")
-        try namespace.ip("link", "set", name + "p", "up")
+    static func addLower(_ name: String, in namespace: NetworkNamespace) async throws {
+        try await namespace.ip("link", "add", name, "type", "veth", "peer", "name", name + "p")
+        try await namespace.ip("link", "set", name, "up")
+        try await namespace.ip("link", "set", name + "p", "up")
     }
 
-    public func addLower(_ name: String) throws { try Self.addLower(name, in: namespace) }
+    public func addLower(_ name: String) async throws { try await Self.addLower(name, in: namespace) }
 
     /// Hot-removes the host interface (and with it, in the kernel, every macvtap on it).
-    public func deleteLower(_ name: String) throws { try namespace.ip("link", "del", name) }
+    public func deleteLower(_ name: String) async throws { try await namespace.ip("link", "del", name) }
 
     /// The macvtaps in the namespace, as `ip -d link` shows them: name and alias.
-    public func macvtaps() throws -> [(name: String, alias: String?)] {
-        let output = try namespace.ip("-o", "-d", "link", "show", "type", "macvtap")
+    public func macvtaps() async throws -> [(name: String, alias: String?)] {
+        let output = try await namespace.ip("-o", "-d", "link", "show", "type", "macvtap")
         return output.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 1 else { return nil }
@@ -303,7 +303,8 @@ public final class BackgroundProcess: Sendable {
         let envp = (inherited + environment.map { "\($0.key)=\($0.value)" }).map { strdup($0) } + [nil]
         defer { envp.forEach { free($0) } }
         var pid = pid_t()
-        let spawned = posix_spawn(&pid, executable, &actions, nil, argv, envp)
+        let attributes = CleanSignalSpawnAttributes()
+        let spawned = posix_spawn(&pid, executable, &actions, attributes.pointer, argv, envp)
         guard spawned == 0 else {
             throw ChildError("cannot start \(executable): \(String(cString: strerror(spawned)))")
         }

@@ -51,7 +51,7 @@ public final class TestUdevd: Sendable {
         // What systemd-udev-trigger does at boot: replay "add" for the interfaces that existed
         // before udevd (lo, at least), so that every one of them ends up initialised.
         do {
-            try sandbox.namespace.exec(["udevadm", "trigger", "--subsystem-match=net", "--action=add"])
+            try await sandbox.namespace.exec(["udevadm", "trigger", "--subsystem-match=net", "--action=add"])
             let loopback = sandbox.udevRunDirectory + "/data/n1"
             while access(loopback, F_OK) != 0 {
                 guard ContinuousClock.now < deadline else { throw UdevViewError("udevd did not process lo", 0) }

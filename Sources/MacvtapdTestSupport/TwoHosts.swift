@@ -47,7 +47,7 @@ public final class TwoHosts: Sendable {
 
     /// Runs `body` with both hosts and the switch; always cleans up, even when `body` throws.
     public static func with<Result>(_ body: (TwoHosts) async throws -> Result) async throws -> Result {
-        let hosts = try TwoHosts()
+        let hosts = try await TwoHosts()
         do {
             let result = try await body(hosts)
             await hosts.cleanup()
@@ -58,28 +58,30 @@ public final class TwoHosts: Sendable {
         }
     }
 
-    public init() throws {
+    public init() async throws {
         directory = try TemporaryDirectory()
         var created: [NetworkNamespace] = []
-        func namespace(_ prefix: String) throws -> NetworkNamespace {
-            let made = try NetworkNamespace(prefix: prefix)
+        func namespace(_ prefix: String) async throws -> NetworkNamespace {
+            let made = try await NetworkNamespace(prefix: prefix)
             created.append(made)
             return made
         }
         do {
             binary = try ChildProcess.macvtapdBinary()
-            network = try namespace("mvtsw")
-            try network.ip("link", "add", "br0", "type", "bridge")
-            try network.ip("link", "set", "br0", "address", Self.switchMAC.description)
-            try network.ip("addr", "add", Self.switchAddress + "/24", "dev", "br0")
-            try network.ip("link", "set", "br0", "up")
+            network = try await namespace("mvtsw")
+            try await network.ip("link", "add", "br0", "type", "bridge")
+            try await network.ip("link", "set", "br0", "address", Self.switchMAC.description)
+            try await network.ip("addr", "add", Self.switchAddress + "/24", "dev", "br0")
+            try await network.ip("link", "set", "br0", "up")
             var hosts: [Host] = []
             for (name, address) in [("a", "10.99.0.11"), ("b", "10.99.0.12")] {
+                let hostNamespace = try await namespace("mvthost\(name)")
+                let client = try await namespace("mvtcl\(name)")
                 let host = Host(
-                    name: name, namespace: try namespace("mvthost\(name)"), client: try namespace("mvtcl\(name)"),
+                    name: name, namespace: hostNamespace, client: client,
                     clientAddress: address, directory: directory.path + "/" + name)
                 mkdir(host.directory, 0o755)
-                try Self.cable(host, to: network)
+                try await Self.cable(host, to: network)
                 hosts.append(host)
             }
             a = hosts[0]
@@ -92,16 +94,16 @@ public final class TwoHosts: Sendable {
     }
 
     /// eth0 on the host, its peer a port of the switch's bridge, and the co-located client.
-    private static func cable(_ host: Host, to network: NetworkNamespace) throws {
-        try host.namespace.ip(
+    private static func cable(_ host: Host, to network: NetworkNamespace) async throws {
+        try await host.namespace.ip(
             "link", "add", "eth0", "type", "veth", "peer", "name", host.switchPort, "netns", network.name)
-        try network.ip("link", "set", host.switchPort, "master", "br0")
-        try network.ip("link", "set", host.switchPort, "up")
-        try host.namespace.ip("link", "set", "eth0", "up")
-        try host.namespace.ip("link", "add", "link", "eth0", "name", "cl0", "type", "macvlan", "mode", "bridge")
-        try host.namespace.ip("link", "set", "cl0", "netns", host.client.name)
-        try host.client.ip("addr", "add", host.clientAddress + "/24", "dev", "cl0")
-        try host.client.ip("link", "set", "cl0", "up")
+        try await network.ip("link", "set", host.switchPort, "master", "br0")
+        try await network.ip("link", "set", host.switchPort, "up")
+        try await host.namespace.ip("link", "set", "eth0", "up")
+        try await host.namespace.ip("link", "add", "link", "eth0", "name", "cl0", "type", "macvlan", "mode", "bridge")
+        try await host.namespace.ip("link", "set", "cl0", "netns", host.client.name)
+        try await host.client.ip("addr", "add", host.clientAddress + "/24", "dev", "cl0")
+        try await host.client.ip("link", "set", "cl0", "up")
     }
 
     /// Daemons first (one still running would write into the directory removed below), then the
@@ -159,8 +161,8 @@ public final class TwoHosts: Sendable {
     }
 
     /// The host's macvtaps and whether each is administratively up (IFF_UP).
-    public func macvtaps(on host: Host) throws -> [(name: String, up: Bool)] {
-        let output = try host.namespace.ip("-o", "link", "show", "type", "macvtap")
+    public func macvtaps(on host: Host) async throws -> [(name: String, up: Bool)] {
+        let output = try await host.namespace.ip("-o", "link", "show", "type", "macvtap")
         return output.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count > 2 else { return nil }
@@ -171,8 +173,8 @@ public final class TwoHosts: Sendable {
     }
 
     /// The switch port the bridge has learned `mac` on; nil when it has not.
-    public func learnedPort(of mac: MACAddress) throws -> String? {
-        let output = try network.exec(["bridge", "fdb", "show", "br", "br0"])
+    public func learnedPort(of mac: MACAddress) async throws -> String? {
+        let output = try await network.exec(["bridge", "fdb", "show", "br", "br0"])
         for line in output.split(separator: "\n") where !line.contains("permanent") {
             let words = line.split(separator: " ")
             if words.count >= 3, MACAddress(String(words[0])) == mac, words[1] == "dev" { return String(words[2]) }

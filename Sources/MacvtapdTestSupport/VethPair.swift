@@ -8,11 +8,11 @@ public struct VethPair: Hashable, Sendable {
 extension NetworkNamespace {
     /// `ip link add NAME type veth peer name PEER`, both brought up unless told otherwise.
     @discardableResult
-    public func addVethPair(_ name: String, peer: String, up: Bool = true) throws -> VethPair {
-        try ip("link", "add", name, "type", "veth", "peer", "name", peer)
+    public func addVethPair(_ name: String, peer: String, up: Bool = true) async throws -> VethPair {
+        try await ip("link", "add", name, "type", "veth", "peer", "name", peer)
         if up {
-            try ip("link", "set", name, "up")
-            try ip("link", "set", peer, "up")
+            try await ip("link", "set", name, "up")
+            try await ip("link", "set", peer, "up")
         }
         return VethPair(name: name, peer: peer)
     }

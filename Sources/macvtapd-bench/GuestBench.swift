@@ -97,9 +97,9 @@ struct GuestBench: AsyncParsableCommand {
             var daemonShare: [Duration] = []
             var kernelShare: [Duration] = []
             for _ in 0..<flaps {
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 try await vm.waitForCarrier(nic: Self.nic0, up: false)
-                try sandbox.addLower("up0", carrier: !carrierLater)
+                try await sandbox.addLower("up0", carrier: !carrierLater)
                 var start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
                     if case .added(let link) = event { return link.name == "up0" }
                     return false
@@ -108,7 +108,7 @@ struct GuestBench: AsyncParsableCommand {
                 if carrierLater {
                     try await sandbox.waitForPhase(.noCarrier, bindings: 1)
                     rarp = try Self.firstRARP(on: "up0p", in: sandbox.namespace, from: Self.nic0.mac)
-                    try sandbox.setCarrier(of: "up0", up: true)
+                    try await sandbox.setCarrier(of: "up0", up: true)
                     start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
                         if case .changed(let link) = event { return link.name == "up0" && link.hasCarrier == true }
                         return false
@@ -186,7 +186,7 @@ struct GuestBench: AsyncParsableCommand {
                 var mark = vm.lines.count
                 async let echoes = pinger.streamInBackground(interval: interval, for: .milliseconds(2500))
                 try await Task.sleep(for: .milliseconds(300))
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth1") }, from: mark)
                 let results = await echoes
                 var longest = 0
@@ -197,7 +197,7 @@ struct GuestBench: AsyncParsableCommand {
                 }
                 gaps.append(interval * longest)
                 mark = vm.lines.count
-                try sandbox.addLower("up0")
+                try await sandbox.addLower("up0")
                 try await vm.waitForEvent(
                     matching: { $0 == .bond("bond0", active: "eth0") }, from: mark, timeout: .seconds(15))
                 try await sandbox.waitForPhase(.attached, bindings: 2)

@@ -25,9 +25,9 @@ struct NetlinkBench: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtdbench")
+        let namespace = try await NetworkNamespace(prefix: "mvtdbench")
         defer { try? namespace.delete() }
-        try namespace.addVethPair("lower0", peer: "peer0")
+        try await namespace.addVethPair("lower0", peer: "peer0")
         let sysfs = try NetworkNamespaceSysfs(of: namespace)
         defer { sysfs.unmount() }
         var template = Array("/tmp/mvtd-bench-XXXXXX".utf8CString)
@@ -70,8 +70,8 @@ struct NetlinkBench: AsyncParsableCommand {
         let del = ["ip", "-n", namespace.name, "link", "del", "mvtbench0"]
         for cycle in -5..<baselineCycles {
             let time = try clock.measure {
-                try NetworkNamespaceCommand.run(add)
-                try NetworkNamespaceCommand.run(del)
+                try NetworkNamespaceCommand.runBlocking(add)
+                try NetworkNamespaceCommand.runBlocking(del)
             }
             if cycle >= 0 { baseline.append(time) }
         }

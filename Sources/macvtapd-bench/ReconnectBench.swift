@@ -76,7 +76,7 @@ struct ReconnectBench: AsyncParsableCommand {
 
             var samples = Samples()
             for _ in 0..<flaps {
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 let deleted = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
                     if case .deleted(let link) = event { return link.name == "up0" }
                     return false
@@ -91,7 +91,7 @@ struct ReconnectBench: AsyncParsableCommand {
                 samples.detached.append(detached - deleted)
                 samples.linkDown.append(linkDown - deleted)
 
-                try sandbox.namespace.exec([
+                try await sandbox.namespace.exec([
                     "sh", "-c", "ip link add up0 type veth peer name up0p && ip link set up0p up && ip link set up0 up",
                 ])
                 let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in

@@ -25,11 +25,11 @@ struct ScaleBench: AsyncParsableCommand {
     func run() async throws {
         let total = vms * nics
         print("scale: \(vms) VMs x \(nics) NICs = \(total) bindings over \(lowers) lowers")
-        let namespace = try NetworkNamespace(prefix: "mvtdscale")
+        let namespace = try await NetworkNamespace(prefix: "mvtdscale")
         defer { try? namespace.delete() }
         let directory = try TemporaryDirectory()
         defer { directory.remove() }
-        try addLowers((0..<lowers).map { "l\($0)" }, in: namespace)
+        try await addLowers((0..<lowers).map { "l\($0)" }, in: namespace)
 
         var qemus: [QEMUProcess] = []
         do {
@@ -201,12 +201,12 @@ struct ScaleBench: AsyncParsableCommand {
         print(String(format: "| CPU per flap (delete + return) | %.0f ms | | |", cpuPerFlap * 1000))
     }
 
-    func addLowers(_ names: [String], in namespace: NetworkNamespace) throws {
+    func addLowers(_ names: [String], in namespace: NetworkNamespace) async throws {
         let script = names.map {
             "ip link add \($0) type veth peer name \($0)p && ip link set \($0)p up && ip link set \($0) up"
         }
         .joined(separator: " && ")
-        try namespace.exec(["sh", "-c", script])
+        try await namespace.exec(["sh", "-c", script])
     }
 
     /// Deletes `lower`, waits for its bindings to be detached, adds it back and times from its
@@ -217,13 +217,13 @@ struct ScaleBench: AsyncParsableCommand {
     ) async throws -> [Duration] {
         var samples: [Duration] = []
         for _ in 0..<count {
-            try namespace.ip("link", "del", lower)
+            try await namespace.ip("link", "del", lower)
             guard
                 await waitUntil(
                     timeout: .seconds(60), every: .milliseconds(5), { attached() <= expected - expected / lowers })
                     != nil
             else { throw ChildError("bindings of \(lower) not detached: \(attached()) attached") }
-            try addLowers([lower], in: namespace)
+            try await addLowers([lower], in: namespace)
             let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
                 if case .added(let link) = event { return link.name == lower }
                 return false

@@ -26,6 +26,7 @@ struct Apply: AsyncParsableCommand {
     )
 
     @OptionGroup var config: ConfigOptions
+    @OptionGroup var security: InsecureConfigOptions
 
     @Option(help: ArgumentHelp("Where the JSON status document is read and written.", valueName: "path"))
     var statusFile: String = StatusStore.defaultPath
@@ -47,6 +48,7 @@ struct Apply: AsyncParsableCommand {
     var json = false
 
     func run() async throws {
+        try security.check(config)
         let (desired, files) = try config.loadDesiredAndFiles(outcome: "nothing was changed")
         if dryRun {
             let shown = try await PlanOutput.make(

@@ -64,4 +64,52 @@ struct ConfigOptions: ParsableArguments {
         }
         return desired
     }
+
+    /// What a command does with a configuration that others can change.
+    enum PermissionPolicy {
+        /// validate and plan: they run in CI on checkouts a umask made group-writable.
+        case warn
+        /// apply and run: exit 1 after naming every insecure path.
+        case refuse
+        /// apply and run given --allow-insecure-config.
+        case allowed
+    }
+
+    /// Names every path that lets someone other than root or this user change the desired state
+    /// (see `ConfigPermissions`) and does what `policy` says.
+    func checkPermissions(_ policy: PermissionPolicy) throws {
+        let insecure = ConfigPermissions.insecurePaths(configuration: path)
+        guard !insecure.isEmpty else { return }
+        let severity = policy == .refuse ? "error" : "warning"
+        for finding in insecure { printError("\(finding.path): \(severity): \(finding.problem) \(finding.details)") }
+        switch policy {
+        case .refuse:
+            printError(
+                "\(path): refusing a configuration that others can change: whoever writes it decides which VM "
+                    + "reaches which network (chmod go-w and chown root what is listed, or pass --allow-insecure-config)"
+            )
+            throw ExitCode(1)
+        case .warn:
+            printError(
+                "\(path): note: macvtapd run and apply refuse such a configuration unless given --allow-insecure-config"
+            )
+        case .allowed:
+            printError("\(path): note: used anyway (--allow-insecure-config)")
+        }
+    }
+}
+
+/// `--allow-insecure-config`: only the commands that change the host (apply and run) take it.
+struct InsecureConfigOptions: ParsableArguments {
+    @Flag(
+        help: """
+            Use a configuration that a group or other users can write, or that another user owns (refused \
+            otherwise: whoever can write it decides which VM reaches which network).
+            """)
+    var allowInsecureConfig = false
+
+    /// Refuses an insecure configuration unless allowed; allowed, only warns.
+    func check(_ config: ConfigOptions) throws {
+        try config.checkPermissions(allowInsecureConfig ? .allowed : .refuse)
+    }
 }

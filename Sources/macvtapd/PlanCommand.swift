@@ -43,6 +43,7 @@ struct PlanCommand: AsyncParsableCommand {
     var detailedExitcode = false
 
     func run() async throws {
+        try config.checkPermissions(.warn)
         let (desired, files) = try config.loadDesiredAndFiles(outcome: "no plan was made")
         let shown = try await PlanOutput.make(
             desired: desired, files: files, control: control, options: options, statusFile: statusFile)

@@ -19,7 +19,8 @@ struct Run: AsyncParsableCommand {
             (0.5 s doubling to 30 s, reset on success) without delaying the others.
 
             An invalid configuration is logged and shown in status; the last good desired state stays in \
-            force. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
+            force. So is a configuration that a group or other users can write (see \
+            --allow-insecure-config), at start and on every reload. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
             systemd (Type=notify) it reports readiness and a STATUS= line, and feeds the watchdog when \
             WatchdogSec= is set.
 
@@ -30,6 +31,7 @@ struct Run: AsyncParsableCommand {
     )
 
     @OptionGroup var config: ConfigOptions
+    @OptionGroup var security: InsecureConfigOptions
 
     @Option(help: ArgumentHelp("Where the JSON status document is written.", valueName: "path"))
     var statusFile: String = StatusStore.defaultPath
@@ -63,6 +65,7 @@ struct Run: AsyncParsableCommand {
     var metricsFile: String = "/run/macvtapd/macvtapd.prom"
 
     func run() async throws {
+        try security.check(config)
         // Before anything else: a second daemon must not touch the first one's status or metrics.
         let endpoint: ControlEndpoint
         do {
@@ -91,7 +94,8 @@ struct Run: AsyncParsableCommand {
                 resyncInterval: resync, useLinkEvents: !noEvents,
                 metricsPath: metricsFile.isEmpty ? nil : metricsFile),
             watchConfig: !noWatchConfig,
-            control: Daemon.Control(endpoint: endpoint, version: BuildInfo.version))
+            control: Daemon.Control(endpoint: endpoint, version: BuildInfo.version),
+            requireSecureConfig: !security.allowInsecureConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
         // The last lines (the stop) are still queued; a reader that never comes back costs a second.

@@ -14,6 +14,7 @@ struct Validate: ParsableCommand {
     @OptionGroup var config: ConfigOptions
 
     func run() throws {
+        try config.checkPermissions(.warn)
         let result = config.load()
         guard let desired = result.desired else {
             printError("\(config.path): invalid (\(result.diagnostics.count) error(s))")

@@ -58,6 +58,45 @@ import Testing
         #expect(web1.netdevIDs.count == 2, "stopping leaves the backend in place")
     }
 
+    /// A configuration that becomes writable by others while the daemon runs is rejected at the next
+    /// reload like an invalid one: the last good desired state stays, the status names the path.
+    @Test func aConfigThatBecameWritableByOthersIsRejectedOnReload() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        chmod(directory.path, 0o755)
+        let file = try directory.write("macvtapd.yaml", Self.config(host: "eth0"))
+        chmod(file, 0o644)
+        let host = EmbeddedHost(lowers: ["eth0", "eth1"])
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
+        let store = StatusStore(path: directory.path + "/status.json")
+        let daemon = Daemon(
+            settings: .init(
+                configPath: file, store: store, controller: .init(), watchConfig: false, requireSecureConfig: true),
+            host: host, connector: EmbeddedConnector(vms: ["web1": web1]),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            notifier: SystemdNotifier(environment: [:]))
+        let running = Task { await daemon.run() }
+        defer { running.cancel() }
+        @Sendable func lower() async -> String? { await daemon.controller.currentStatus().first?.lower }
+        #expect(await eventually { await lower() == "eth0" })
+
+        try directory.write("macvtapd.yaml", Self.config(host: "eth1"))
+        chmod(file, 0o666)
+        await daemon.reload()
+        #expect(await eventually { (try? store.read())?.config?.valid == false })
+        let errors = try #require(try store.read()?.config?.errors)
+        #expect(
+            errors.contains { $0.hasPrefix("\(file): error: writable by group and others (mode 0666, owner uid 0)") },
+            "\(errors)")
+        #expect(await lower() == "eth0", "the last good desired state stays in force")
+
+        chmod(file, 0o644)
+        await daemon.reload()
+        #expect(await eventually { await lower() == "eth1" })
+        await daemon.controller.stop()
+        await running.value
+    }
+
     @Test func startsWithoutTouchingAnythingWhenTheConfigIsInvalid() async throws {
         let directory = try TemporaryDirectory()
         defer { directory.remove() }

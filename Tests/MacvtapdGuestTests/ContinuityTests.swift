@@ -52,30 +52,30 @@ extension GuestVMTests {
                 try await Self.answers(pinger, within: .seconds(5), "once attached")
 
                 // Carrier loss without removal: the lower stays, its far side goes down.
-                try sandbox.setCarrier(of: "up0", up: false)
+                try await sandbox.setCarrier(of: "up0", up: false)
                 try await vm.waitForCarrier(nic: Self.nic0, up: false)
                 try await sandbox.waitForPhase(.noCarrier, bindings: 1)
-                try sandbox.setCarrier(of: "up0", up: true)
+                try await sandbox.setCarrier(of: "up0", up: true)
                 try await vm.waitForCarrier(nic: Self.nic0, up: true)
                 try await Self.answers(pinger, "after the host interface regained carrier")
 
                 // Removal and return.
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 try await vm.waitForCarrier(nic: Self.nic0, up: false)
                 try await sandbox.waitForPhase(.hostMissing, bindings: 1)
-                try sandbox.addLower("up0")
+                try await sandbox.addLower("up0")
                 let back = try await Self.answers(pinger, "after the host interface returned")
                 #expect(back < .seconds(1))
                 try await vm.waitForCarrier(nic: Self.nic0, up: true)
 
                 // A move to another host interface: the bridge must learn the new port at once.
-                #expect(try sandbox.learnedPort(of: Self.nic0.mac) == "up0p")
+                #expect(try await sandbox.learnedPort(of: Self.nic0.mac) == "up0p")
                 let mark = vm.lines.count
                 try sandbox.writeConfig(bindings: [("nic0", "up1")])
                 let moved = ContinuousClock.now
                 var port: String?
                 while ContinuousClock.now - moved < .seconds(5) {
-                    port = try sandbox.learnedPort(of: Self.nic0.mac)
+                    port = try await sandbox.learnedPort(of: Self.nic0.mac)
                     if port == "up1p" { break }
                     try await Task.sleep(for: .milliseconds(5))
                 }
@@ -104,7 +104,7 @@ extension GuestVMTests {
                 let pinger = try sandbox.pinger()
                 defer { pinger.close() }
                 try await Self.answers(pinger, within: .seconds(5), "once attached")
-                #expect(try sandbox.learnedPort(of: Self.nic0.mac) == "up0p")
+                #expect(try await sandbox.learnedPort(of: Self.nic0.mac) == "up0p")
 
                 let wire = try PacketSocket(interface: "up1p", in: sandbox.namespace)
                 defer { wire.close() }
@@ -117,7 +117,7 @@ extension GuestVMTests {
                     print(
                         "continuity: \(kind) from the guest's MAC on up1p \(ContinuousClock.now - moved) after the move"
                     )
-                    #expect(try sandbox.learnedPort(of: Self.nic0.mac) == "up1p")
+                    #expect(try await sandbox.learnedPort(of: Self.nic0.mac) == "up1p")
                 } else {
                     #expect(announcement == nil, "an announcement although announce is false: \(daemon.log())")
                 }
@@ -140,16 +140,16 @@ extension GuestVMTests {
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 let mark = vm.lines.count
-                try sandbox.setCarrier(of: "up0", up: false)
+                try await sandbox.setCarrier(of: "up0", up: false)
                 try await Task.sleep(for: .seconds(1))
                 #expect(vm.carrier("eth0") == true)
                 #expect(!vm.lines.dropFirst(mark).contains { $0.hasPrefix("GUEST CARRIER") }, "\(vm.lines)")
                 #expect(try sandbox.status()?.bindings.first?.phase == .attached)
 
                 // Missing is missing, whatever the policy: no backend, carrier down; back up on return.
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 try await vm.waitForCarrier(nic: Self.nic0, up: false)
-                try sandbox.addLower("up0")
+                try await sandbox.addLower("up0")
                 try await vm.waitForCarrier(nic: Self.nic0, up: true)
             }
         }
@@ -173,7 +173,7 @@ extension GuestVMTests {
                 var mark = vm.lines.count
                 async let echoes = pinger.streamInBackground(interval: interval, for: .seconds(3))
                 try await Task.sleep(for: .milliseconds(500))
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth1") }, from: mark)
                 let gap = Self.longestGap(await echoes, interval: interval)
                 print(
@@ -182,7 +182,7 @@ extension GuestVMTests {
                 #expect(gap < .seconds(1))
 
                 mark = vm.lines.count
-                try sandbox.addLower("up0")
+                try await sandbox.addLower("up0")
                 try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth0") }, from: mark)
                 try await Self.answers(pinger, "after eth0 came back as primary")
                 #expect(!vm.events.contains { if case .gone = $0 { true } else { false } }, "\(vm.lines)")
@@ -202,22 +202,22 @@ extension GuestVMTests {
                 let daemon = try sandbox.startDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
-                #expect(try sandbox.macvtapMACs() == [Self.nic0.mac])
+                #expect(try await sandbox.macvtapMACs() == [Self.nic0.mac])
                 let pinger = try sandbox.pinger()
                 defer { pinger.close() }
                 for mac in [first, second] {
                     try await vm.waitForLine("GUEST SETMAC eth0 mac=\(mac)", timeout: .seconds(20))
                     let changed = ContinuousClock.now
-                    while try sandbox.macvtapMACs() != [mac], ContinuousClock.now - changed < .seconds(3) {
+                    while try await sandbox.macvtapMACs() != [mac], ContinuousClock.now - changed < .seconds(3) {
                         try await Task.sleep(for: .milliseconds(5))
                     }
-                    #expect(try sandbox.macvtapMACs() == [mac], "\(daemon.log())")
+                    #expect(try await sandbox.macvtapMACs() == [mac], "\(daemon.log())")
                     print(
                         "continuity: macvtap took the guest's MAC \(mac) \(ContinuousClock.now - changed) after the change"
                     )
                     // The announce after the replace tells the bridge the guest's new MAC (gratuitous ARP).
                     try await Self.answers(pinger, within: .seconds(2), "at its new MAC \(mac)")
-                    #expect(try sandbox.learnedPort(of: mac) == "up0p")
+                    #expect(try await sandbox.learnedPort(of: mac) == "up0p")
                 }
                 #expect(!vm.events.contains { if case .gone = $0 { true } else { false } }, "\(vm.lines)")
             }

@@ -39,7 +39,7 @@ struct GuestEventTests {
         configuration.extraKernelArguments = ["quiet"]
         #expect(
             configuration.kernelCommandLine
-                == "console=ttyS0 loglevel=3 panic=-1 macvtapd.ip=eth0=10.99.0.2/24,eth1=10.99.1.2/24"
+                == "console=ttyS0 loglevel=3 panic=-1 no_timer_check macvtapd.ip=eth0=10.99.0.2/24,eth1=10.99.1.2/24"
                 + " macvtapd.bond=bond0:eth0,eth1:miimon=50 macvtapd.ping=10.99.0.1 macvtapd.ping_interval=0.200"
                 + " macvtapd.poll=0.020 quiet")
     }

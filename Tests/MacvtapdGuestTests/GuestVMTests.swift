@@ -12,7 +12,7 @@ struct GuestVMTests {
     static let bootBound = Duration.seconds(30)
 
     @Test func bootsAndReportsEachNICsIdentity() async throws {
-        let vm = try GuestVM.launch(GuestConfiguration(nics: [Self.nic0, Self.nic1]))
+        let vm = try await GuestVM.launch(GuestConfiguration(nics: [Self.nic0, Self.nic1]))
         defer { vm.terminate() }
 
         let bootTime = try await vm.waitUntilReady(timeout: .seconds(90))
@@ -39,7 +39,7 @@ struct GuestVMTests {
     @Test func aQEMUThatCannotStartFailsTheWaitAtOnceWithItsOutput() async throws {
         var configuration = GuestConfiguration(nics: [Self.nic0])
         configuration.extraQEMUArguments = ["-device", "no-such-device"]
-        let vm = try GuestVM.launch(configuration)
+        let vm = try await GuestVM.launch(configuration)
         defer { vm.terminate() }
         do {
             try await vm.waitUntilReady(timeout: .seconds(30))
@@ -54,7 +54,7 @@ struct GuestVMTests {
         // No /init means a kernel panic; panic=-1 with -no-reboot makes QEMU exit on it.
         var configuration = GuestConfiguration(nics: [Self.nic0])
         configuration.extraKernelArguments = ["rdinit=/no-such-init"]
-        let vm = try GuestVM.launch(configuration)
+        let vm = try await GuestVM.launch(configuration)
         defer { vm.terminate() }
         do {
             try await vm.waitUntilReady(timeout: .seconds(60))
@@ -91,7 +91,7 @@ struct GuestVMTests {
 
     @Test func bootsWithCarrierDownWhenTheLinkIsDownBeforeTheDriverLoads() async throws {
         // macvtapd starts a VM's NIC "unplugged" (set_link down) while its host interface is absent.
-        let vm = try GuestVM.launch(GuestConfiguration(nics: [Self.nic0]))
+        let vm = try await GuestVM.launch(GuestConfiguration(nics: [Self.nic0]))
         defer { vm.terminate() }
         let qmp = try await Self.connectWhileBooting(vm)
         try qmp.setLink(Self.nic0.id, up: false)

@@ -42,7 +42,7 @@ func settledUserRouteSockets(in namespace: NetworkNamespace, expecting expected:
 @Suite("Link monitor")
 struct LinkMonitorTests {
     @Test func creationAndLowerDeletionAreReported() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let monitor = try LinkMonitor(networkNamespace: host.namespace.path)
         defer { monitor.close() }
@@ -72,7 +72,7 @@ struct LinkMonitorTests {
     }
 
     @Test func changesAreReportedAsChanged() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let macvtap = try host.route.createMacvtap(host.macvtap())
         let monitor = try LinkMonitor(networkNamespace: host.namespace.path)
@@ -86,7 +86,7 @@ struct LinkMonitorTests {
     }
 
     @Test func kernelOverflowSurfacesAsResyncNeeded() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         // Subscribed but not yet read: the smallest receive buffer the kernel allows holds two or
         // three link messages, so the kernel must drop some of the twenty creations.
@@ -104,7 +104,7 @@ struct LinkMonitorTests {
     }
 
     @Test func monitorThatNeverStartedClosesCleanly() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let monitor = try LinkMonitor(
             networkNamespace: host.namespace.path, receiveBufferSize: nil, eventBufferLimit: 1, startReading: false)
@@ -115,7 +115,7 @@ struct LinkMonitorTests {
     }
 
     @Test func slowConsumerOverflowSurfacesAsResyncNeeded() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let monitor = try LinkMonitor(networkNamespace: host.namespace.path, eventBufferLimit: 2)
         defer { monitor.close() }
@@ -131,7 +131,7 @@ struct LinkMonitorTests {
     }
 
     @Test func closeEndsTheStreamAndFreesEverything() async throws {
-        let host = try NetlinkTestHost()
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         #expect(try settledUserRouteSockets(in: host.namespace, expecting: 1) == 1, "the host's route socket")
         let monitor = try LinkMonitor(networkNamespace: host.namespace.path)
@@ -165,8 +165,8 @@ struct LinkMonitorTests {
         #expect(try settledUserRouteSockets(in: host.namespace, expecting: 0) == 0)
     }
 
-    @Test func tapDescriptorIsClosedExactlyOnceAndCanBeTaken() throws {
-        let host = try NetlinkTestHost()
+    @Test func tapDescriptorIsClosedExactlyOnceAndCanBeTaken() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let macvtap = try host.route.createMacvtap(host.macvtap())
         let tap = try host.device.open(macvtap)

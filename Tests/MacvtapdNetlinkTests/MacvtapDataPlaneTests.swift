@@ -21,8 +21,8 @@ func carries(_ marker: String, atOffset offset: Int) -> ([UInt8]) -> Bool {
 @Suite("Frames through an opened macvtap")
 struct MacvtapDataPlaneTests {
     @Test(arguments: MacvtapMode.allCases)
-    func framesFlowBothWaysBetweenTapAndLowerPeer(mode: MacvtapMode) throws {
-        let host = try NetlinkTestHost()
+    func framesFlowBothWaysBetweenTapAndLowerPeer(mode: MacvtapMode) async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let macvtap = try host.route.createMacvtap(host.macvtap(mode: mode))
         let tap = try host.device.open(macvtap)

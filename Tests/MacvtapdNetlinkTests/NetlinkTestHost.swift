@@ -14,10 +14,10 @@ final class NetlinkTestHost {
     let runtimeDirectory: String
     let lower: Link
 
-    init() throws {
-        namespace = try NetworkNamespace(prefix: "mvtdnl")
+    init() async throws {
+        namespace = try await NetworkNamespace(prefix: "mvtdnl")
         do {
-            veth = try namespace.addVethPair("lower0", peer: "peer0")
+            veth = try await namespace.addVethPair("lower0", peer: "peer0")
             route = try RouteSocket(networkNamespace: namespace.path)
             sysfs = try NetworkNamespaceSysfs(of: namespace)
             var template = Array("/tmp/mvtd-run-XXXXXX".utf8CString)

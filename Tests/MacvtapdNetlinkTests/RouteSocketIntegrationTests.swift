@@ -6,8 +6,8 @@ import Testing
 
 @Suite("Route socket against the kernel")
 struct RouteSocketIntegrationTests {
-    @Test func dumpReportsLoopbackAndBothVethEnds() throws {
-        let host = try NetlinkTestHost()
+    @Test func dumpReportsLoopbackAndBothVethEnds() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let links = try host.route.links()
         #expect(Set(links.map(\.name)) == ["lo", "lower0", "peer0"])
@@ -25,8 +25,8 @@ struct RouteSocketIntegrationTests {
         #expect(lower.macvtapMode == nil)
     }
 
-    @Test func getByIndexAndByNameAgree() throws {
-        let host = try NetlinkTestHost()
+    @Test func getByIndexAndByNameAgree() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let byName = try host.route.link(named: "peer0")
         let byIndex = try host.route.link(index: byName.index)
@@ -36,8 +36,8 @@ struct RouteSocketIntegrationTests {
     }
 
     @Test(arguments: MacvtapMode.allCases)
-    func createOpenDeleteInEveryMode(mode: MacvtapMode) throws {
-        let host = try NetlinkTestHost()
+    func createOpenDeleteInEveryMode(mode: MacvtapMode) async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let created = try host.route.createMacvtap(host.macvtap(mode: mode))
         #expect(created.name == "mvt0")
@@ -70,8 +70,8 @@ struct RouteSocketIntegrationTests {
         #expect(!tap.isOpen)
     }
 
-    @Test func passthruAllowsOneMacvtapPerLower() throws {
-        let host = try NetlinkTestHost()
+    @Test func passthruAllowsOneMacvtapPerLower() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         _ = try host.route.createMacvtap(host.macvtap("mvt0", mode: .passthru))
         let error = #expect(throws: NetlinkError.self) {
@@ -83,8 +83,8 @@ struct RouteSocketIntegrationTests {
         #expect(error?.errno == EINVAL)
     }
 
-    @Test func createdDownStaysDown() throws {
-        let host = try NetlinkTestHost()
+    @Test func createdDownStaysDown() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         var configuration = host.macvtap()
         configuration.up = false
@@ -92,8 +92,8 @@ struct RouteSocketIntegrationTests {
         #expect(!created.isAdministrativelyUp)
     }
 
-    @Test func addressAliasAndUpDownAreSetAndReadBack() throws {
-        let host = try NetlinkTestHost()
+    @Test func addressAliasAndUpDownAreSetAndReadBack() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let created = try host.route.createMacvtap(host.macvtap(mode: .vepa))
         let mac = try #require(MACAddress("02:00:5e:00:00:aa"))
@@ -112,8 +112,8 @@ struct RouteSocketIntegrationTests {
         #expect(read.address == mac, "bringing it up keeps the MAC")
     }
 
-    @Test func existingNameIsEEXISTNamingTheInterface() throws {
-        let host = try NetlinkTestHost()
+    @Test func existingNameIsEEXISTNamingTheInterface() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         _ = try host.route.createMacvtap(host.macvtap("mvt0"))
         let error = #expect(throws: NetlinkError.self) {
@@ -123,8 +123,8 @@ struct RouteSocketIntegrationTests {
         #expect(error?.description.hasPrefix("create macvtap mvt0 on ifindex \(host.lower.index): EEXIST") == true)
     }
 
-    @Test func missingDevicesAreENODEV() throws {
-        let host = try NetlinkTestHost()
+    @Test func missingDevicesAreENODEV() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let missingLower = #expect(throws: NetlinkError.self) {
             try host.route.createMacvtap(MacvtapConfiguration(name: "mvt0", lowerIndex: 9999, mode: .bridge))
@@ -141,17 +141,18 @@ struct RouteSocketIntegrationTests {
     }
 
     @Test(arguments: ["", "mvt0123456789abc", "a/b", "a:b", "a b"])
-    func badNamesFailBeforeAnythingIsSent(name: String) throws {
-        let host = try NetlinkTestHost()
+    func badNamesFailBeforeAnythingIsSent(name: String) async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         #expect(throws: InterfaceNameError.self) { try host.route.createMacvtap(host.macvtap(name)) }
         #expect(try host.route.links().count == 3)
     }
 
-    @Test func foreignMacvtapIsReportedWithoutAlias() throws {
-        let host = try NetlinkTestHost()
+    @Test func foreignMacvtapIsReportedWithoutAlias() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
-        try host.namespace.ip("link", "add", "link", "lower0", "name", "foreign0", "type", "macvtap", "mode", "private")
+        try await host.namespace.ip(
+            "link", "add", "link", "lower0", "name", "foreign0", "type", "macvtap", "mode", "private")
         let foreign = try host.route.link(named: "foreign0")
         #expect(foreign.kind == "macvtap")
         #expect(foreign.macvtapMode == .private)
@@ -160,16 +161,16 @@ struct RouteSocketIntegrationTests {
         #expect(foreign.lowerIndex == host.lower.index)
     }
 
-    @Test func requestsAfterCloseFailWithEBADF() throws {
-        let host = try NetlinkTestHost()
+    @Test func requestsAfterCloseFailWithEBADF() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         host.route.close()
         let error = #expect(throws: NetlinkError.self) { try host.route.links() }
         #expect(error?.errno == EBADF)
     }
 
-    @Test func tapOfAnotherNamespaceIsNotFoundThroughOurSysfs() throws {
-        let host = try NetlinkTestHost()
+    @Test func tapOfAnotherNamespaceIsNotFoundThroughOurSysfs() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let macvtap = try host.route.createMacvtap(host.macvtap())
         let hostSysfs = MacvtapDevice(sysfsRoot: "/sys", runtimeDirectory: host.runtimeDirectory)
@@ -180,8 +181,8 @@ struct RouteSocketIntegrationTests {
                 == true)
     }
 
-    @Test func nodevRuntimeDirectoryIsExplained() throws {
-        let host = try NetlinkTestHost()
+    @Test func nodevRuntimeDirectoryIsExplained() async throws {
+        let host = try await NetlinkTestHost()
         defer { host.tearDown() }
         let macvtap = try host.route.createMacvtap(host.macvtap())
         var template = Array("/tmp/mvtd-nodev-XXXXXX".utf8CString)

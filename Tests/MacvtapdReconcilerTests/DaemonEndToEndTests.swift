@@ -41,11 +41,11 @@ import Testing
 
             var reconnects: [Duration] = []
             for flap in 0..<100 {
-                try sandbox.deleteLower("up0")
+                try await sandbox.deleteLower("up0")
                 let detached = try await Self.until(.seconds(5)) { try await Self.ourNetdevs(sandbox).isEmpty }
                 #expect(detached, "flap \(flap): dead backend detached")
                 let start = ContinuousClock.now
-                try sandbox.addLower("up0")
+                try await sandbox.addLower("up0")
                 let flowing = try await sandbox.frameReachesHub(from: "up0", nic: "nic0", within: .seconds(5))
                 reconnects.append(ContinuousClock.now - start)
                 #expect(flowing, "flap \(flap): frames flow again")
@@ -56,11 +56,11 @@ import Testing
             #expect(summary.max < .seconds(5))
 
             #expect(await Self.until { Self.phase(sandbox) == .attached })
-            #expect(try sandbox.macvtaps().count == 1, "no leaked macvtaps")
+            #expect(try await sandbox.macvtaps().count == 1, "no leaked macvtaps")
             #expect(try await Self.ourNetdevs(sandbox).count == 2, "no leaked QEMU netdevs")
             #expect(Self.openFDs(daemon.pid) <= baselineFDs + 2, "no leaked fds in the daemon")
             #expect(await daemon.stop() == 0, "graceful stop: \(daemon.log())")
-            #expect(try sandbox.macvtaps().count == 1, "stopping leaves the backend in place")
+            #expect(try await sandbox.macvtaps().count == 1, "stopping leaves the backend in place")
             #expect(try await Self.ourNetdevs(sandbox).count == 2)
         }
     }
@@ -75,7 +75,7 @@ import Testing
                 try await Self.until(.seconds(15)) { try await Self.ourNetdevs(sandbox).count == 2 },
                 "\(daemon.log())")
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
-            #expect(try sandbox.macvtaps().count == 1, "the old macvtap was replaced, not duplicated")
+            #expect(try await sandbox.macvtaps().count == 1, "the old macvtap was replaced, not duplicated")
             await daemon.stop()
         }
     }
@@ -93,7 +93,7 @@ import Testing
             let second = try sandbox.startDaemon()
             try await Task.sleep(for: .milliseconds(500))
             #expect(try await Self.ourNetdevs(sandbox) == before, "adopted, nothing replaced")
-            #expect(try sandbox.macvtaps().count == 1)
+            #expect(try await sandbox.macvtaps().count == 1)
             #expect(await second.stop() == 0)
         }
     }
@@ -160,12 +160,13 @@ import Testing
             // And someone deletes our macvtap: no link event reaches the daemon either. The backend
             // on its dead fd is replaced by one on a new macvtap (a new ifindex in its ids).
             let before = try await Self.ourNetdevs(sandbox)
-            let name = try #require(try sandbox.macvtaps().first?.name)
-            try sandbox.namespace.ip("link", "del", name)
+            let name = try await #require(try sandbox.macvtaps().first?.name)
+            try await sandbox.namespace.ip("link", "del", name)
             #expect(
                 try await Self.until(.seconds(5)) {
                     let now = try await Self.ourNetdevs(sandbox)
-                    return try sandbox.macvtaps().count == 1 && now.count == 2 && Set(now).isDisjoint(with: before)
+                    return try await sandbox.macvtaps().count == 1 && now.count == 2
+                        && Set(now).isDisjoint(with: before)
                 }, "recreated and re-attached: \(daemon.log())")
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
             await daemon.stop()

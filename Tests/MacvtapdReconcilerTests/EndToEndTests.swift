@@ -39,7 +39,7 @@ import Testing
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"), "lower → probe")
             #expect(try await sandbox.frameLeavesThrough("up0", nic: "nic0"), "probe → lower")
 
-            let owned = try sandbox.macvtaps()
+            let owned = try await sandbox.macvtaps()
             #expect(owned.map(\.alias) == ["macvtapd:web1/nic0"])
             #expect(Self.backendIDs(try await sandbox.network(), nic: "nic0").count == 2)
 
@@ -60,7 +60,7 @@ import Testing
             #expect(try await sandbox.macvtapd("apply").status == 0)
             let attachedIDs = Self.backendIDs(try await sandbox.network(), nic: "nic0")
 
-            try sandbox.deleteLower("up0")
+            try await sandbox.deleteLower("up0")
             let spinning = try await sandbox.qemuCPU()
             let plan = try await Self.planJSON(sandbox)
             let binding = Self.binding(plan, "nic0")
@@ -79,7 +79,7 @@ import Testing
             #expect(try sandbox.status()?.bindings.first?.phase == .hostMissing)
             #expect(try sandbox.status()?.bindings.first?.guestLink == false)
 
-            try sandbox.addLower("up0")
+            try await sandbox.addLower("up0")
             let back = try await Self.planJSON(sandbox)
             #expect(
                 Self.actionTypes(Self.binding(back, "nic0")) == [
@@ -112,7 +112,7 @@ import Testing
             #expect(try await sandbox.frameLeavesThrough("up1", nic: "nic0"))
             #expect(!(try await sandbox.frameReachesHub(from: "up0", nic: "nic0", within: .milliseconds(600))))
             #expect(!(try await sandbox.frameLeavesThrough("up0", nic: "nic0", within: .milliseconds(600))))
-            #expect(try sandbox.macvtaps().count == 1)
+            #expect(try await sandbox.macvtaps().count == 1)
         }
     }
 
@@ -120,7 +120,7 @@ import Testing
         try await Sandbox.with(nics: [Self.nic0, Self.nic1], lowers: ["up0", "up1"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0"), ("nic1", "up1")])
             #expect(try await sandbox.macvtapd("apply").status == 0)
-            #expect(try sandbox.macvtaps().count == 2)
+            #expect(try await sandbox.macvtaps().count == 2)
 
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
             let apply = try await sandbox.macvtapd("apply")
@@ -131,7 +131,7 @@ import Testing
             let network = try await sandbox.network()
             #expect(Self.backendIDs(network, nic: "nic1").isEmpty)
             #expect(network.nic("nic1") != nil, "the guest NIC stays")
-            #expect(try sandbox.macvtaps().map(\.alias) == ["macvtapd:web1/nic0"])
+            #expect(try await sandbox.macvtaps().map(\.alias) == ["macvtapd:web1/nic0"])
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"), "the other binding keeps flowing")
             #expect(try sandbox.status()?.bindings.map(\.nic) == ["nic0"])
         }
@@ -152,7 +152,7 @@ import Testing
             #expect(final.status == 0, "\(final.stdout)\n\(final.stderr)")
             #expect(try await sandbox.macvtapd("plan", ["--detailed-exitcode"]).status == 0)
 
-            let aliases = try sandbox.macvtaps().compactMap(\.alias).sorted()
+            let aliases = try await sandbox.macvtaps().compactMap(\.alias).sorted()
             #expect(aliases == ["macvtapd:web1/nic0", "macvtapd:web1/nic1"], "one macvtap per binding")
             let network = try await sandbox.network()
             #expect(Self.backendIDs(network, nic: "nic0").count == 2)
@@ -223,7 +223,7 @@ import Testing
             let apply = try await sandbox.macvtapd("apply")
             #expect(apply.status == 1)
             #expect(apply.stderr.contains("macvtapd.yaml:4:10: error:"), "\(apply.stderr)")
-            #expect(try sandbox.macvtaps().count == 1)
+            #expect(try await sandbox.macvtaps().count == 1)
             #expect(Self.backendIDs(try await sandbox.network(), nic: "nic0").count == 2)
         }
     }

@@ -106,8 +106,8 @@ import Testing
         #expect(done, "migration completed")
     }
 
-    static func macvtaps(_ hosts: TwoHosts, _ host: TwoHosts.Host) -> [(name: String, up: Bool)] {
-        (try? hosts.macvtaps(on: host)) ?? []
+    static func macvtaps(_ hosts: TwoHosts, _ host: TwoHosts.Host) async -> [(name: String, up: Bool)] {
+        (try? await hosts.macvtaps(on: host)) ?? []
     }
 
     @Test func startedPausedUnderSIsAttachedBeforeTheGuestFirstRuns() async throws {
@@ -120,7 +120,7 @@ import Testing
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
                 #expect(try await vm.runState() == "prelaunch", "macvtapd never starts the CPUs")
                 #expect(try await vm.ourNetdevs().count == 2)
-                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
+                #expect(await Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
 
                 let client = try await vm.monitor()
                 try await client.execute("cont")
@@ -149,7 +149,7 @@ import Testing
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
                 #expect(try await destination.runState() == "inmigrate")
                 #expect(try await destination.ourNetdevs().count == 2, "backend attached while inmigrate")
-                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false], "out of b's MAC table")
+                #expect(await Self.macvtaps(hosts, hosts.b).map(\.up) == [false], "out of b's MAC table")
                 #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
 
                 // A restarted destination daemon adopts what it made: no second macvtap, no second backend.
@@ -164,17 +164,17 @@ import Testing
                     })
                 #expect(hosts.phase("web1", on: hosts.b) == .migrating)
                 #expect(!daemonB.log().contains("VMUnreachable"), "adoption does not flap the phase")
-                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [false])
+                #expect(await Self.macvtaps(hosts, hosts.b).map(\.up) == [false])
                 #expect(try await destination.ourNetdevs().count == 2)
 
                 try await Self.migrate(source, to: incoming)
 
                 // After handover: b's macvtap up and frames reach the guest there; a's down, backend kept.
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .attached }, "\(daemonB.log())")
-                #expect(Self.macvtaps(hosts, hosts.b).map(\.up) == [true])
+                #expect(await Self.macvtaps(hosts, hosts.b).map(\.up) == [true])
                 #expect(try await Self.frameReaches(destination, from: hosts.b, in: hosts))
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .migratedAway }, "\(daemonA.log())")
-                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [false])
+                #expect(await Self.macvtaps(hosts, hosts.a).map(\.up) == [false])
                 #expect(try await source.runState() == "postmigrate")
                 #expect(try await source.ourNetdevs().count == 2, "kept until the source QEMU exits")
                 #expect(daemonB.log().contains("handover: macvtap up"), "\(daemonB.log())")
@@ -182,7 +182,7 @@ import Testing
                 // The source QEMU quits: nothing of the VM stays on host a.
                 await source.stop()
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning }, "\(daemonA.log())")
-                #expect(Self.macvtaps(hosts, hosts.a).isEmpty)
+                #expect(await Self.macvtaps(hosts, hosts.a).isEmpty)
                 #expect(hosts.phase("web1", on: hosts.b) == .attached)
                 await daemonA.stop()
                 await daemonB.stop()
@@ -202,14 +202,14 @@ import Testing
                 let daemonA = try hosts.startDaemon(on: hosts.a)
                 let daemonB = try hosts.startDaemon(on: hosts.b)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
-                #expect(Self.macvtaps(hosts, hosts.b).count == 1)
+                #expect(await Self.macvtaps(hosts, hosts.b).count == 1)
 
                 // The migration is given up: the destination QEMU quits, the source runs on.
                 await destination.stop()
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .vmNotRunning }, "\(daemonB.log())")
-                #expect(Self.macvtaps(hosts, hosts.b).isEmpty, "host b keeps nothing: \(daemonB.log())")
+                #expect(await Self.macvtaps(hosts, hosts.b).isEmpty, "host b keeps nothing: \(daemonB.log())")
                 #expect(hosts.phase("web1", on: hosts.a) == .attached)
-                #expect(Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
+                #expect(await Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
                 #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
                 await daemonA.stop()
                 await daemonB.stop()
@@ -229,9 +229,9 @@ import Testing
 
                 // QEMU quits while no daemon watches: the macvtap stays, up, holding the guest's MAC.
                 await vm.stop()
-                #expect(Self.macvtaps(hosts, hosts.a).count == 1)
+                #expect(await Self.macvtaps(hosts, hosts.a).count == 1)
                 daemon = try hosts.startDaemon(on: hosts.a)
-                #expect(await Self.until { Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemon.log())")
+                #expect(await Self.until { await Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemon.log())")
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning })
                 let notRunningLines = daemon.log().split(separator: "\n").filter { $0.contains("is not running here") }
                 #expect(notRunningLines.count == 1, "one quiet line: \(notRunningLines)")

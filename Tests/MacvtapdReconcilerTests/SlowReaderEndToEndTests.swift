@@ -22,10 +22,10 @@ import Testing
         #expect(
             try await eventually(within: .seconds(10)) { try await Self.ourNetdevs(sandbox).count == 2 }, "\(log())")
         for flap in 0..<times {
-            try sandbox.deleteLower("up0")
+            try await sandbox.deleteLower("up0")
             let detached = try await eventually(within: .seconds(10)) { try await Self.ourNetdevs(sandbox).isEmpty }
             #expect(detached, "flap \(flap): dead backend detached")
-            try sandbox.addLower("up0")
+            try await sandbox.addLower("up0")
             let flowing = try await sandbox.frameReachesHub(from: "up0", nic: "nic0", within: .seconds(10))
             #expect(flowing, "flap \(flap): attached again")
             if !detached || !flowing { return }

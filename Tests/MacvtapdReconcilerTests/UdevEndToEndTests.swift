@@ -16,25 +16,25 @@ import Testing
         try sandbox.writeConfig(yaml)
     }
 
-    static func ifindex(_ name: String, in sandbox: Sandbox) throws -> Int32 {
-        let line = try sandbox.namespace.ip("-o", "link", "show", "dev", name)
+    static func ifindex(_ name: String, in sandbox: Sandbox) async throws -> Int32 {
+        let line = try await sandbox.namespace.ip("-o", "link", "show", "dev", name)
         return Int32(line.prefix { $0 != ":" })!
     }
 
     /// What udevd does once it has processed a new port: rename it and record its identity.
     static func udevFinishes(
         _ sandbox: Sandbox, renaming from: String, to name: String, path: String
-    ) throws {
-        let index = try ifindex(from, in: sandbox)
-        try sandbox.namespace.ip("link", "set", from, "name", name)
-        try sandbox.namespace.ip("link", "set", name, "up")
+    ) async throws {
+        let index = try await ifindex(from, in: sandbox)
+        try await sandbox.namespace.ip("link", "set", from, "name", name)
+        try await sandbox.namespace.ip("link", "set", name, "up")
         try UdevView.writeDatabaseEntry(
             in: sandbox.udevRunDirectory, ifindex: index, properties: ["ID_PATH": path, "ID_NET_NAME_PATH": name])
     }
 
     /// udev has processed every link but `pending` (as it has, on a host, long before macvtapd looks).
-    static func udevProcessedAll(_ sandbox: Sandbox, except pending: Set<String>) throws {
-        for line in try sandbox.namespace.ip("-o", "link", "show").split(separator: "\n") {
+    static func udevProcessedAll(_ sandbox: Sandbox, except pending: Set<String>) async throws {
+        for line in try await sandbox.namespace.ip("-o", "link", "show").split(separator: "\n") {
             let fields = line.split(separator: " ")
             guard fields.count > 1, let index = Int32(fields[0].dropLast()) else { continue }
             let name = String(fields[1].dropLast().split(separator: "@")[0])
@@ -47,13 +47,13 @@ import Testing
     }
 
     /// A port as the kernel announces it, before udev: `name` (renamed later), its peer `peer`.
-    static func portAppears(_ sandbox: Sandbox, _ name: String, peer: String, mac: String? = nil) throws {
+    static func portAppears(_ sandbox: Sandbox, _ name: String, peer: String, mac: String? = nil) async throws {
         if let mac {
-            try sandbox.namespace.ip("link", "add", name, "address", mac, "type", "veth", "peer", "name", peer)
+            try await sandbox.namespace.ip("link", "add", name, "address", mac, "type", "veth", "peer", "name", peer)
         } else {
-            try sandbox.namespace.ip("link", "add", name, "type", "veth", "peer", "name", peer)
+            try await sandbox.namespace.ip("link", "add", name, "type", "veth", "peer", "name", peer)
         }
-        try sandbox.namespace.ip("link", "set", peer, "up")
+        try await sandbox.namespace.ip("link", "set", peer, "up")
     }
 
     @Test func pathBindingWaitsForUdevThenAttachesToTheRenamedPort() async throws {
@@ -61,15 +61,15 @@ import Testing
             try sandbox.writeConfig("version: 1\nvms: {}\n")
             #expect(try await sandbox.macvtapdWithUdev("apply").status == 0, "makes the udev run directory")
             // Another port, initialised at another PCI address.
-            try UdevView.writeDatabaseEntry(
+            try await UdevView.writeDatabaseEntry(
                 in: sandbox.udevRunDirectory, ifindex: try Self.ifindex("enp4s0", in: sandbox),
                 properties: ["ID_PATH": "pci-0000:04:00.0", "ID_NET_NAME_PATH": "enp4s0"])
             try Self.config(sandbox, [("nic0", "{path: \"pci-0000:03:00.0\"}")])
 
             // The kernel announces the new port as eth0; udev has not processed it yet.
-            try Self.portAppears(sandbox, "eth0", peer: "enp3s0p")
-            try sandbox.namespace.ip("link", "set", "eth0", "up")
-            try Self.udevProcessedAll(sandbox, except: ["eth0"])
+            try await Self.portAppears(sandbox, "eth0", peer: "enp3s0p")
+            try await sandbox.namespace.ip("link", "set", "eth0", "up")
+            try await Self.udevProcessedAll(sandbox, except: ["eth0"])
             let early = try await sandbox.macvtapdWithUdev("apply")
             #expect(early.status == 0, "waiting is not failing: \(early.stderr)")
             let waiting = try #require(try sandbox.status()?.bindings.first)
@@ -79,15 +79,15 @@ import Testing
                 waiting.message.hasPrefix(
                     "host path pci-0000:03:00.0 does not exist yet; udev has not finished with eth0"),
                 "\(waiting.message)")
-            #expect(try sandbox.macvtaps().isEmpty, "nothing is created on a port udev is still naming")
+            #expect(try await sandbox.macvtaps().isEmpty, "nothing is created on a port udev is still naming")
 
-            try Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s0", path: "pci-0000:03:00.0")
+            try await Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s0", path: "pci-0000:03:00.0")
             let apply = try await sandbox.macvtapdWithUdev("apply")
             #expect(apply.status == 0, "\(apply.stdout)\n\(apply.stderr)")
             let attached = try #require(try sandbox.status()?.bindings.first)
             #expect(attached.phase == .attached, "\(attached.message)")
             #expect(attached.lower == "enp3s0")
-            #expect(try sandbox.macvtaps().map(\.alias) == ["macvtapd:web1/nic0"], "exactly one macvtap")
+            #expect(try await sandbox.macvtaps().map(\.alias) == ["macvtapd:web1/nic0"], "exactly one macvtap")
             #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
             #expect(!(try await sandbox.frameReachesHub(from: "enp4s0", nic: "nic0", within: .milliseconds(500))))
             #expect(try await sandbox.macvtapdWithUdev("apply").stdout.contains("No changes:"))
@@ -99,31 +99,31 @@ import Testing
             let mac = "02:00:00:e2:ed:99"
             try sandbox.writeConfig("version: 1\nvms: {}\n")
             #expect(try await sandbox.macvtapdWithUdev("apply").status == 0)
-            try Self.portAppears(sandbox, "eth0", peer: "enp3s0p", mac: mac)
-            try Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s0", path: "pci-0000:03:00.0")
+            try await Self.portAppears(sandbox, "eth0", peer: "enp3s0p", mac: mac)
+            try await Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s0", path: "pci-0000:03:00.0")
             try Self.config(sandbox, [("nic0", "{mac: \"\(mac)\"}")])
             #expect(try await sandbox.macvtapdWithUdev("apply").status == 0)
             #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
 
             // The port is swapped: it goes, and comes back as eth0 with the same MAC, a new ifindex,
             // and no udev entry yet. The dead backend goes; no new one on an unfinished port.
-            try sandbox.namespace.ip("link", "del", "enp3s0")
-            try Self.portAppears(sandbox, "eth0", peer: "enp3s1p", mac: mac)
-            try sandbox.namespace.ip("link", "set", "eth0", "up")
-            try Self.udevProcessedAll(sandbox, except: ["eth0"])
+            try await sandbox.namespace.ip("link", "del", "enp3s0")
+            try await Self.portAppears(sandbox, "eth0", peer: "enp3s1p", mac: mac)
+            try await sandbox.namespace.ip("link", "set", "eth0", "up")
+            try await Self.udevProcessedAll(sandbox, except: ["eth0"])
             #expect(try await sandbox.macvtapdWithUdev("apply").status == 0)
             let waiting = try #require(try sandbox.status()?.bindings.first)
             #expect(waiting.reason == "HostNotInitialized", "\(waiting.message)")
             #expect(waiting.message.contains("host mac \(mac) is not yet initialised by udev"), "\(waiting.message)")
             #expect(waiting.guestLink == false)
-            #expect(try sandbox.macvtaps().isEmpty)
+            #expect(try await sandbox.macvtaps().isEmpty)
 
-            try Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s1", path: "pci-0000:03:00.1")
+            try await Self.udevFinishes(sandbox, renaming: "eth0", to: "enp3s1", path: "pci-0000:03:00.1")
             #expect(try await sandbox.macvtapdWithUdev("apply").status == 0)
             let attached = try #require(try sandbox.status()?.bindings.first)
             #expect(attached.phase == .attached, "\(attached.message)")
             #expect(attached.lower == "enp3s1")
-            #expect(try sandbox.macvtaps().count == 1, "exactly one macvtap")
+            #expect(try await sandbox.macvtaps().count == 1, "exactly one macvtap")
             #expect(try await sandbox.frameReachesHub(from: "enp3s1", nic: "nic0"))
         }
     }
@@ -154,18 +154,18 @@ import Testing
             #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
 
             // The kernel announces eth0 and udevd renames it; neither says udev is done.
-            try Self.portAppears(sandbox, "eth0", peer: "enp3s0p")
-            try Self.udevProcessedAll(sandbox, except: ["eth0"])
-            let index = try Self.ifindex("eth0", in: sandbox)
-            try sandbox.namespace.ip("link", "set", "eth0", "name", "enp3s0")
-            try sandbox.namespace.ip("link", "set", "enp3s0", "up")
+            try await Self.portAppears(sandbox, "eth0", peer: "enp3s0p")
+            try await Self.udevProcessedAll(sandbox, except: ["eth0"])
+            let index = try await Self.ifindex("eth0", in: sandbox)
+            try await sandbox.namespace.ip("link", "set", "eth0", "name", "enp3s0")
+            try await sandbox.namespace.ip("link", "set", "enp3s0", "up")
             #expect(
                 await DaemonEndToEndTests.until { binding()?.message.contains("not finished with enp3s0") == true },
                 "\(binding()?.message ?? "no status")")
             // Let the reconciles of those rtnetlink events finish: only udev's word may attach.
             try await Task.sleep(for: .milliseconds(300))
             #expect(binding()?.reason == "HostNotInitialized")
-            #expect(try sandbox.macvtaps().isEmpty)
+            #expect(try await sandbox.macvtaps().isEmpty)
 
             let properties = ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0"]
             try UdevView.writeDatabaseEntry(in: sandbox.udevRunDirectory, ifindex: index, properties: properties)
@@ -175,7 +175,7 @@ import Testing
                 await DaemonEndToEndTests.until(.seconds(5)) { binding()?.phase == .attached },
                 "\(binding()?.message ?? "no status")\n\(daemon.log())")
             #expect(binding()?.lower == "enp3s0")
-            #expect(try sandbox.macvtaps().count == 1)
+            #expect(try await sandbox.macvtaps().count == 1)
             #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
             #expect(await daemon.stop() == 0)
         }
@@ -207,21 +207,21 @@ import Testing
             #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
 
             // The kernel announces eth0; udevd renames it to enp3s0 half a second later.
-            try sandbox.namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "enp3s0p")
-            try sandbox.namespace.ip("link", "set", "enp3s0p", "up")
+            try await sandbox.namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "enp3s0p")
+            try await sandbox.namespace.ip("link", "set", "enp3s0p", "up")
             #expect(
                 await DaemonEndToEndTests.until(.seconds(2)) { binding()?.reason == "HostNotInitialized" },
                 "the daemon saw eth0 before udevd was done: \(binding()?.message ?? "no status")")
-            #expect(try sandbox.macvtaps().isEmpty, "nothing is created on a port udevd is still working on")
+            #expect(try await sandbox.macvtaps().isEmpty, "nothing is created on a port udevd is still working on")
 
             // udevd renames only interfaces that are down: attached, no carrier yet.
             #expect(
                 await DaemonEndToEndTests.until(.seconds(10)) { binding()?.lower == "enp3s0" },
                 "\(binding()?.message ?? "no status")\n\(daemon.log())\n\(udevd.process.log())")
             #expect(binding()?.phase == .noCarrier)
-            try sandbox.namespace.ip("link", "set", "enp3s0", "up")
+            try await sandbox.namespace.ip("link", "set", "enp3s0", "up")
             #expect(await DaemonEndToEndTests.until { binding()?.phase == .attached })
-            #expect(try sandbox.macvtaps().count == 1, "exactly one macvtap")
+            #expect(try await sandbox.macvtaps().count == 1, "exactly one macvtap")
             #expect(try await sandbox.frameReachesHub(from: "enp3s0", nic: "nic0"))
             #expect(await daemon.stop() == 0)
             await udevd.stop()

@@ -6,18 +6,18 @@ import Testing
 /// udev database (the format udevd writes) at a thread-private `/run/udev`: each test decides
 /// exactly what udev knows.
 @Suite struct UdevClientTests {
-    static func ifindex(_ name: String, in namespace: NetworkNamespace) throws -> Int32 {
-        let line = try namespace.ip("-o", "link", "show", "dev", name)
+    static func ifindex(_ name: String, in namespace: NetworkNamespace) async throws -> Int32 {
+        let line = try await namespace.ip("-o", "link", "show", "dev", name)
         return Int32(line.prefix { $0 != ":" })!
     }
 
     @Test func lookupReadsTheNamespaceSysfsAndIsNotInitialisedWithoutADatabaseEntry() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudev")
+        let namespace = try await NetworkNamespace(prefix: "mvtudev")
         defer { try? namespace.delete() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
-        try namespace.ip("link", "add", "udv0", "type", "veth", "peer", "name", "udv0p")
-        let index = try Self.ifindex("udv0", in: namespace)
+        try await namespace.ip("link", "add", "udv0", "type", "veth", "peer", "name", "udv0p")
+        let index = try await Self.ifindex("udv0", in: namespace)
 
         let (byName, byIndex, missing, gone) = try await UdevView.run(in: namespace, runDirectory: run.path) {
             let client = try UdevClient()
@@ -39,13 +39,13 @@ import Testing
     }
 
     @Test func databaseEntryMakesTheLinkInitialisedWithItsProperties() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudev")
+        let namespace = try await NetworkNamespace(prefix: "mvtudev")
         defer { try? namespace.delete() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
-        try namespace.ip("link", "add", "udv1", "type", "veth", "peer", "name", "udv1p")
-        let index = try Self.ifindex("udv1", in: namespace)
-        let peerIndex = try Self.ifindex("udv1p", in: namespace)
+        try await namespace.ip("link", "add", "udv1", "type", "veth", "peer", "name", "udv1p")
+        let index = try await Self.ifindex("udv1", in: namespace)
+        let peerIndex = try await Self.ifindex("udv1p", in: namespace)
         try UdevView.writeDatabaseEntry(
             in: run.path, ifindex: index,
             properties: ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0", "ID_VENDOR_ID": "0x8086"])
@@ -64,13 +64,13 @@ import Testing
     }
 
     @Test func renamedLinkIsFoundUnderItsNewName() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudev")
+        let namespace = try await NetworkNamespace(prefix: "mvtudev")
         defer { try? namespace.delete() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
-        try namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "udv2p")
-        let index = try Self.ifindex("eth0", in: namespace)
-        try namespace.ip("link", "set", "eth0", "name", "enp3s0")
+        try await namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "udv2p")
+        let index = try await Self.ifindex("eth0", in: namespace)
+        try await namespace.ip("link", "set", "eth0", "name", "enp3s0")
 
         let (device, old) = try await UdevView.run(in: namespace, runDirectory: run.path) {
             let client = try UdevClient()

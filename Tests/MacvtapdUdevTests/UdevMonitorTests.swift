@@ -19,22 +19,22 @@ import Testing
     }
 
     @Test func deliversNetEventsOfItsNamespaceAndStopsCleanly() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudevmon")
+        let namespace = try await NetworkNamespace(prefix: "mvtudevmon")
         defer { try? namespace.delete() }
         let monitor = try namespace.withEntered { try UdevMonitor(source: .kernel) }
         defer { monitor.close() }
         var events = monitor.events.makeAsyncIterator()
 
-        try namespace.ip("link", "add", "tmp0", "type", "veth", "peer", "name", "tmp0p")
+        try await namespace.ip("link", "add", "tmp0", "type", "veth", "peer", "name", "tmp0p")
         let added = await Self.next(&events) { action, device in action == "add" && device.name == "tmp0" }
         let index = try #require(added?.1.ifindex)
         #expect(added?.1.properties["SUBSYSTEM"] == "net")
 
-        try namespace.ip("link", "set", "tmp0", "name", "enp9s0")
+        try await namespace.ip("link", "set", "tmp0", "name", "enp9s0")
         let moved = await Self.next(&events) { action, device in action == "move" && device.ifindex == index }
         #expect(moved?.1.name == "enp9s0", "a rename arrives as 'move' under the new name")
 
-        try namespace.ip("link", "del", "enp9s0")
+        try await namespace.ip("link", "del", "enp9s0")
         let removed = await Self.next(&events) { action, device in action == "remove" && device.ifindex == index }
         #expect(removed != nil)
 
@@ -45,7 +45,7 @@ import Testing
     }
 
     @Test func udevSourceDeliversWhatUdevdAnnouncesInitialised() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudevmon")
+        let namespace = try await NetworkNamespace(prefix: "mvtudevmon")
         defer { try? namespace.delete() }
         let monitor = try namespace.withEntered { try UdevMonitor(source: .udev) }
         defer { monitor.close() }
@@ -84,7 +84,7 @@ import Testing
     }
 
     @Test func autoIsOffInATestNamespaceEvenWithAControlSocket() async throws {
-        let namespace = try NetworkNamespace(prefix: "mvtudevenv")
+        let namespace = try await NetworkNamespace(prefix: "mvtudevenv")
         defer { try? namespace.delete() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
