@@ -208,7 +208,8 @@ import Testing
                 await destination.stop()
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .vmNotRunning }, "\(daemonB.log())")
                 #expect(await Self.macvtaps(hosts, hosts.b).isEmpty, "host b keeps nothing: \(daemonB.log())")
-                #expect(hosts.phase("web1", on: hosts.a) == .attached)
+                // Host a's daemon started beside b's and need not have converged yet: wait for it.
+                #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemonA.log())")
                 #expect(await Self.macvtaps(hosts, hosts.a).map(\.up) == [true])
                 #expect(try await Self.frameReaches(source, from: hosts.a, in: hosts))
                 await daemonA.stop()
