@@ -50,7 +50,7 @@ import Testing
             let daemon = try sandbox.startDaemon(["--no-watch-config"])
             #expect(await eventually(within: .seconds(10)) { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             let netdevs = try await Self.ourNetdevs(sandbox)
-            let macvtaps = try sandbox.macvtaps().map(\.name)
+            let macvtaps = try await sandbox.macvtaps().map(\.name)
 
             // The running config: the daemon answers from its own observations, fast.
             let started = ContinuousClock.now
@@ -87,7 +87,7 @@ import Testing
             #expect(refused.stderr.contains("reads \(canonical(sandbox.configPath))"), "\(refused.stderr)")
             #expect(refused.stderr.contains("refusing to apply \(candidate)"))
             #expect(try await Self.ourNetdevs(sandbox) == netdevs, "plans and a refused apply change nothing")
-            #expect(try sandbox.macvtaps().map(\.name) == macvtaps)
+            #expect(try await sandbox.macvtaps().map(\.name) == macvtaps)
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
 
             // The daemon's own file changed: apply makes it reload now, waits, and reports.
@@ -127,9 +127,9 @@ import Testing
             defer { silent.close() }
             let connected = ContinuousClock.now
             // Reconciling goes on while the silent client holds its connection.
-            try sandbox.deleteLower("up0")
+            try await sandbox.deleteLower("up0")
             #expect(try await eventually(within: .seconds(3)) { try await Self.ourNetdevs(sandbox).isEmpty })
-            try sandbox.addLower("up0")
+            try await sandbox.addLower("up0")
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
 
             // Two CLIs at once, while the silent one still waits.
