@@ -81,6 +81,9 @@ private final class ServerLoop: @unchecked Sendable {
         let peer: Peer
         var state: State
         var input: [UInt8] = []
+        /// How many leading bytes of `input` are known to hold no NUL: each byte is searched once,
+        /// so a call that arrives in many reads costs its length, not its length squared.
+        var scanned = 0
         var output: [UInt8] = []
         var written = 0
     }
@@ -272,7 +275,7 @@ private final class ServerLoop: @unchecked Sendable {
                 return
             }
             clients[id]!.input += chunk[..<got]
-            if clients[id]!.input.contains(0) || clients[id]!.input.count > limits.maxRequestBytes { break }
+            if chunk[..<got].contains(0) || clients[id]!.input.count > limits.maxRequestBytes { break }
         }
         processInput(id)
     }
@@ -280,13 +283,17 @@ private final class ServerLoop: @unchecked Sendable {
     /// Hands a whole call to the handler, or refuses one that grew past the limit.
     private func processInput(_ id: Int) {
         guard var client = clients[id], case .reading = client.state else { return }
-        if let end = client.input.firstIndex(of: 0) {
+        let end = client.input[client.scanned...].firstIndex(of: 0)
+        client.scanned = end ?? client.input.count
+        clients[id]!.scanned = client.scanned
+        if let end {
             guard end <= limits.maxRequestBytes else {
                 refuse(id, ControlError("io.macvtapd.RequestTooLarge", .init(limit: limits.maxRequestBytes)))
                 return
             }
             let message = Array(client.input[..<end])
             client.input.removeSubrange(...end)
+            client.scanned = 0
             client.state = .waiting
             clients[id] = client
             let handler = self.handler
