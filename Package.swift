@@ -43,6 +43,10 @@ let package = Package(
         // QMP client: commands, events, fd passing, `info network` parsing.
         .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
 
+        // The daemon's control socket (varlink over a unix socket): the wire types, a poll-based server
+        // on a thread of its own, the CLI's client, and the one-daemon-per-run-directory lock.
+        .target(name: "MacvtapdControl", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
+
         // Observers, executor and controller: the only place that joins the clients to the core.
         .target(
             name: "MacvtapdReconciler",
@@ -58,7 +62,7 @@ let package = Package(
         .target(
             name: "MacvtapdDaemon",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -68,6 +72,7 @@ let package = Package(
             name: "macvtapd",
             dependencies: [
                 "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
+                "MacvtapdControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -91,7 +96,7 @@ let package = Package(
         // Real-kernel, real-QEMU fixtures shared by the test targets: namespaces, veths, QEMU, probe.
         .target(
             name: "MacvtapdTestSupport",
-            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdQMP", "MacvtapdReconciler"],
+            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdQMP", "MacvtapdReconciler", "MacvtapdControl"],
             swiftSettings: strict
         ),
 

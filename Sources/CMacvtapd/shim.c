@@ -85,3 +85,15 @@ int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd) {
 
 // --- udev (test fixtures)
 int cmacvtapd_unshare_mount_namespace(void) { return unshare(CLONE_NEWNS); }
+
+int cmacvtapd_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof(credentials);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}
+
+int cmacvtapd_accept_nonblocking(int sock) { return accept4(sock, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC); }

@@ -56,6 +56,12 @@ public enum ConfigLoader {
         return load(sources, limits: limits)
     }
 
+    /// The files under `path` as `load(path:)` reads them (a file, or a directory's YAML files in
+    /// name order), unvalidated; pass them to `load(_:)`.
+    public static func sources(path: String, limits: ConfigLimits = .default) -> Result<[ConfigSource], Diagnostic> {
+        ConfigFiles.read(path: path, limits: limits)
+    }
+
     /// Validates in-memory file contents as if they were the files of a directory, in the given order.
     public static func load(_ sources: [ConfigSource], limits: ConfigLimits = .default) -> ConfigLoadResult {
         var diagnostics: [Diagnostic] = []

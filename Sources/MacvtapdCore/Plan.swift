@@ -99,7 +99,7 @@ public enum Action: Hashable, Sendable {
 }
 
 /// Why a binding is where it is: a stable code for machines, a sentence for people.
-public struct Reason: Hashable, Sendable, Encodable {
+public struct Reason: Hashable, Sendable, Codable {
     public var code: String
     public var message: String
 
@@ -110,7 +110,7 @@ public struct Reason: Hashable, Sendable, Encodable {
 }
 
 /// How a binding's plan changes the world, as `terraform plan` classifies resources.
-public enum ChangeKind: String, Hashable, Sendable, Encodable {
+public enum ChangeKind: String, Hashable, Sendable, Codable {
     case none
     /// A backend appears where there was none.
     case create

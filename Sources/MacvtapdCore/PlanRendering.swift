@@ -77,9 +77,10 @@ extension String {
 
 // MARK: - JSON
 
-/// The stable machine-readable plan (`macvtapd plan --json`), documented in README.md.
-public struct PlanDocument: Encodable, Sendable {
-    public struct Summary: Encodable, Sendable {
+/// The stable machine-readable plan (`macvtapd plan --json`), documented in README.md. Decodable too:
+/// a plan made by the daemon reaches the CLI in this form over the control socket.
+public struct PlanDocument: Codable, Sendable {
+    public struct Summary: Codable, Sendable {
         public var create: Int
         public var update: Int
         public var replace: Int
@@ -91,7 +92,7 @@ public struct PlanDocument: Encodable, Sendable {
         public var unknown: Int
     }
 
-    public struct Binding: Encodable, Sendable {
+    public struct Binding: Codable, Sendable {
         public var vm: String
         public var nic: String
         public var desired: Bool
@@ -128,7 +129,7 @@ public struct PlanDocument: Encodable, Sendable {
 }
 
 /// One action as JSON: a `type` and the fields that type uses, nothing else.
-public struct ActionDocument: Encodable, Sendable {
+public struct ActionDocument: Codable, Sendable {
     public var type: String
     public var summary: String
     public var name: String?

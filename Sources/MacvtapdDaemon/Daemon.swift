@@ -1,6 +1,7 @@
 import Dispatch
 import Logging
 import MacvtapdConfig
+import MacvtapdControl
 import MacvtapdCore
 import MacvtapdReconciler
 import Synchronization
@@ -18,19 +19,35 @@ public final class Daemon: Sendable {
         public var store: StatusStore
         public var controller: Controller.Options
         public var watchConfig: Bool
+        /// The control socket, already locked and listening; nil serves none.
+        public var control: Control?
         /// Reject, like an invalid one, a configuration that someone other than root or this user can
         /// change (`ConfigPermissions`); `macvtapd run` sets it unless given --allow-insecure-config.
         public var requireSecureConfig: Bool
 
         public init(
             configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true,
-            requireSecureConfig: Bool = false
+            control: Control? = nil, requireSecureConfig: Bool = false
         ) {
             self.configPath = configPath
             self.store = store
             self.controller = controller
             self.watchConfig = watchConfig
+            self.control = control
             self.requireSecureConfig = requireSecureConfig
+        }
+    }
+
+    public struct Control: Sendable {
+        public var endpoint: ControlEndpoint
+        public var limits: ControlProtocol.Limits
+        /// What `GetInfo` and every reply say the daemon is.
+        public var version: String
+
+        public init(endpoint: ControlEndpoint, limits: ControlProtocol.Limits = .init(), version: String) {
+            self.endpoint = endpoint
+            self.limits = limits
+            self.version = version
         }
     }
 
@@ -74,6 +91,12 @@ public final class Daemon: Sendable {
             }
         }
         defer { watcher?.close() }
+        let server = serveControlSocket()
+        // Clients waiting for a reply see the connection end before the socket and the lock go.
+        defer {
+            server?.close()
+            settings.control?.endpoint.close()
+        }
 
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.controller.run() }
@@ -114,6 +137,31 @@ public final class Daemon: Sendable {
 
     /// Loads the configuration; an invalid one is reported and the last good desired state stays.
     public func reload() async {
+        if let desired = await load() {
+            await controller.setDesired(desired, config: .init(path: settings.configPath, valid: true))
+        }
+    }
+
+    enum ApplyStart {
+        /// The new desired state is in force; `Controller.settle` with this watch waits for it.
+        case watching(Int)
+        case rejected([String])
+    }
+
+    /// `macvtapd apply` through the control socket: a reload now, with its outcomes gathered.
+    func reloadForApply() async -> ApplyStart {
+        logger.info("apply requested on the control socket; reloading")
+        let result = loadChecked()
+        guard let desired = await accept(result) else { return .rejected(result.diagnostics.map(\.description)) }
+        return .watching(await controller.apply(desired, config: .init(path: settings.configPath, valid: true)))
+    }
+
+    private func load() async -> DesiredState? {
+        await accept(loadChecked())
+    }
+
+    /// The configuration as loaded, refused like an invalid one when others could change it.
+    private func loadChecked() -> ConfigLoadResult {
         var result = ConfigLoader.load(path: settings.configPath)
         if settings.requireSecureConfig {
             let insecure = ConfigPermissions.insecurePaths(configuration: settings.configPath)
@@ -126,16 +174,37 @@ public final class Daemon: Sendable {
                 }
             }
         }
+        return result
+    }
+
+    /// Logs a load's outcome; an invalid configuration is recorded as rejected.
+    private func accept(_ result: ConfigLoadResult) async -> DesiredState? {
         if let desired = result.desired {
             logger.info(
                 "configuration loaded: \(desired.vms.count) VM(s), \(desired.bindings.count) binding(s)",
                 metadata: ["config": "\(settings.configPath)"])
-            await controller.setDesired(desired, config: .init(path: settings.configPath, valid: true))
-        } else {
-            let errors = result.diagnostics.map(\.description)
-            for error in errors { logger.error("\(error)", metadata: ["config": "\(settings.configPath)"]) }
-            logger.error("configuration rejected; the last good desired state stays in force")
-            await controller.configRejected(path: settings.configPath, errors: errors)
+            return desired
+        }
+        let errors = result.diagnostics.map(\.description)
+        for error in errors { logger.error("\(error)", metadata: ["config": "\(settings.configPath)"]) }
+        logger.error("configuration rejected; the last good desired state stays in force")
+        await controller.configRejected(path: settings.configPath, errors: errors)
+        return nil
+    }
+
+    /// Starts the control socket's thread; a failure costs the socket, never the daemon.
+    private func serveControlSocket() -> ControlServer? {
+        guard let control = settings.control else { return nil }
+        let service = ControlService(daemon: self, version: control.version)
+        do {
+            let server = try ControlServer(endpoint: control.endpoint, limits: control.limits) { message, peer in
+                await service.handle(message, from: peer)
+            }
+            logger.info("serving the control socket \(control.endpoint.socketPath)")
+            return server
+        } catch {
+            logger.error("not serving the control socket \(control.endpoint.socketPath): \(error)")
+            return nil
         }
     }
 

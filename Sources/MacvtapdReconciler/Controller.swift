@@ -55,16 +55,25 @@ public actor Controller {
     private var bindings: [NICBinding] = []
     /// False until a valid configuration arrives: without one, macvtapd does not know what is
     /// wanted, so it changes nothing (an empty desired state would tear everything down).
-    private var hasDesired = false
-    private var config: StatusDocument.ConfigStatus?
-    private var links = LinkCache()
+    var hasDesired = false
+    var config: StatusDocument.ConfigStatus?
+    var links = LinkCache()
     var sessions: [String: VMSession] = [:]
     var statuses: [BindingKey: BindingStatus] = [:]
     var queue: WorkQueue
     private var writer: StatusWriter
     var stopping = false
     /// When the resync in progress started; cleared once every VM it marked was reconciled.
-    private var resyncStarted: ContinuousClock.Instant?
+    var resyncStarted: ContinuousClock.Instant?
+    /// Bumped by every new desired state: a reconcile that started at epoch E planned against it.
+    var epoch = 0
+    /// The epoch of the last reconcile each VM finished, for `apply` through the daemon.
+    var reconciledEpoch: [String: Int] = [:]
+    /// Outcomes gathered for `apply` callers waiting on the control socket, by watch id.
+    var watches: [Int: ApplyWatch] = [:]
+    var nextWatch = 0
+    /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
+    var started = false
     private let wakeups: AsyncStream<Void>
     private let wake: AsyncStream<Void>.Continuation
 
@@ -88,6 +97,7 @@ public actor Controller {
     /// and every VM it no longer names.
     public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
         let before = Set(self.desired.vms.keys)
+        epoch += 1
         self.desired = desired
         bindings = desired.bindings
         hasDesired = true
@@ -142,6 +152,7 @@ public actor Controller {
     public func run() async {
         await resync()
         updateSessions()
+        started = true
         await withTaskGroup(of: Void.self) { group in
             if options.useLinkEvents {
                 group.addTask { await self.followLinkEvents() }
@@ -227,6 +238,7 @@ public actor Controller {
         // flip a restarted daemon's adopted bindings to "unreachable" for an instant. Its outcome
         // marks the VM dirty again.
         if let session = sessions[vm], session.isConnecting { return }
+        let epoch = self.epoch
         let clock = ContinuousClock()
         let started = clock.now
         let resumedAt = sessions[vm]?.takeResumedAt()
@@ -270,6 +282,7 @@ public actor Controller {
         }
         let executed = clock.now
         record(outcomes)
+        reconciled(vm: vm, epoch: epoch, outcomes: outcomes)
         forgetIfNothingLeft(vm: vm, planned: Set(plan.bindings.map(\.key)))
         let actions = outcomes.reduce(0) { $0 + $1.plan.actions.count }
         logger.debug(

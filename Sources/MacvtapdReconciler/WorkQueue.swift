@@ -48,6 +48,18 @@ struct WorkQueue {
 
     var isDrained: Bool { dirty.isEmpty && inFlight.isEmpty }
 
+    /// Neither marked nor being reconciled.
+    func isIdle(_ vm: String) -> Bool { !dirty.contains(vm) && !inFlight.contains(vm) }
+
+    /// Marked and waiting for a worker, and being reconciled (for `macvtapd status`).
+    var queued: Set<String> { dirty.subtracting(inFlight) }
+    var reconciling: Set<String> { inFlight }
+
+    /// Every binding may be tried at once: an operator's `apply` asks for now, not for the backoff.
+    mutating func forgetBackoff() {
+        for key in retries.keys { retries[key]?.notBefore = .now }
+    }
+
     /// When a failed binding may be tried again; nil when it is not backing off.
     func notBefore(_ key: BindingKey) -> ContinuousClock.Instant? { retries[key]?.notBefore }
 

@@ -187,6 +187,7 @@ public final class GuestSandbox: Sendable {
             [
                 "netns", "exec", namespace.name, binary, "run", "-c", configPath, "--device-dir",
                 directory.path + "/dev", "--status-file", statusPath, "--metrics-file", "", "--qmp-timeout", "3",
+                "--control-socket", directory.path + "/run/control.sock",
             ] + arguments,
             logPath: directory.path + "/daemon.log")
         daemons.withLock { $0.append(daemon) }

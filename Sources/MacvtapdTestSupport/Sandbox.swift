@@ -28,6 +28,8 @@ public final class Sandbox: Sendable {
     public var configPath: String { directory.path + "/macvtapd.yaml" }
     public var statusPath: String { directory.path + "/status.json" }
     public var deviceDirectory: String { directory.path + "/dev" }
+    /// The daemon's control socket; its directory is the run directory (one daemon per directory).
+    public var controlSocketPath: String { directory.path + "/run/control.sock" }
     /// A second QMP monitor for the test's own checks (macvtapd holds the first).
     public var testMonitorPath: String { qemu.additionalMonitorPaths[0] }
 
@@ -191,6 +193,8 @@ public final class Sandbox: Sendable {
         // Only the commands that open tap devices take --device-dir.
         if command == "apply" || command == "run" { all += ["--device-dir", deviceDirectory] }
         if command != "validate" { all += ["--status-file", statusPath] }
+        // Every command that talks to a daemon finds this sandbox's, never the host's default one.
+        if command != "validate" { all += ["--control-socket", controlSocketPath] }
         return ["netns", "exec", namespace.name, binary] + all
     }
 

@@ -146,6 +146,7 @@ public final class TwoHosts: Sendable {
             [
                 "netns", "exec", host.namespace.name, binary, "run", "-c", host.configPath, "--device-dir",
                 host.deviceDirectory, "--status-file", host.statusPath, "--metrics-file", "", "--qmp-timeout", "3",
+                "--control-socket", host.directory + "/run/control.sock",
             ] + arguments,
             logPath: host.logPath)
         daemons.withLock { $0.append(daemon) }

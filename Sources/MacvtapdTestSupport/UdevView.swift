@@ -79,6 +79,7 @@ extension Sandbox {
         try FileManager.default.createDirectory(atPath: udevRunDirectory, withIntermediateDirectories: true)
         var all = [command] + arguments + ["--udev", "on"]
         all += ["-c", configPath, "--qmp-timeout", "3", "--status-file", statusPath]
+        all += ["--control-socket", directory.path + "/run/control.sock"]
         if command == "apply" || command == "run" { all += ["--device-dir", deviceDirectory] }
         return try await ChildProcess.run(
             "/usr/sbin/ip",
@@ -177,7 +178,7 @@ extension Sandbox {
             [
                 "netns", "exec", namespace.name, "/bin/sh", "-c", Self.privateUdevScript, udevRunDirectory, binary,
                 "run", "--udev", "on", "-c", configPath, "--device-dir", deviceDirectory, "--status-file", statusPath,
-                "--metrics-file", "", "--qmp-timeout", "3",
+                "--metrics-file", "", "--qmp-timeout", "3", "--control-socket", directory.path + "/run/control.sock",
             ] + arguments,
             logPath: directory.path + "/daemon.log")
     }

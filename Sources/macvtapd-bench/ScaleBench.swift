@@ -63,6 +63,7 @@ struct ScaleBench: AsyncParsableCommand {
                 [
                     "netns", "exec", namespace.name, try ChildProcess.macvtapdBinary(), "run", "-c", config,
                     "--status-file", directory.path + "/status.json", "--metrics-file", metrics,
+                    "--control-socket", directory.path + "/run/control.sock",
                     "--device-dir", directory.path + "/dev", "--log-level", "warning",
                 ] + extra,
                 logPath: directory.path + "/daemon.log")
@@ -125,6 +126,7 @@ struct ScaleBench: AsyncParsableCommand {
                 [
                     "netns", "exec", namespace.name, try ChildProcess.macvtapdBinary(), "plan", "-c", config,
                     "--status-file", directory.path + "/status.json",
+                    "--control-socket", directory.path + "/run/control.sock",
                 ])
             guard run.status == 0, run.stdout.contains("No changes: \(total) unchanged") else {
                 throw ChildError(

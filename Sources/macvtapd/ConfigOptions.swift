@@ -23,7 +23,10 @@ struct ConfigOptions: ParsableArguments {
     /// is missing, says that it is the default and that `-c` exists: a first run without `-c` on a
     /// host with nothing installed should point at the fix, not only at the missing directory.
     func load() -> ConfigLoadResult {
-        let result = ConfigLoader.load(path: path)
+        report(ConfigLoader.load(path: path))
+    }
+
+    private func report(_ result: ConfigLoadResult) -> ConfigLoadResult {
         for diagnostic in result.diagnostics { printError(diagnostic.description) }
         if config == nil, result.desired == nil, access(path, F_OK) != 0 {
             printError(
@@ -31,6 +34,25 @@ struct ConfigOptions: ParsableArguments {
             )
         }
         return result
+    }
+
+    /// `loadDesired`, with the files as read and validated: what a plan through the daemon sends, so
+    /// the daemon plans exactly what was validated here.
+    func loadDesiredAndFiles(outcome: String) throws -> (DesiredState, [ConfigSource]) {
+        var files: [ConfigSource] = []
+        let result: ConfigLoadResult
+        switch ConfigLoader.sources(path: path) {
+        case .success(let sources):
+            files = sources
+            result = ConfigLoader.load(sources)
+        case .failure(let diagnostic):
+            result = ConfigLoadResult(desired: nil, diagnostics: [diagnostic], files: [])
+        }
+        guard let desired = report(result).desired else {
+            printError("\(path): invalid configuration; \(outcome)")
+            throw ExitCode(1)
+        }
+        return (desired, files)
     }
 
     /// The desired state, or exit 1 after the diagnostics and `outcome`, which says what that means

@@ -6,6 +6,9 @@ import MacvtapdCore
 enum DurationOption {
     /// A QMP exchange that takes more than a few minutes is a hung VM, not a slow one.
     static let qmpTimeout = Duration.milliseconds(10)...Duration.seconds(600)
+    /// An apply through the daemon waits for attaches (milliseconds each) and for VMs that do not answer
+    /// (the QMP timeout); ten minutes is far past either.
+    static let applyTimeout = Duration.milliseconds(100)...Duration.seconds(600)
     /// Below 100 ms a resync would keep a core busy; above a day nothing is repaired in practice.
     static let resync = Duration.milliseconds(100)...Duration.seconds(86_400)
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import MacvtapdControl
 import MacvtapdDaemon
 import MacvtapdReconciler
 
@@ -22,6 +23,10 @@ struct Run: AsyncParsableCommand {
             --allow-insecure-config), at start and on every reload. SIGTERM and SIGINT stop the daemon gracefully and leave every backend in place. Under \
             systemd (Type=notify) it reports readiness and a STATUS= line, and feeds the watchdog when \
             WatchdogSec= is set.
+
+            Serves plan, apply and status on the control socket (--control-socket, mode 0600, or 0660 with \
+            --control-group; docs/control-protocol.md). One daemon per run directory (the socket's): a second \
+            one refuses to start and names the first.
             """
     )
 
@@ -33,6 +38,13 @@ struct Run: AsyncParsableCommand {
 
     @OptionGroup var device: DeviceOptions
     @OptionGroup var options: ObserveOptions
+    @OptionGroup var control: ControlOptions
+
+    @Option(
+        help: ArgumentHelp(
+            "A group whose members may use the control socket too (mode 0660); default: root only (0600).",
+            valueName: "group"))
+    var controlGroup: String?
 
     @Option(
         help: DurationOption.help(
@@ -54,6 +66,15 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         try security.check(config)
+        // Before anything else: a second daemon must not touch the first one's status or metrics.
+        let endpoint: ControlEndpoint
+        do {
+            endpoint = try ControlEndpoint.open(
+                socketPath: control.controlSocket, group: controlGroup, configPath: canonicalPath(config.path))
+        } catch {
+            printError("macvtapd run: \(error)")
+            throw ExitCode(1)
+        }
         let level = options.logLevel ?? .info
         // Logging must never stall the control loop: lines go through a queue to standard error,
         // and a reader that went away (EPIPE) costs log lines, not the daemon.
@@ -72,7 +93,9 @@ struct Run: AsyncParsableCommand {
             controller: Controller.Options(
                 resyncInterval: resync, useLinkEvents: !noEvents,
                 metricsPath: metricsFile.isEmpty ? nil : metricsFile),
-            watchConfig: !noWatchConfig, requireSecureConfig: !security.allowInsecureConfig)
+            watchConfig: !noWatchConfig,
+            control: Daemon.Control(endpoint: endpoint, version: BuildInfo.version),
+            requireSecureConfig: !security.allowInsecureConfig)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
         // The last lines (the stop) are still queued; a reader that never comes back costs a second.

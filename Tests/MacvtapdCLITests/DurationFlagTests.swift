@@ -53,7 +53,7 @@ struct DurationFlagTests {
             [
                 "-s", "TERM", "1", try ChildProcess.macvtapdBinary(), "run", "--resync", "30s", "-c", config,
                 "--status-file", directory.path + "/status.json", "--device-dir", directory.path + "/dev",
-                "--metrics-file", "", "--udev", "off",
+                "--metrics-file", "", "--udev", "off", "--control-socket", directory.path + "/run/control.sock",
             ])
         #expect(run.status == 124, "stderr: \(run.stderr)")
         #expect(!run.stderr.contains("Error:"))

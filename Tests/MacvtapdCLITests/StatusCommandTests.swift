@@ -77,14 +77,18 @@ struct StatusCommandTests {
         let statusPath = try directory.write("status.json", document)
         let run = try await macvtapd(["status", "-c", config, "--status-file", statusPath])
         #expect(run.status == 0, "\(run.stderr)")
-        let rows = run.stdout.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        // The first line says where the table comes from: a file no running daemon keeps current.
+        let lines = run.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("From \(statusPath), written 1970-01-01 00:00:01 UTC") == true)
+        #expect(lines.first?.contains("no daemon is running") == true)
+        let rows = lines.dropFirst().map { $0.split(separator: " ").map(String.init) }
         #expect(rows.count == 3)
         #expect(
             rows.dropFirst().map { Array($0.prefix(3)) } == [
                 ["web1/nic0", "HostMissing", "HostMissing"], ["web1/nic1", "-", "NoStatusYet"],
             ])
         let without = try await macvtapd(["status", "--status-file", statusPath])
-        #expect(without.stdout.split(separator: "\n").count == 2)
+        #expect(without.stdout.split(separator: "\n").count == 3)
     }
 
     @Test func withConfigAndNoStatusFileEveryBindingIsListed() async throws {

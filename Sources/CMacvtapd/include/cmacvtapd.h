@@ -69,4 +69,12 @@ int cmacvtapd_spawn_closefrom(posix_spawn_file_actions_t *actions, int lowfd);
 /// unshare(CLONE_NEWNS) for the calling thread (its filesystem attributes are unshared with it).
 int cmacvtapd_unshare_mount_namespace(void);
 
+// --- control socket (MacvtapdControl): who is on the other end of a unix socket.
+
+/// SO_PEERCRED (struct ucred needs _GNU_SOURCE): the peer's pid, uid and gid. Returns 0 or -1/errno.
+int cmacvtapd_peer_credentials(int sock, pid_t *pid, uid_t *uid, gid_t *gid);
+
+/// accept4 (a GNU extension) with SOCK_NONBLOCK | SOCK_CLOEXEC.
+int cmacvtapd_accept_nonblocking(int sock);
+
 #endif
