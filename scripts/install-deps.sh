@@ -11,10 +11,12 @@ set -euo pipefail
 # (systemd-analyze verify and security; nothing starts it), init-system-helpers
 # (deb-systemd-helper in the maintainer scripts), groff-base (the man pages render without
 # warnings), ansible-core with python3-apt (the Ansible example in check mode) and strace (the
-# system calls macvtapd makes pass the unit's SystemCallFilter=).
+# system calls macvtapd makes pass the unit's SystemCallFilter=). libvirt-daemon,
+# libvirt-daemon-driver-qemu and libvirt-clients: the libvirt tests run a private libvirtd of
+# their own in session mode (PrivateLibvirt); the machine's libvirt is never configured or started.
 packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps time
     iputils-ping linux-image-cloud-amd64 busybox-static dpkg-dev binutils systemd init-system-helpers groff-base
-    ansible-core python3-apt strace)
+    ansible-core python3-apt strace libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -5,10 +5,13 @@ public struct LaunchArguments: Sendable, Equatable {
     public let vm: VMSpec
     /// Each NIC's hub: `hub:` where the config gives one, else `derivedHub`.
     public let hubs: [String: Int]
+    /// Each NIC's PCI slot on the root bus when the config places it nowhere (`defaultAddresses`).
+    public let addresses: [String: String]
 
     public init(_ vm: VMSpec) {
         self.vm = vm
         self.hubs = Self.hubs(of: vm)
+        self.addresses = Self.defaultAddresses(of: vm)
     }
 
     /// NICs in id order, so the output is the same on every host and every run.
@@ -23,7 +26,7 @@ public struct LaunchArguments: Sendable, Equatable {
             var device = "\(nic.device.model),id=\(id),netdev=\(Self.portID(id))"
             if let mac = nic.mac { device += ",mac=\(mac)" }
             if let bus = nic.device.bus { device += ",bus=\(Self.optionValue(bus))" }
-            if let address = nic.device.address { device += ",addr=\(address)" }
+            if let address = nic.device.address ?? addresses[id] { device += ",addr=\(address)" }
             arguments += ["-device", device]
         }
         return arguments
@@ -62,6 +65,30 @@ public struct LaunchArguments: Sendable, Equatable {
             taken.insert(hub)
         }
         return hubs
+    }
+
+    /// A NIC with neither `bus` nor `addr` gets a slot of its own on the root bus (pci.0 on
+    /// i440fx, pcie.0 on q35) from 0x1e down to 0x10, NICs in id order, past slots the config
+    /// gives other NICs. Left to QEMU, a NIC from the command line takes the first free slot, which
+    /// libvirt has already assigned to its own devices: libvirt 9.0 then fails to start the domain
+    /// ("PCI: slot 1 function 0 not available for pcie-root-port" on q35, slot 2 for the balloon on
+    /// i440fx). libvirt fills slots upward from 1 or 2 and q35 holds 0x1f, so the top is free.
+    public static func defaultAddresses(of vm: VMSpec) -> [String: String] {
+        let nics = vm.nics.values.sorted { $0.key < $1.key }
+        let given = Set(nics.compactMap { $0.device.address.flatMap(slot) })
+        var free = (0x10...0x1e).reversed().filter { !given.contains($0) }[...]
+        var addresses: [String: String] = [:]
+        for nic in nics where nic.device.bus == nil && nic.device.address == nil {
+            guard let slot = free.popFirst() else { break }
+            addresses[nic.key.nic] = "0x" + String(slot, radix: 16)
+        }
+        return addresses
+    }
+
+    /// The slot of a validated `addr` (`0x1e`, `1e.2`).
+    static func slot(_ address: String) -> Int? {
+        let slot = address.split(separator: ".").first ?? ""
+        return Int(slot.hasPrefix("0x") || slot.hasPrefix("0X") ? slot.dropFirst(2) : slot, radix: 16)
     }
 
     /// `1000 + FNV-1a-32(id) mod 9000`.

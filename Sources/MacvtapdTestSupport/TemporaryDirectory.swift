@@ -10,6 +10,14 @@ public struct TemporaryDirectory: Sendable {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: false)
     }
 
+    /// A short path, `/tmp/<prefix>XXXXXX`, for what puts unix sockets deep below it (a unix
+    /// socket path has at most 107 bytes).
+    public init(shortPrefix prefix: String) throws {
+        var template = Array("/tmp/\(prefix)XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        path = String(cString: made)
+    }
+
     @discardableResult
     public func write(_ name: String, _ text: String) throws -> String {
         try write(name, bytes: Array(text.utf8))

@@ -79,7 +79,7 @@ struct PrintCommandTests {
         let path = try directory.write("m.yaml", "version: 1\nvms:\n  web1:\n    nics:\n      nic0: {host: eth0}\n")
         let run = try await macvtapd(["print", "qemu-args", "web1", "-c", path])
         #expect(run.status == 0)
-        #expect(run.stdout.contains("virtio-net-pci,id=nic0,netdev=nic0.port\n"))
+        #expect(run.stdout.contains("virtio-net-pci,id=nic0,netdev=nic0.port,addr=0x1e\n"))
         #expect(run.stderr.contains("NIC 'nic0' of VM 'web1' has no 'mac'"))
     }
 }

@@ -22,7 +22,7 @@ import Testing
             launch.arguments == [
                 "-qmp", "unix:/run/macvtapd/qmp/web1.sock,server=on,wait=off",
                 "-netdev", "hubport,id=nic0.port,hubid=10",
-                "-device", "virtio-net-pci,id=nic0,netdev=nic0.port,mac=52:54:00:12:34:56",
+                "-device", "virtio-net-pci,id=nic0,netdev=nic0.port,mac=52:54:00:12:34:56,addr=0x1e",
                 "-netdev", "hubport,id=nic1.port,hubid=11",
                 "-device", "e1000e,id=nic1,netdev=nic1.port,bus=pcie.0,addr=0x1d.0",
             ])
@@ -48,12 +48,24 @@ import Testing
         #expect(hubs["nic0"] == (clash == 9999 ? 1000 : clash + 1))
     }
 
+    @Test func unplacedNICsTakeTopSlotsOfTheRootBusPastTheOnesGiven() {
+        let addresses = LaunchArguments.defaultAddresses(
+            of: Self.vm([
+                Self.nic("a"), Self.nic("b", device: NICDevice(address: "0x1d.0")), Self.nic("c"),
+                Self.nic("d", device: NICDevice(bus: "pci.1")),
+            ]))
+        #expect(addresses == ["a": "0x1e", "c": "0x1c"], "b's slot is skipped; d's bus is its own business")
+        let many = LaunchArguments.defaultAddresses(of: Self.vm((0..<20).map { Self.nic("n\($0 + 10)") }))
+        #expect(many.count == 15, "0x1e down to 0x10; beyond that QEMU (or the config) places them")
+        #expect(Set(many.values).count == 15)
+    }
+
     @Test func shellLineAndXMLQuoteWhatTheyMust() {
         let launch = LaunchArguments(Self.vm([Self.nic("nic0", hub: 10)], qmp: "/run/vm's dir,x/q.sock"))
         #expect(
             launch.shellLine
                 == "-qmp 'unix:/run/vm'\\''s dir,,x/q.sock,server=on,wait=off' -netdev hubport,id=nic0.port,hubid=10 "
-                + "-device virtio-net-pci,id=nic0,netdev=nic0.port")
+                + "-device virtio-net-pci,id=nic0,netdev=nic0.port,addr=0x1e")
         #expect(
             launch.libvirtXML.hasPrefix(
                 "<qemu:commandline xmlns:qemu=\"http://libvirt.org/schemas/domain/qemu/1.0\">\n"))
