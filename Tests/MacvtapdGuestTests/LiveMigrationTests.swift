@@ -111,7 +111,8 @@ extension GuestVMTests {
 
                 let watchFrom = WallClock.now()
                 let streams = clients.pingers.map { PingStream($0, interval: .milliseconds(5)) }
-                let incoming = hosts.directory.path + "/migrate-\(Self.counter.add(1, ordering: .relaxed).newValue).sock"
+                let incoming =
+                    hosts.directory.path + "/migrate-\(Self.counter.add(1, ordering: .relaxed).newValue).sock"
                 let destination = try await GuestVM.launch(
                     LiveMigration.configuration(
                         LiveMigrationTests.base, monitor: LiveMigrationTests.monitor(on: to), incoming: incoming))
@@ -150,7 +151,8 @@ extension GuestVMTests {
                 // again after it resumed on the destination.
                 var report = "\(route): downtime \(record.downtime)"
                 for (name, stream) in zip(clients.names, echoes) {
-                    let early = PingStream.lost(stream, sentBefore: record.sourceStoppedAt - 20_000, patience: .milliseconds(500))
+                    let early = PingStream.lost(
+                        stream, sentBefore: record.sourceStoppedAt - 20_000, patience: .milliseconds(500))
                     #expect(early.isEmpty, "\(route): \(name) lost \(early.count) echoes before handover")
                     #expect(
                         stream.contains { ($0.replied ?? 0) > record.resumedAt },
