@@ -233,6 +233,57 @@ public final class FDBMonitor: Sendable {
     }
 }
 
+/// `ip -timestamp monitor link` in a host's namespace: when the kernel announced each link's
+/// administrative state (RTM_NEWLINK, sent once the change is done, RTNL still held).
+public final class LinkStateMonitor: Sendable {
+    public struct Change: Sendable {
+        public let at: Int64
+        public let name: String
+        public let up: Bool
+        public let deleted: Bool
+    }
+
+    private let process: BackgroundProcess
+
+    public init(in namespace: NetworkNamespace, logPath: String) async throws {
+        process = try BackgroundProcess.start(
+            "/usr/sbin/ip", ["-n", namespace.name, "-timestamp", "monitor", "link"], logPath: logPath)
+        try await Task.sleep(for: .milliseconds(200))
+    }
+
+    public func stop() async { await process.stop() }
+
+    public func changes() -> [Change] {
+        var changes: [Change] = []
+        var stamp: Int64?
+        for line in process.log().split(separator: "\n") {
+            if line.hasPrefix("Timestamp: ") {
+                stamp = FDBMonitor.parseStamp(String(line.dropFirst("Timestamp: ".count)))
+                continue
+            }
+            var words = line.split(separator: " ")
+            let deleted = words.first == "Deleted"
+            if deleted { words.removeFirst() }
+            // `14: mvt8801f676c286@eth0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 ...`
+            guard let stamp, words.count >= 3, words[0].hasSuffix(":"), words[2].hasPrefix("<") else { continue }
+            let name = words[1].split(separator: "@").first.map(String.init) ?? ""
+            let flags = words[2].dropFirst().dropLast().split(separator: ",")
+            changes.append(Change(at: stamp, name: name, up: flags.contains("UP"), deleted: deleted))
+        }
+        return changes
+    }
+
+    /// When `name` was first announced in state `up` after `instant`, having been otherwise before.
+    public func firstTurned(_ name: String, up: Bool, after instant: Int64) -> Int64? {
+        var last: Bool?
+        for change in changes() where change.name == name && !change.deleted {
+            if change.at > instant, change.up == up, last != up { return change.at }
+            last = change.up
+        }
+        return nil
+    }
+}
+
 // MARK: - Live migration of a guest
 
 /// One live migration as QEMU reports it.

@@ -60,8 +60,16 @@ struct MigrationBench: AsyncParsableCommand {
         /// source's down (the kernel's share, RTNL included).
         var netlinkUp: Duration?
         var netlinkDown: Duration?
+        /// From the kernel's own RTM_NEWLINK notifications (`ip -timestamp monitor link` per host):
+        /// RESUME → the destination's macvtap announced up, STOP → the source's announced down, and
+        /// whether the destination's up was announced after the source's down (one RTNL here).
+        var kernelUp: Duration?
+        var kernelDown: Duration?
+        var upAfterDown: Bool?
         var moves: [FDBMonitor.Entry]
         var movedOnceAfterHandover: Bool
+        /// RESUME → the switch learned the guest on the destination's port (its last move there).
+        var fdbAfterResume: Duration?
 
         var beyondFloor: Duration? {
             guard let floor, !gaps.contains(where: { $0 == nil }) else { return nil }
@@ -74,7 +82,9 @@ struct MigrationBench: AsyncParsableCommand {
                 + "heartbeat \(text(heartbeat)), gaps switch \(text(gaps[0])) / source-host client \(text(gaps[1])) "
                 + "/ destination-host client \(text(gaps[2])), lost before handover \(lostBefore), "
                 + "handover \(text(handover)) (RTM_NEWLINK up \(text(netlinkUp)), source down \(text(netlinkDown))), "
-                + "FDB moves \(moves.map(\.port))"
+                + "kernel: RESUME → up announced \(text(kernelUp)), STOP → source down announced \(text(kernelDown)), "
+                + "up after source down \(upAfterDown.map(String.init) ?? "–"), "
+                + "FDB moves \(moves.map(\.port)) (RESUME → learned on the destination's port \(text(fdbAfterResume)))"
         }
     }
 
@@ -109,6 +119,11 @@ struct MigrationBench: AsyncParsableCommand {
         row("handover share: RESUME → macvtap up (daemon's log)", target: "p99 ≤ 2 ms") { $0.handover }
         row("… of which the RTM_NEWLINK setting it up (kernel, RTNL shared by both hosts here)") { $0.netlinkUp }
         row("source: RTM_NEWLINK taking its macvtap down (kernel)") { $0.netlinkDown }
+        row("RESUME → the switch learned the guest on the destination's port (bridge monitor)") { $0.fdbAfterResume }
+        row("RESUME → destination macvtap announced up by the kernel (ip monitor)") { $0.kernelUp }
+        row("source STOP → source macvtap out of the MAC table: down, or deleted after QEMU quit (ip monitor)") {
+            $0.kernelDown
+        }
         for (variant, samples) in [("macvtapd", ours), ("baseline", baseline)] {
             let lost = (0..<3).map { index in samples.reduce(0) { $0 + $1.lostBefore[index] } }
             let once = samples.count { $0.movedOnceAfterHandover }
@@ -119,6 +134,10 @@ struct MigrationBench: AsyncParsableCommand {
                     + "FDB moved once, to the destination, after RESUME: \(once)/\(samples.count) (moves per migration: \(moves))"
             )
         }
+        let ordered = ours.compactMap(\.upAfterDown)
+        print(
+            "macvtapd: destination's up announced after the source's down (one kernel, one RTNL): "
+                + "\(ordered.count { $0 })/\(ordered.count)")
         // No worse: within one echo interval of the switch's gap (the resolution of every gap here).
         for (variant, samples) in [("macvtapd", ours), ("baseline", baseline)] {
             let comparable = samples.filter { !$0.gaps.contains { $0 == nil } }
@@ -215,12 +234,20 @@ struct MigrationBench: AsyncParsableCommand {
         let netlinkUp = rig.actionDurations("up: ok", on: to).dropFirst(upsBefore).first
         let netlinkDown = rig.actionDurations("down: ok", on: from).dropFirst(downsBefore).first
         let moves = rig.fdb.moves(of: Self.nic0.mac, after: watchFrom, from: portBefore)
+        let name = Ownership.macvtapName(for: Self.key)
+        let upAt = rig.links[to.name]!.firstTurned(name, up: true, after: watchFrom)
+        let downAt = rig.links[from.name]!.firstTurned(name, up: false, after: watchFrom)
+        // The baseline's destination macvtap was up before its QEMU started: no handover to time.
+        let kernelUp = rig.variant == .baseline ? nil : upAt.map { Duration.wall($0 - record.resumedAt) }
+        let kernelDown = downAt.map { Duration.wall($0 - record.sourceStoppedAt) }
+        let upAfterDown = upAt.flatMap { up in downAt.map { up > $0 } }
+        let fdbAfterResume = moves.last { $0.port == to.switchPort }.map { Duration.wall($0.at - record.resumedAt) }
         let once = moves.count == 1 && moves[0].port == to.switchPort && moves[0].at > record.resumedAt
         let sample = Sample(
             route: "\(from.name)→\(to.name)", downtime: record.downtime, floor: floor, afterResume: afterResume,
             heartbeat: heartbeat, gaps: gaps, lostBefore: lost, handover: handover, netlinkUp: netlinkUp,
-            netlinkDown: netlinkDown, moves: moves,
-            movedOnceAfterHandover: once)
+            netlinkDown: netlinkDown, kernelUp: kernelUp, kernelDown: kernelDown, upAfterDown: upAfterDown,
+            moves: moves, movedOnceAfterHandover: once, fdbAfterResume: fdbAfterResume)
         return (sample, destination)
     }
 }
@@ -247,6 +274,7 @@ extension MigrationBench {
         let variant: Variant
         let hosts: TwoHosts
         let fdb: FDBMonitor
+        let links: [String: LinkStateMonitor]
         let daemons: [String: BackgroundProcess]
         /// The baseline's macvtaps, made by the benchmark itself in each host's namespace.
         let drivers: [String: NetlinkHostDriver]
@@ -264,7 +292,10 @@ extension MigrationBench {
             var daemons: [String: BackgroundProcess] = [:]
             var drivers: [String: NetlinkHostDriver] = [:]
             var mounts: [NetworkNamespaceSysfs] = []
+            var links: [String: LinkStateMonitor] = [:]
             for host in [hosts.a, hosts.b] {
+                links[host.name] = try await LinkStateMonitor(
+                    in: host.namespace, logPath: hosts.directory.path + "/links-\(host.name).log")
                 switch variant {
                 case .macvtapd:
                     try hosts.writeConfig(
@@ -280,6 +311,7 @@ extension MigrationBench {
                 }
             }
             self.daemons = daemons
+            self.links = links
             self.drivers = drivers
             sysfs = mounts
         }

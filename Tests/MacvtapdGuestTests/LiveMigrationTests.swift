@@ -164,7 +164,7 @@ extension GuestVMTests {
                 if let floor = ConsoleHeartbeat.silence(
                     across: record.sourceStoppedAt, before: sourceBeats.times, after: destinationBeats.times)
                 {
-                    report += ", guest's own silence \(Duration.wall(floor.to - floor.from))"
+                    report += ", guest heartbeat silence \(Duration.wall(floor.to - floor.from))"
                 }
                 print("migration: \(report)")
                 await clients.reachGuest(within: .seconds(5), "after it moved to \(to.name)")
