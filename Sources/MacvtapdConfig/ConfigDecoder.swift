@@ -21,15 +21,18 @@ struct ConfigDecoder {
     }
 
     static let topLevelKeys = ["version", "defaults", "vms"]
-    static let defaultsKeys = ["mode", "link", "announce"]
+    static let defaultsKeys = ["mode", "link", "announce", "qmp"]
     static let vmKeys = ["qmp", "nics"]
-    static let nicKeys = ["host", "mode", "mac", "hub", "link", "announce"]
+    static let nicKeys = ["host", "mode", "mac", "hub", "link", "announce", "model", "bus", "addr"]
     static let hostKeys = ["name", "mac", "path", "property"]
 
     private struct Defaults {
         var mode = MacvtapMode.bridge
         var link = LinkPolicy.follow
         var announce = true
+        /// Where a VM without `qmp:` has its monitor; `{vm}` stands for the VM's name.
+        var qmp = ConfigRules.defaultQMPTemplate
+        var qmpLocation: SourceLocation?
     }
 
     mutating func decode(_ root: YAMLNode?) -> [VMDeclaration] {
@@ -55,6 +58,17 @@ struct ConfigDecoder {
             defaults.mode = fields["mode"].flatMap { enumValue($0.value, MacvtapMode.self, field: "mode") } ?? .bridge
             defaults.link = fields["link"].flatMap { enumValue($0.value, LinkPolicy.self, field: "link") } ?? .follow
             defaults.announce = fields["announce"].flatMap { boolean($0.value, field: "announce") } ?? true
+            if let node = fields["qmp"], let template = string(node.value, field: "qmp") {
+                if template.hasPrefix("/") {
+                    defaults.qmp = template
+                    defaults.qmpLocation = location(node.value)
+                } else {
+                    error(
+                        "invalid 'qmp' in 'defaults': '\(template)' is not an absolute path; write the full path "
+                            + "from '/', with {vm} where the VM's name goes (like \(ConfigRules.defaultQMPTemplate))",
+                        at: location(node.value))
+                }
+            }
         }
         guard let vmsEntry = entries["vms"] else {
             error("missing 'vms', the mapping of VM name to VM (write 'vms: {}' to declare none)", at: location(root))
@@ -100,9 +114,16 @@ struct ConfigDecoder {
                 }
             }
         } else {
-            error(
-                "VM '\(name)' has no 'qmp': the absolute path of the QMP unix socket macvtapd uses for this VM",
-                at: vmLocation)
+            // The file's template (or the built-in one), so a VM manager can derive the path too.
+            let path = defaults.qmp.replacing("{vm}", with: name)
+            declaration.qmpLocation = defaults.qmpLocation ?? vmLocation
+            if let problem = ConfigRules.qmpPathProblem(path) {
+                error(
+                    "VM '\(name)' has no 'qmp', and the default '\(defaults.qmp)' gives an invalid path: \(problem)",
+                    at: defaults.qmpLocation ?? vmLocation)
+            } else {
+                declaration.spec.qmp = path
+            }
         }
 
         guard let nicsEntry = fields["nics"] else {
@@ -171,11 +192,17 @@ struct ConfigDecoder {
             }
         let hub = fields["hub"].flatMap { hubID($0.value) }
         let announce = fields["announce"].map { boolean($0.value, field: "announce") } ?? defaults.announce
+        var device = NICDevice()
+        if let node = fields["model"], let model = deviceWord(node.value, field: "model", example: "e1000e") {
+            device.model = model
+        }
+        if let node = fields["bus"] { device.bus = deviceWord(node.value, field: "bus", example: "pcie.0") }
+        if let node = fields["addr"] { device.address = pciAddress(node.value) }
 
         guard diagnostics.count == errorsBefore, let host, let mode, let link, let announce else { return nil }
         let binding = NICBinding(
             key: bindingKey, host: host, mode: mode, mac: mac, hub: hub, link: link, announce: announce,
-            followsGuestMAC: followsGuestMAC, source: location(key))
+            followsGuestMAC: followsGuestMAC, source: location(key), device: device)
         return (binding, fields["mac"].map { location($0.value) }, fields["hub"].map { location($0.value) })
     }
 
@@ -258,6 +285,29 @@ struct ConfigDecoder {
             error("invalid '\(field)': \(problem.message(text))\(hint)", at: location(node))
             return nil
         }
+    }
+
+    /// A QEMU device model or bus id: letters, digits, '-', '.', '_' (nothing QEMU's option
+    /// syntax would split on).
+    private mutating func deviceWord(_ node: YAMLNode, field: String, example: String) -> String? {
+        guard let text = string(node, field: field) else { return nil }
+        if let problem = ConfigRules.deviceWordProblem(text) {
+            error("invalid '\(field)' '\(text)': \(problem) (like '\(example)')", at: location(node))
+            return nil
+        }
+        return text
+    }
+
+    /// QEMU's PCI `addr=`: a slot (0–0x1f) and an optional function (0–7), hex, as `"0x1e"` or
+    /// `"1e.2"`; a string, because YAML reads an unquoted 0x1e as the number 30.
+    private mutating func pciAddress(_ node: YAMLNode) -> String? {
+        guard let text = string(node, field: "addr", expecting: "a quoted PCI slot like \"0x1e\" or \"0x1e.0\"")
+        else { return nil }
+        if let problem = ConfigRules.pciAddressProblem(text) {
+            error("invalid 'addr' '\(text)': \(problem)", at: location(node))
+            return nil
+        }
+        return text
     }
 
     private mutating func hubID(_ node: YAMLNode) -> Int? {

@@ -96,6 +96,32 @@ enum ConfigRules {
         return nil
     }
 
+    /// Where a VM's monitor is when neither the VM nor its file's `defaults` say.
+    public static let defaultQMPTemplate = "/run/macvtapd/qmp/{vm}.sock"
+
+    static func deviceWordProblem(_ word: String) -> String? {
+        guard !word.isEmpty, word.utf8.count <= 64 else { return "it must be 1 to 64 characters long" }
+        let allowed = word.utf8.allSatisfy {
+            isAlphanumeric($0) || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_")
+        }
+        return allowed ? nil : "only letters, digits, '-', '.' and '_' are allowed"
+    }
+
+    static func pciAddressProblem(_ text: String) -> String? {
+        let usage = "write a PCI slot 0x0–0x1f, optionally with a function 0–7, like '0x1e' or '0x1e.0'"
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        func hex(_ part: Substring) -> Int? {
+            let digits = part.hasPrefix("0x") || part.hasPrefix("0X") ? part.dropFirst(2) : part
+            guard !digits.isEmpty, digits.count <= 2 else { return nil }
+            return Int(digits, radix: 16)
+        }
+        guard (1...2).contains(parts.count), let slot = hex(parts[0]), slot <= 0x1f else { return usage }
+        if parts.count == 2 {
+            guard let function = hex(parts[1]), function <= 7 else { return usage }
+        }
+        return nil
+    }
+
     static func qmpPathProblem(_ path: String) -> String? {
         guard path.hasPrefix("/") else { return "'\(path)' is not an absolute path; write the full path from '/'" }
         guard !path.utf8.contains(0) else { return "the path contains a NUL byte" }

@@ -111,12 +111,16 @@ public struct NICBinding: Hashable, Sendable {
     public var followsGuestMAC: Bool
     /// Where the NIC was declared, for messages.
     public var source: SourceLocation?
+    /// How the VM is launched with this NIC (`macvtapd print`): the QEMU device model and, for
+    /// users who pin PCI addresses, its bus and slot. The daemon itself never reads them.
+    public var device: NICDevice
 
     public init(
         key: BindingKey, host: HostMatcher, mode: MacvtapMode = .bridge, mac: MACAddress? = nil,
         hub: Int? = nil, link: LinkPolicy = .follow, announce: Bool = true, followsGuestMAC: Bool = false,
-        source: SourceLocation? = nil
+        source: SourceLocation? = nil, device: NICDevice = NICDevice()
     ) {
+        self.device = device
         self.followsGuestMAC = followsGuestMAC
         self.key = key
         self.host = host
@@ -132,6 +136,23 @@ public struct NICBinding: Hashable, Sendable {
     public func sameBackend(as other: NICBinding) -> Bool {
         key == other.key && host == other.host && mode == other.mode && mac == other.mac && hub == other.hub
             && followsGuestMAC == other.followsGuestMAC
+    }
+}
+
+/// The guest NIC's QEMU device as `macvtapd print` writes it: `-device MODEL,...,bus=BUS,addr=ADDR`.
+public struct NICDevice: Hashable, Sendable {
+    public static let defaultModel = "virtio-net-pci"
+
+    public var model: String
+    /// The PCI bus (`pcie.0`, `pci.0`, a root port's id); nil lets QEMU choose.
+    public var bus: String?
+    /// The slot and function on that bus (`0x1e`, `0x1e.0x0`); nil lets QEMU choose.
+    public var address: String?
+
+    public init(model: String = NICDevice.defaultModel, bus: String? = nil, address: String? = nil) {
+        self.model = model
+        self.bus = bus
+        self.address = address
     }
 }
 

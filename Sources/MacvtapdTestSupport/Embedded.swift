@@ -137,6 +137,8 @@ public final class EmbeddedVM: VMConnection {
         /// set_link takes this long, widening the window in which events race a reconcile.
         public var setLinkDelay: Duration = .zero
         public var calls: [String] = []
+        /// How many times the VM was observed (`query-status` + `info network` in the real thing).
+        public var observations = 0
         var eventContinuations: [AsyncStream<String>.Continuation] = []
     }
     public let name: String
@@ -154,6 +156,7 @@ public final class EmbeddedVM: VMConnection {
 
     public var netdevIDs: [String] { state.withLock { $0.netdevs.keys.sorted() } }
     public var calls: [String] { state.withLock { $0.calls } }
+    public var observations: Int { state.withLock { $0.observations } }
     public func link(_ nic: String) -> Bool? { state.withLock { $0.link[nic] } }
 
     public func observe(vm: String) async throws -> ObservedVM {
@@ -163,6 +166,7 @@ public final class EmbeddedVM: VMConnection {
             throw EmbeddedError("QMP info network: no reply within \(delay)")
         }
         return state.withLock { state in
+            state.observations += 1
             var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
             for (id, hub) in state.netdevs {
                 guard let (ids, part) = Ownership.parseBackendID(id) else { continue }

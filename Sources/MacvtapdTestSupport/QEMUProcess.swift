@@ -44,12 +44,17 @@ public struct QEMUOptions: Sendable {
     /// time); their paths are `QEMUProcess.socketPath(name)`.
     public var additionalMonitors: [String]
     public var extraArguments: [String]
+    /// Where macvtapd's monitor listens; nil puts it in the QEMU directory. A fixed path outlives
+    /// one QEMU, as a VM manager's per-VM socket does: the next QEMU of the VM on this "host"
+    /// listens where the config already points.
+    public var qmpSocketPath: String?
 
     public init(
         nics: [QEMUNIC] = [QEMUNIC(id: "nic0", mac: "52:54:00:12:34:56", hubID: 10)],
         probes: [(probe: Probe, hubID: Int)] = [], paused: Bool = false, memoryMiB: Int = 64,
-        additionalMonitors: [String] = [], extraArguments: [String] = []
+        additionalMonitors: [String] = [], extraArguments: [String] = [], qmpSocketPath: String? = nil
     ) {
+        self.qmpSocketPath = qmpSocketPath
         self.nics = nics
         self.probes = probes
         self.paused = paused
@@ -73,11 +78,13 @@ public final class QEMUProcess: Sendable {
 
     public static let executable = "qemu-system-x86_64"
 
-    private init(pid: pid_t, directory: String, arguments: [String], additionalMonitors: [String]) {
+    private init(
+        pid: pid_t, directory: String, qmpSocketPath: String, arguments: [String], additionalMonitors: [String]
+    ) {
         self.additionalMonitorPaths = additionalMonitors.map { directory + "/" + $0 }
         self.pid = pid
         self.directory = directory
-        self.qmpSocketPath = directory + "/qmp.sock"
+        self.qmpSocketPath = qmpSocketPath
         self.logPath = directory + "/qemu.log"
         self.arguments = arguments
     }
@@ -89,9 +96,10 @@ public final class QEMUProcess: Sendable {
         var template = Array("/tmp/macvtapd-qemu-XXXXXX".utf8CString)
         guard let made = mkdtemp(&template) else { throw QEMUFixtureError("mkdtemp for QEMU failed: errno \(errno)") }
         let directory = String(cString: made)
+        let qmpSocketPath = options.qmpSocketPath ?? directory + "/qmp.sock"
         var arguments = [
             executable, "-M", "q35", "-nodefaults", "-display", "none", "-m", "\(options.memoryMiB)",
-            "-qmp", "unix:\(directory)/qmp.sock,server=on,wait=off",
+            "-qmp", "unix:\(qmpSocketPath),server=on,wait=off",
         ]
         for name in options.additionalMonitors {
             arguments += ["-qmp", "unix:\(directory)/\(name),server=on,wait=off"]
@@ -111,7 +119,8 @@ public final class QEMUProcess: Sendable {
             throw error
         }
         let process = QEMUProcess(
-            pid: pid, directory: directory, arguments: arguments, additionalMonitors: options.additionalMonitors)
+            pid: pid, directory: directory, qmpSocketPath: qmpSocketPath, arguments: arguments,
+            additionalMonitors: options.additionalMonitors)
         let clock = ContinuousClock()
         let deadline = clock.now + startupTimeout
         while true {

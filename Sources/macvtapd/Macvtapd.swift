@@ -15,7 +15,7 @@ struct Macvtapd: AsyncParsableCommand {
             replaces and tears down macvtap backends so that the two agree.
             """,
         version: BuildInfo.version,
-        subcommands: [Validate.self, PlanCommand.self, Apply.self, Run.self, Status.self]
+        subcommands: [Validate.self, PlanCommand.self, Apply.self, Run.self, Status.self, PrintCommand.self]
     )
 
     /// ArgumentParser's own `main`, except that usage errors exit 2 as the commands document

@@ -5,7 +5,10 @@ import Testing
 /// where the next word does not fit, each subcommand offering only what it uses.
 @Suite("help and usage")
 struct HelpTests {
-    static let commands = [[], ["validate"], ["plan"], ["apply"], ["run"], ["status"]]
+    static let commands = [
+        [], ["validate"], ["plan"], ["apply"], ["run"], ["status"], ["print"], ["print", "qemu-args"],
+        ["print", "libvirt-xml"],
+    ]
 
     @Test(arguments: commands)
     func helpFitsEightyColumnsWithShortUsage(_ command: [String]) async throws {

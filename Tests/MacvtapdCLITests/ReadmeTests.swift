@@ -18,7 +18,10 @@ struct ReadmeTests {
     @Test func everyFlagInTheReadmeExists() async throws {
         #expect(!Self.readme.isEmpty)
         var offered: Set<String> = []
-        for command in [[], ["validate"], ["plan"], ["apply"], ["run"], ["status"]] {
+        for command in [
+            [], ["validate"], ["plan"], ["apply"], ["run"], ["status"], ["print", "qemu-args"],
+            ["print", "libvirt-xml"],
+        ] {
             let help = try await macvtapd(command + ["--help"])
             offered.formUnion(PackageTests.flags(in: help.stdout))
         }

@@ -74,7 +74,7 @@ let badInputs: [BadInput] = [
         "invalid 'link' 'down'; allowed: follow, up"),
     BadInput(
         "defaults as scalar", "version: 1\ndefaults: vepa\nvms: {}\n", at: "2:11",
-        "'defaults' must be a mapping with keys mode, link, announce, found the string 'vepa'"),
+        "'defaults' must be a mapping with keys mode, link, announce, qmp, found the string 'vepa'"),
     // VMs.
     BadInput(
         "VM name starts with dash", "version: 1\nvms:\n  -web:\n    qmp: /q\n    nics: {}\n", at: "3:3",
@@ -88,7 +88,29 @@ let badInputs: [BadInput] = [
     BadInput(
         "duplicate VM in one file", "version: 1\nvms:\n\(web1)\(web1)", at: "6:3",
         "duplicate key 'web1' in 'vms'; it is first defined at 3:3"),
-    BadInput("VM without qmp", "version: 1\nvms:\n  web1:\n    nics: {}\n", at: "3:3", "VM 'web1' has no 'qmp'"),
+    BadInput(
+        "VM without qmp whose default gives no valid path",
+        "version: 1\ndefaults:\n  qmp: /\(String(repeating: "q", count: 100)){vm}.sock\nvms:\n  web1:\n    nics: {}\n",
+        at: "3:8", "VM 'web1' has no 'qmp', and the default"),
+    BadInput(
+        "relative default qmp", "version: 1\ndefaults:\n  qmp: run/{vm}.sock\nvms: {}\n", at: "3:8",
+        "invalid 'qmp' in 'defaults': 'run/{vm}.sock' is not an absolute path"),
+    BadInput(
+        "PCI slot past 0x1f",
+        "version: 1\nvms:\n  web1:\n    qmp: /q\n    nics:\n      nic0: {host: eth0, addr: \"0x20\"}\n",
+        at: "6:32", "invalid 'addr' '0x20': write a PCI slot 0x0–0x1f"),
+    BadInput(
+        "PCI slot unquoted",
+        "version: 1\nvms:\n  web1:\n    qmp: /q\n    nics:\n      nic0: {host: eth0, addr: 0x1e}\n",
+        at: "6:32", "'addr' must be a quoted PCI slot like \"0x1e\" or \"0x1e.0\", found an integer (0x1e) (quote it"),
+    BadInput(
+        "PCI function past 7",
+        "version: 1\nvms:\n  web1:\n    qmp: /q\n    nics:\n      nic0: {host: eth0, addr: \"1e.8\"}\n",
+        at: "6:32", "invalid 'addr' '1e.8'"),
+    BadInput(
+        "model with a comma",
+        "version: 1\nvms:\n  web1:\n    qmp: /q\n    nics:\n      nic0: {host: eth0, model: \"e1000,x=1\"}\n",
+        at: "6:33", "invalid 'model' 'e1000,x=1': only letters, digits"),
     BadInput("VM without nics", "version: 1\nvms:\n  web1:\n    qmp: /q\n", at: "3:3", "VM 'web1' has no 'nics'"),
     BadInput(
         "VM key typo", "version: 1\nvms:\n  web1:\n    qmp: /q\n    nic: {}\n", at: "5:5",

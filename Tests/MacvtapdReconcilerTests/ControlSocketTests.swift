@@ -191,6 +191,33 @@ import Testing
         }
     }
 
+    @Test func connectionsBeyondTheLimitAreToldBusyAndTheNextCallIsServed() async throws {
+        try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
+            try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
+            let daemon = try sandbox.startDaemon()
+            #expect(try await eventually(within: .seconds(10)) { try await Self.isLive(sandbox, pid: daemon.pid) })
+
+            // 16 connections that say nothing hold every slot (the limit, ControlProtocol.Limits).
+            var held: [RawControlClient] = []
+            defer { for client in held { client.close() } }
+            for _ in 0..<16 { held.append(try RawControlClient(socket: sandbox.controlSocketPath)) }
+            let extra = try RawControlClient(socket: sandbox.controlSocketPath)
+            defer { extra.close() }
+            let busy = await extra.receive(timeout: .seconds(3))
+            #expect(busy?.contains("\"error\":\"io.macvtapd.Busy\"") == true, "\(busy ?? "nothing")")
+            #expect(busy?.contains("\"limit\":16") == true)
+            #expect(await extra.isClosed())
+
+            // Slots free again once the silent ones go; reconciling never waited on any of them.
+            for client in held { client.close() }
+            held = []
+            #expect(
+                try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: daemon.pid) },
+                "a call is served once connections are free")
+            #expect(await daemon.stop() == 0, "\(daemon.log())")
+        }
+    }
+
     @Test func oneDaemonPerRunDirectoryAndAKilledOneNeverBlocksTheNext() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))

@@ -132,6 +132,34 @@ import Testing
         }
     }
 
+    /// A reload re-plans every VM, but only one whose observation depends on what changed (the
+    /// NICs whose guest-set MAC is read) is asked again over QMP: moving web1's NIC costs db1 nothing.
+    @Test func aReloadObservesAfreshOnlyVMsWhoseObservationChanged() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            let db1Before = world.db1.observations
+            var moved = world.desired
+            moved.vms["web1"]!.nics["nic0"]!.host = .name("eth1")
+            let watch = await controller.apply(moved, config: nil)
+            let settled = await controller.settle(watch, timeout: .seconds(5))
+            #expect(settled.settled)
+            #expect(settled.outcomes.contains { $0.key.vm == "web1" && !$0.plan.actions.isEmpty })
+            #expect(world.host.macvtaps.count == 2 && world.web1.netdevIDs.count == 2)
+            #expect(world.db1.observations == db1Before, "db1 was re-planned from its cache")
+
+            // A NIC that now follows the guest's MAC needs what only a fresh observation has.
+            var following = moved
+            following.vms["db1"]!.nics["nic0"]!.followsGuestMAC = true
+            let second = await controller.apply(following, config: nil)
+            #expect(await controller.settle(second, timeout: .seconds(5)).settled)
+            #expect(world.db1.observations > db1Before)
+        }
+    }
+
     @Test func vmRestartIsReattached() async throws {
         let world = Fixture()
         let controller = world.controller()
