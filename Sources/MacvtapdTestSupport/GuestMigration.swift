@@ -401,9 +401,17 @@ public final class GuestFrames: Sendable {
     /// Wall-clock stamps of every guest-sent frame so far, in order.
     public var times: [Int64] { stamps.withLock { $0 } }
 
-    public func stop() { stopping.store(true, ordering: .relaxed) }
+    /// Returns once the thread no longer uses the probe's socket (within a poll period), so the
+    /// caller may close the probe next without the thread reading a reused descriptor.
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        while !finished.load(ordering: .relaxed) { usleep(100) }
+    }
+
+    private let finished = Atomic<Bool>(false)
 
     private func follow(_ probe: Probe, mac: [UInt8]) {
+        defer { finished.store(true, ordering: .relaxed) }
         var buffer = [UInt8](repeating: 0, count: 2048)
         while !stopping.load(ordering: .relaxed) {
             let fd = probe.socket.withLock { $0 }
