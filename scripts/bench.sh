@@ -29,5 +29,9 @@ report="out/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
     echo
     echo "## What a real guest sees: reconnect and bond failover (events vs. 1 s polling)"
     "$bench" guest
+    echo
+    echo "## Live migration of a real guest between two hosts (vs. a macvtap made outside, as in KubeVirt)"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    "$bench" migration
 } 2>&1 | tee "$report"
 echo "report: $report"

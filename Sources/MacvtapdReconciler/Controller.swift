@@ -278,8 +278,10 @@ public actor Controller {
             let outcome = await executor.execute(binding, host: observed.host, connection: connection)
             links.follow(outcome)
             sessions[vm]?.follow(outcome)
-            if let resumedAt, outcome.adminChanges.contains(where: \.up) {
-                let share = clock.now - resumedAt
+            // The share ends when the macvtap is up: the carrier and announce that follow are QMP
+            // round trips to a QEMU whose freshly resumed guest competes for its main loop.
+            if let resumedAt, let upAt = outcome.macvtapUpAt {
+                let share = upAt - resumedAt
                 metrics.handedOver(duration: share)
                 logger.info(
                     "handover: macvtap up \(share.milliseconds) ms after RESUME",

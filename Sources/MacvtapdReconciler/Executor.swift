@@ -19,6 +19,9 @@ public struct BindingOutcome: Sendable {
     public var deletedLinks: [Int32] = []
     /// Macvtaps this run brought up (true) or took down (false), by ifindex.
     public var adminChanges: [(ifindex: Int32, up: Bool)] = []
+    /// When a macvtap of this binding came up (the set_macvtap_up step returned): a migration's
+    /// handover is measured to here, not to the end of the binding's later QMP steps.
+    public var macvtapUpAt: ContinuousClock.Instant?
     /// Backends this run attached and detached, so a cache of the VM can follow.
     public var attachedBackends: [ObservedBackend] = []
     public var detachedBackends: [Ownership.BackendIDs] = []
@@ -87,6 +90,7 @@ public struct Executor: Sendable {
                 case .setMacvtapUp(let ifindex, let name):
                     try await host.setMacvtapUp(ifindex: ifindex, name: name)
                     outcome.adminChanges.append((ifindex, true))
+                    outcome.macvtapUpAt = clock.now
                 case .setMacvtapDown(let ifindex, let name):
                     try await host.setMacvtapDown(ifindex: ifindex, name: name)
                     outcome.adminChanges.append((ifindex, false))

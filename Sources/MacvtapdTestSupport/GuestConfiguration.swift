@@ -57,6 +57,9 @@ public struct GuestConfiguration: Sendable {
     /// After `GUEST READY`, one after the other: the guest waits `after`, then sets `interface`'s
     /// MAC to `mac` and says `GUEST SETMAC <interface> mac=<mac>`.
     public var macChanges: [(interface: String, mac: MACAddress, after: Duration)] = []
+    /// After `GUEST READY` the guest prints `GUEST BEAT <n>` this often: its own liveness, read
+    /// from the host side by `ConsoleHeartbeat` (e.g. its silence across a migration's handover).
+    public var heartbeat: Duration?
     public var memoryMiB = 128
     /// `tcg` everywhere; `kvm` where /dev/kvm exists and speed matters more than parity with CI.
     public var accelerator = "tcg"
@@ -91,6 +94,7 @@ public struct GuestConfiguration: Sendable {
             words.append("macvtapd.ping_interval=\(Self.seconds(pingInterval))")
         }
         words.append("macvtapd.poll=\(Self.seconds(pollInterval))")
+        if let heartbeat { words.append("macvtapd.heartbeat=\(Self.seconds(heartbeat))") }
         if !macChanges.isEmpty {
             let changes = macChanges.map { "\($0.interface)=\($0.mac)@\(Self.seconds($0.after))" }
             words.append("macvtapd.setmac=" + changes.joined(separator: ","))

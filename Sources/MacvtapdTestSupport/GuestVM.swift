@@ -33,6 +33,8 @@ public final class GuestVM: Sendable {
     private let state: Mutex<State>
 
     private var qemuOutputPath: String { directory + "/qemu.log" }
+    /// The serial console QEMU writes (`ConsoleHeartbeat` reads it on its own).
+    public var consolePath: String { directory + "/console.log" }
 
     /// Spawns QEMU and returns at once; `waitUntilReady` waits for the guest.
     public static func launch(

@@ -14,7 +14,7 @@ public final class Probe: Sendable {
     public let receivePort: UInt16
     /// Where QEMU listens for frames to put on the hub.
     public let qemuPort: UInt16
-    private let socket: Mutex<Int32>
+    let socket: Mutex<Int32>
 
     public init() throws {
         let fd = try Self.udpSocket(port: 0)
