@@ -33,7 +33,12 @@ public final class PrivateLibvirt: Sendable {
         let home = try TemporaryDirectory(shortPrefix: "mvtlv")
         do {
             // The user's home: its XDG directories and what its QEMUs read (kernel, console file).
-            for directory in ["", "/run", "/config", "/cache", "/data"] { mkdir(home.path + directory, 0o700) }
+            for directory in ["", "/run", "/config", "/config/libvirt", "/cache", "/data"] {
+                mkdir(home.path + directory, 0o700)
+            }
+            // QEMU's own output to a file libvirt opens, not through virtlogd: a virtlogd the session
+            // spawned would outlive the test by its two-minute idle timeout.
+            _ = try home.write("config/libvirt/qemu.conf", "stdio_handler = \"file\"\n")
             let chown = try await ChildProcess.run("/bin/chown", ["-R", "\(user):\(user)", home.path])
             guard chown.status == 0 else { throw ChildError("chown \(home.path): \(chown.stderr)") }
             chmod(home.path, 0o755)
