@@ -25,7 +25,10 @@ max_len() {
 
 mkdir -p $SCRATCH
 for target in $TARGETS; do
-    $SWIFT build --scratch-path $SCRATCH --sanitize=fuzzer --sanitize=address --product fuzz-$target \
+    # swiftc keeps only the last -sanitize= flag it is given, so SwiftPM's --sanitize=fuzzer
+    # --sanitize=address would leave every Swift library uninstrumented (libFuzzer blind): one flag.
+    $SWIFT build --scratch-path $SCRATCH --sanitize=fuzzer --sanitize=address -Xswiftc -sanitize=fuzzer,address \
+        --product fuzz-$target \
         >$SCRATCH/build-$target.log 2>&1 || { tail -40 $SCRATCH/build-$target.log; exit 2; }
 done
 

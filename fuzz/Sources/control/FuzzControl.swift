@@ -31,8 +31,10 @@ public func fuzzControl(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             let parameters = try ControlWire.decodeParameters(ApplyParameters.self, from: message)
             _ = min(max(parameters.timeoutMs ?? 30_000, 1), 600_000)
         }
-    } catch {
+    } catch let error as ControlError {
         _ = ControlWire.encode(error)
+    } catch {
+        _ = ControlWire.encode(.invalidRequest("\(error)"))
     }
     return 0
 }
