@@ -45,16 +45,18 @@ for target in $TARGETS; do
     rm -rf $SCRATCH/artifacts/$target
     mkdir -p $SCRATCH/corpus/$target $SCRATCH/artifacts/$target
     log=$SCRATCH/fuzz-$target.log
+    started=$(date +%s)
     $binary $SCRATCH/corpus/$target fuzz/corpus/$target -max_total_time=$SECONDS_EACH -timeout=1 \
         -rss_limit_mb=$RSS_MB -max_len=$(max_len $target) -print_final_stats=1 \
         -artifact_prefix=$SCRATCH/artifacts/$target/ >$log 2>&1
     status=$?
+    elapsed=$(($(date +%s) - started))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' $log)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' $log)
     peak=$(sed -n 's/^stat::peak_rss_mb: *//p' $log)
     cov=$(grep -o 'cov: [0-9]*' $log | tail -1)
     found=$(ls $SCRATCH/artifacts/$target | wc -l)
-    line="fuzz-$target: ${execs:-?} runs in ${SECONDS_EACH}s, ${rate:-?} exec/s, $cov, peak ${peak:-?} MB, exit $status, $found finding(s)"
+    line="fuzz-$target: ${execs:-?} runs in ${elapsed}s, ${rate:-?} exec/s, $cov, peak ${peak:-?} MB, exit $status, $found finding(s)"
     echo "$line"
     summary+="$line"$'\n'
     if [ $status -ne 0 ] || [ "$found" -ne 0 ]; then
