@@ -26,7 +26,7 @@ GENERATED = $(RELEASE_SCRATCH)/generated
 MANDATE ?= $(shell git log -1 --format=%cs 2>/dev/null || date +%F)
 DEB_OUT ?= out
 
-.PHONY: deps build test demo bench lint format clean release generated install uninstall deb
+.PHONY: deps build test test-tsan test-asan fuzz demo bench lint format clean release generated install uninstall deb
 
 deps:
 	@scripts/install-deps.sh
@@ -43,6 +43,25 @@ test: deps
 	$(SWIFT) format lint --strict --recursive Sources Tests Package.swift
 	$(SWIFT) test --skip-build $(BUILD_FLAGS)
 
+# The whole suite under ThreadSanitizer / AddressSanitizer, each in a scratch path of its own
+# (docs/security.md gives their durations on the 2-core machine and what they found).
+test-tsan: deps
+	$(SWIFT) build --build-tests --sanitize=thread --scratch-path .build-tsan $(BUILD_FLAGS)
+	$(SWIFT) test --skip-build --sanitize=thread --scratch-path .build-tsan $(BUILD_FLAGS)
+
+# Leak checking is off by default: LeakSanitizer reports what a process still holds when it calls
+# exit() (swift-argument-parser's usage errors, Foundation), which turns the CLI's exit codes into 1,
+# and it cannot run under ptrace (the strace test). ASAN_OPTIONS=detect_leaks=1 turns it back on.
+ASAN_OPTIONS ?= detect_leaks=0
+test-asan: deps
+	$(SWIFT) build --build-tests --sanitize=address --scratch-path .build-asan $(BUILD_FLAGS)
+	ASAN_OPTIONS=$(ASAN_OPTIONS) $(SWIFT) test --skip-build --sanitize=address --scratch-path .build-asan $(BUILD_FLAGS)
+
+# libFuzzer targets (fuzz/README.md): each runs FUZZ_SECONDS (default 180) from its seed corpus.
+FUZZ_SECONDS ?= 180
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) SWIFT=$(SWIFT) scripts/fuzz.sh
+
 demo: build
 	scripts/demo.sh $(BIN)
 
@@ -57,7 +76,7 @@ format:
 	$(SWIFT) format --in-place --recursive Sources Tests Package.swift
 
 clean:
-	rm -rf .build $(RELEASE_SCRATCH)
+	rm -rf .build $(RELEASE_SCRATCH) .build-fuzz .build-tsan .build-asan
 
 release:
 	$(SWIFT) build $(RELEASE_FLAGS) --product macvtapd

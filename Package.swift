@@ -119,7 +119,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MacvtapdQMPTests",
-            dependencies: ["MacvtapdQMP", "MacvtapdTestSupport"],
+            dependencies: ["MacvtapdQMP", "MacvtapdTestSupport", "CMacvtapd"],
             swiftSettings: strict
         ),
         .testTarget(
@@ -142,3 +142,23 @@ let package = Package(
         ),
     ]
 )
+
+// `make fuzz` (fuzz/README.md): libFuzzer targets, declared only when MACVTAPD_FUZZ is set, so the
+// normal build and `swift test` never try to link an executable whose main is libFuzzer's. Built
+// with `--sanitize=fuzzer --sanitize=address` in a scratch path of their own (.build-fuzz).
+if Context.environment["MACVTAPD_FUZZ"] != nil {
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("config", ["MacvtapdConfig", "MacvtapdCore"]),
+        ("qmp", ["MacvtapdQMP"]),
+        ("network-info", ["MacvtapdQMP"]),
+        ("netlink", ["MacvtapdNetlink"]),
+        ("control", ["MacvtapdControl", "MacvtapdConfig"]),
+    ]
+    for target in fuzzTargets {
+        package.targets.append(
+            .executableTarget(
+                name: "fuzz-\(target.name)", dependencies: target.dependencies, path: "fuzz/Sources/\(target.name)",
+                // The entry point is libFuzzer's main; ours is LLVMFuzzerTestOneInput.
+                swiftSettings: strict + [.unsafeFlags(["-parse-as-library"])]))
+    }
+}

@@ -56,9 +56,7 @@ enum ConfigFiles {
         var names: [String] = []
         var skipped: [String] = []
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
+            let name = direntName(entry)
             // Editors' backup and swap files are hidden or have another suffix; they are not configuration.
             guard !name.hasPrefix("."), name.hasSuffix(".yaml") || name.hasSuffix(".yml") else {
                 if name != "." && name != ".." { skipped.append(name) }
@@ -150,4 +148,11 @@ enum ConfigFiles {
     private static func errorText() -> String {
         String(cString: strerror(errno))
     }
+}
+
+/// A directory entry's name, read up to its NUL in place. Copying `d_name` (a 256-byte tuple) read
+/// past the end of the last, shorter record of readdir's buffer: found by `make test-asan`.
+func direntName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+    return String(cString: UnsafeRawPointer(entry).advanced(by: offset).assumingMemoryBound(to: CChar.self))
 }

@@ -1,3 +1,5 @@
+import Glibc
+
 /// struct nlmsghdr.
 package struct NetlinkHeader: Hashable, Sendable {
     package static let size = 16
@@ -68,7 +70,7 @@ package struct NetlinkStatus: Hashable, Sendable {
             tlvStart = payload.startIndex + 4 + alignedTo4(max(echoed, NetlinkHeader.size))
         }
         return NetlinkStatus(
-            errno: -code, message: try extendedAckMessage(message, from: min(tlvStart, payload.endIndex)))
+            errno: negatedCode(code), message: try extendedAckMessage(message, from: min(tlvStart, payload.endIndex)))
     }
 
     /// Decodes an NLMSG_DONE payload: an int that is negative when the dump failed part-way.
@@ -77,8 +79,13 @@ package struct NetlinkStatus: Hashable, Sendable {
         let payload = message.payload
         guard payload.count >= 4 else { return NetlinkStatus(errno: 0, message: nil) }
         let code = readInteger(Int32.self, from: payload, at: payload.startIndex)
-        return NetlinkStatus(errno: -code, message: try extendedAckMessage(message, from: payload.startIndex + 4))
+        return NetlinkStatus(
+            errno: negatedCode(code), message: try extendedAckMessage(message, from: payload.startIndex + 4))
     }
+
+    /// The kernel sends -errno; INT_MIN has no negation, and trapping on it (found by fuzz/netlink)
+    /// would take the daemon down on one odd message: it reads as a protocol error instead.
+    private static func negatedCode(_ code: Int32) -> Int32 { code == .min ? EPROTO : -code }
 
     private static func extendedAckMessage(_ message: NetlinkMessage, from start: Int) throws -> String? {
         guard message.header.flags & MessageFlags.ackTLVs != 0 else { return nil }

@@ -42,7 +42,7 @@ public struct QMPGreeting: Hashable, Sendable {
     public let capabilities: [String]
     public let raw: JSONValue
 
-    init?(message: JSONValue) {
+    package init?(message: JSONValue) {
         guard let qmp = message["QMP"], qmp.objectValue != nil else { return nil }
         let qemu = qmp["version"]?["qemu"]
         major = Int(qemu?["major"]?.intValue ?? 0)

@@ -1,19 +1,19 @@
 /// The byte stream a QMP monitor sends, cut into lines: the reader thread's framing, kept apart
 /// from the socket so that it can be fuzzed (fuzz/) with any stream in any chunking.
-struct QMPLineSplitter {
-    let maximumLineLength: Int
+package struct QMPLineSplitter {
+    package let maximumLineLength: Int
     private var buffer: [UInt8] = []
     /// Where the search for the next newline resumes: bytes before it hold none.
     private var scanFrom = 0
 
-    init(maximumLineLength: Int) {
+    package init(maximumLineLength: Int) {
         self.maximumLineLength = maximumLineLength
     }
 
     /// Adds a chunk as read from the socket and hands each complete, non-empty line to `line`
     /// (without its CR LF or LF). Returns a reason to drop the connection: the one `line` gave, or
     /// a partial line past the limit (a peer must not make us buffer without bound).
-    mutating func append(_ chunk: some Collection<UInt8>, _ line: (ArraySlice<UInt8>) -> String?) -> String? {
+    package mutating func append(_ chunk: some Collection<UInt8>, _ line: (ArraySlice<UInt8>) -> String?) -> String? {
         buffer.append(contentsOf: chunk)
         var lineStart = 0
         while let newline = buffer[scanFrom...].firstIndex(of: 0x0A) {
@@ -31,7 +31,7 @@ struct QMPLineSplitter {
 }
 
 /// One line from a QMP monitor, decoded: what the reader does with it depends only on this.
-enum QMPInbound: Equatable {
+package enum QMPInbound: Equatable {
     case greeting(JSONValue)
     case event(QMPEvent)
     case reply(id: Int64, JSONValue)
@@ -42,7 +42,7 @@ enum QMPInbound: Equatable {
     case fatal(String)
 
     /// `greeted`: whether the greeting came already (the first message must be one).
-    static func decode(_ line: ArraySlice<UInt8>, greeted: Bool) -> QMPInbound {
+    package static func decode(_ line: ArraySlice<UInt8>, greeted: Bool) -> QMPInbound {
         let message: JSONValue
         do {
             message = try JSONReader.parse(line)

@@ -18,9 +18,7 @@ public enum GuestLeftovers {
         guard let tmp = opendir("/tmp") else { return }
         defer { closedir(tmp) }
         while let entry = readdir(tmp) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = direntName(entry)
             guard name.hasPrefix(directoryPrefix),
                 let owner = name.dropFirst(directoryPrefix.count).split(separator: "-").first.flatMap({ pid_t($0) }),
                 owner != getpid(), kill(owner, 0) != 0, errno == ESRCH

@@ -85,9 +85,7 @@ enum GuestProcess {
         defer { closedir(directory) }
         var descriptors: [Int32] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = direntName(entry)
             if let fd = Int32(name) { descriptors.append(fd) }
         }
         return descriptors

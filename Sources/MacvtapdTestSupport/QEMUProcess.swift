@@ -235,9 +235,7 @@ public final class QEMUProcess: Sendable {
     private static func removeDirectory(_ path: String) {
         if let directory = opendir(path) {
             while let entry = readdir(directory) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
+                let name = direntName(entry)
                 if name != "." && name != ".." { unlink(path + "/" + name) }
             }
             closedir(directory)

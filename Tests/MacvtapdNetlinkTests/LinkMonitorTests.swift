@@ -217,7 +217,7 @@ func openDescriptors(under directory: String) -> Int {
     defer { closedir(listing) }
     var count = 0
     while let entry = readdir(listing) {
-        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let name = direntName(entry)
         guard Int32(name) != nil else { continue }
         var target = [CChar](repeating: 0, count: 4096)
         let length = readlink("/proc/self/fd/\(name)", &target, target.count - 1)

@@ -163,6 +163,17 @@ struct MessageDecodingTests {
         let bytes = message(type: NLMSG_ERROR, flags: 0, sequence: 2, body: le32(UInt32(bitPattern: -ENODEV)))
         #expect(throws: NetlinkMessageError.self) { try NetlinkStatus.decodeError(NetlinkMessage.split(bytes[...])[0]) }
     }
+
+    /// Found by fuzz/netlink: negating INT_MIN trapped, so one odd NLMSG_DONE or NLMSG_ERROR
+    /// (fuzz/regressions/netlink/done-int-min) would have killed the daemon. A protocol error.
+    @Test func aCodeOfIntMinIsAProtocolError() throws {
+        let intMin = le32(UInt32(bitPattern: Int32.min))
+        let done = message(type: NLMSG_DONE, flags: NLM_F_MULTI, sequence: 4, body: intMin)
+        #expect(try NetlinkStatus.decodeDone(NetlinkMessage.split(done[...])[0]).errno == EPROTO)
+        let error = message(
+            type: NLMSG_ERROR, flags: 0x100, sequence: 2, body: intMin + le32(16) + [UInt8](repeating: 0, count: 12))
+        #expect(try NetlinkStatus.decodeError(NetlinkMessage.split(error[...])[0]).errno == EPROTO)
+    }
 }
 
 @Suite("Names and errors")

@@ -44,9 +44,7 @@ final class NetlinkTestHost {
         defer { closedir(directory) }
         var names: [String] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = direntName(entry)
             if name != "." && name != ".." { names.append(name) }
         }
         return names

@@ -1,3 +1,4 @@
+import CMacvtapd
 import Foundation
 import Synchronization
 
@@ -79,6 +80,14 @@ final class FakeQMPPeer {
             if sent <= 0 { return }
             offset += sent
         }
+    }
+
+    /// `text` and its CR LF with `fd` attached (SCM_RIGHTS) to its first byte, as QEMU never does:
+    /// what a hostile monitor could send back.
+    func send(_ text: String, attaching fd: Int32) {
+        let bytes = Array((text + "\r\n").utf8)
+        let sent = bytes.withUnsafeBytes { cmacvtapd_send_with_fd(self.fd, $0.baseAddress, $0.count, fd) }
+        if sent > 0, sent < bytes.count { sendRaw(Array(bytes[sent...])) }
     }
 
     /// The next line from the client, or nil on EOF / after `timeout`.
