@@ -43,7 +43,8 @@ public final class GuestVM: Sendable {
         // Not `??`: its autoclosure rethrows untyped errors.
         let image: GuestImage
         if let explicitImage { image = explicitImage } else { image = try await GuestImage.cached() }
-        GuestLeftovers.reapedOnce
+        // The first launch scans /tmp and /proc: not on a cooperative thread.
+        await offPool { GuestLeftovers.reapedOnce }
         var template = Array(GuestLeftovers.directoryTemplate.utf8CString)
         guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
             throw .system(operation: "mkdtemp \(GuestLeftovers.directoryTemplate)", errno: errno)
