@@ -45,11 +45,30 @@ public final class GuestVM: Sendable {
         if let explicitImage { image = explicitImage } else { image = try await GuestImage.cached() }
         // The first launch scans /tmp and /proc: not on a cooperative thread.
         await offPool { GuestLeftovers.reapedOnce }
+        // A guest that boots waits for any other boot in the process to end (GuestBootGate); one that
+        // waits for an incoming migration does not boot.
+        let boots = !configuration.extraQEMUArguments.contains("-incoming")
+        if boots { await GuestBootGate.shared.acquire() }
         var template = Array(GuestLeftovers.directoryTemplate.utf8CString)
         guard let directory = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
+            if boots { await GuestBootGate.shared.release() }
             throw .system(operation: "mkdtemp \(GuestLeftovers.directoryTemplate)", errno: errno)
         }
-        return try GuestVM(configuration: configuration, image: image, directory: String(cString: directory))
+        let vm: GuestVM
+        do {
+            vm = try GuestVM(configuration: configuration, image: image, directory: String(cString: directory))
+        } catch {
+            if boots { await GuestBootGate.shared.release() }
+            throw error
+        }
+        if boots {
+            // The boot ends at GUEST READY, or when the guest fails or takes too long.
+            Task {
+                _ = try? await vm.waitUntilReady(timeout: .seconds(20))
+                await GuestBootGate.shared.release()
+            }
+        }
+        return vm
     }
 
     /// Launches and waits for `GUEST READY`; terminates the VM if it does not get there.

@@ -94,8 +94,16 @@ import Testing
                 let daemon = try sandbox.startDaemon()
                 let defined = try await libvirt.virsh(["define", xml])
                 #expect(defined.status == 0, "virsh define: \(defined.stderr)")
-                let started = try await libvirt.virsh(["start", name])
-                #expect(started.status == 0, "virsh start: \(started.stderr)")
+                // Booted alone, like every test guest (GuestBootGate): until GUEST READY or 30 s.
+                let booted = await GuestBootGate.shared.whileBooting {
+                    let started = try? await libvirt.virsh(["start", name])
+                    let ready = await eventually(within: .seconds(30)) {
+                        let text = (try? String(contentsOfFile: console, encoding: .utf8)) ?? ""
+                        return text.contains("GUEST READY") || started?.status != 0
+                    }
+                    return (started, ready)
+                }
+                #expect(booted.0?.status == 0, "virsh start: \(booted.0?.stderr ?? "did not run")")
 
                 let key = BindingKey(vm: name, nic: "nic0")
                 #expect(
