@@ -105,6 +105,9 @@ public final class Soak {
     var random: SoakRandom
     var model: SoakModel
     var daemon: BackgroundProcess?
+    /// Where the running daemon's lines begin in the log, and whether it said it handles signals.
+    var logOffsetAtStart = 0
+    var daemonReady = false
     var report: Report
     /// Recent events, for the failure report.
     var history: [String] = []
@@ -248,7 +251,9 @@ public final class Soak {
         add(6, .configAtomic)
         add(4, .configInPlace)
         add(3, .configInvalid)
-        add(3, .sighup, when: model.daemonRunning)
+        // As systemd's ExecReload= runs only once the daemon is ready (READY=1): a SIGHUP before the
+        // daemon listens for it ends it by the default action, as it would any process.
+        add(3, .sighup, when: model.daemonRunning && daemonListens())
         add(1.5, .qemuKill, when: model.vmStates.values.contains { $0 != .dead })
         add(10, .qemuStart, when: model.vmStates.values.contains { $0 == .dead })
         add(2, .qemuPause, when: model.vmStates.values.contains { $0 == .running })
@@ -516,6 +521,9 @@ public final class Soak {
         try notify.prepare(mode)
         let environment =
             mode == .none ? [:] : ["NOTIFY_SOCKET": notify.socket.path, "WATCHDOG_USEC": "1000000"]
+        var info = stat()
+        logOffsetAtStart = stat(sandbox.directory.path + "/daemon.log", &info) == 0 ? Int(info.st_size) : 0
+        daemonReady = false
         daemon = try sandbox.startDaemon(environment: environment)
         model.daemonRunning = true
         report.notifyModes[mode, default: 0] += 1
@@ -528,9 +536,30 @@ public final class Soak {
         guard let daemon else { return }
         checkDaemonAlive()
         let status = await daemon.stop(signal: signal)
-        if signal == SIGTERM && status != 0 { fail("the daemon exited with status \(status) on SIGTERM") }
+        // Before it listens for SIGTERM, the default action ends it: systemd counts that as clean too.
+        if signal == SIGTERM && status != 0 && status != 128 + SIGTERM {
+            fail("the daemon exited with status \(status) on SIGTERM")
+        }
         self.daemon = nil
         model.daemonRunning = false
+    }
+
+    /// The daemon handles signals: it logs that it serves the control socket only after that.
+    func daemonListens() -> Bool {
+        if daemonReady { return true }
+        guard let daemon, let file = fopen(daemon.logPath, "r") else { return false }
+        defer { fclose(file) }
+        fseek(file, logOffsetAtStart, SEEK_SET)
+        var line: UnsafeMutablePointer<CChar>? = nil
+        var capacity = 0
+        defer { free(line) }
+        while getline(&line, &capacity, file) > 0 {
+            if let line, strstr(line, "serving the control socket") != nil {
+                daemonReady = true
+                return true
+            }
+        }
+        return false
     }
 
     func checkDaemonAlive() {

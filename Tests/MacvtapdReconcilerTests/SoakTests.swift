@@ -12,7 +12,7 @@ import Testing
 
     @Test func randomFaultsConvergeAndEveryInvariantHolds() async throws {
         let seed = Self.environment["MACVTAPD_SOAK_SEED"].flatMap(UInt64.init) ?? SoakRandom.freshSeed()
-        let seconds = Self.environment["MACVTAPD_SOAK_SECONDS"].flatMap(Int.init) ?? 45
+        let seconds = Self.environment["MACVTAPD_SOAK_SECONDS"].flatMap(Int.init) ?? 55
         print("soak seed \(seed) (MACVTAPD_SOAK_SEED=\(seed) replays it)")
         let report = try await Soak.run(
             Soak.Options(seed: seed, duration: .seconds(seconds), chaos: .seconds(max(5, seconds / 2 - 4))))
