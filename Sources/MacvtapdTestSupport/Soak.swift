@@ -772,7 +772,12 @@ public final class Soak {
             }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        fail("notify (\(mode.rawValue) reader): want READY=1 and \(expected), heard \(heard.suffix(5))")
+        let status = (try? StatusStore(path: sandbox.statusPath).read())?.bindings.map {
+            "\($0.key) \($0.phase.rawValue)"
+        }
+        fail(
+            "notify (\(mode.rawValue) reader): want READY=1 and \(expected), heard \(heard.count) datagrams: "
+                + "\(heard.filter { $0 != "WATCHDOG=1" }.suffix(20)); status file: \(status ?? [])")
     }
 
     /// No descriptor or memory growth across resyncs, and none against a fresh daemon: forced
