@@ -23,6 +23,8 @@ public final class Soak {
         public var duration: Duration
         /// Faults per round, before the quiescence and the checks.
         public var chaos: Duration
+        /// At most this many rounds, whatever the duration.
+        public var maxRounds: Int?
         /// Pause between two faults: uniform in 0...maxInterval.
         public var maxInterval: Duration
         /// A round fails when the host has not converged this long after quiescence.
@@ -33,7 +35,7 @@ public final class Soak {
         public var log: @Sendable (String) -> Void
 
         public init(
-            seed: UInt64, duration: Duration, chaos: Duration = .seconds(20),
+            seed: UInt64, duration: Duration, chaos: Duration = .seconds(20), maxRounds: Int? = nil,
             maxInterval: Duration = .milliseconds(200),
             convergenceBound: Duration = .seconds(10), convergenceTarget: Duration = .seconds(2),
             log: @escaping @Sendable (String) -> Void = { print($0) }
@@ -41,6 +43,7 @@ public final class Soak {
             self.seed = seed
             self.duration = duration
             self.chaos = chaos
+            self.maxRounds = maxRounds
             self.maxInterval = maxInterval
             self.convergenceBound = convergenceBound
             self.convergenceTarget = convergenceTarget
@@ -204,7 +207,7 @@ public final class Soak {
                 report.failures.append("daemon log (tail):\n" + daemonLogTail())
                 break
             }
-        } while elapsed() < options.duration
+        } while elapsed() < options.duration && report.rounds < options.maxRounds ?? Int.max
         report.elapsed = elapsed()
         report.enobufsResyncs = enobufsLogged()
         return report

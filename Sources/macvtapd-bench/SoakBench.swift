@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MacvtapdTestSupport
 
 struct SoakBench: AsyncParsableCommand {
@@ -27,7 +28,9 @@ struct SoakBench: AsyncParsableCommand {
     func run() async throws {
         let options = Soak.Options(
             seed: seed ?? SoakRandom.freshSeed(), duration: .milliseconds(Int(minutes * 60_000)),
-            chaos: .milliseconds(Int(roundSeconds * 1000)))
+            chaos: .milliseconds(Int(roundSeconds * 1000)),
+            // Progress lines as they happen, also when the output is a file (a 10-minute run).
+            log: { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) })
         let report = try await Soak.run(options)
         print(report)
         if !report.failures.isEmpty { throw ExitCode(1) }
