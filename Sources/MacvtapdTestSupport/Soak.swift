@@ -68,6 +68,9 @@ public final class Soak {
         public var restartConvergence: [Duration] = []
         /// Resyncs the daemon logged for lost link notifications.
         public var enobufsResyncs = 0
+        /// The worst lateness of a 50 ms sleep in this process while the soak ran: how long the
+        /// cooperative pool was held or starved (a figure for triage, not an invariant).
+        public var poolLag: Duration = .zero
         public var checks: [String] = []
         public var failures: [String] = []
 
@@ -82,6 +85,8 @@ public final class Soak {
                 "daemon starts by notify socket reader: "
                     + SoakNotifyMode.allCases.map { "\($0.rawValue) \(notifyModes[$0] ?? 0)" }.joined(separator: ", "))
             lines.append("resyncs the daemon logged for lost link notifications (ENOBUFS): \(enobufsResyncs)")
+            lines.append(
+                "worst lateness of a 50 ms sleep in the soak's process: \(LatencySummary.milliseconds(poolLag))")
             for (title, samples) in [
                 ("quiescence → converged", convergence), ("forced resyncs → converged", resyncConvergence),
                 ("SIGTERM + fresh daemon → converged", restartConvergence),
@@ -181,6 +186,22 @@ public final class Soak {
     // MARK: - Rounds
 
     func run() async throws -> Report {
+        let lag = Mutex<Duration>(.zero)
+        let lagMonitor = Task {
+            while !Task.isCancelled {
+                let start = ContinuousClock.now
+                try? await Task.sleep(for: .milliseconds(50))
+                let late = ContinuousClock.now - start - .milliseconds(50)
+                lag.withLock { $0 = max($0, late) }
+            }
+        }
+        defer { lagMonitor.cancel() }
+        var report = try await rounds()
+        report.poolLag = lag.withLock { $0 }
+        return report
+    }
+
+    func rounds() async throws -> Report {
         options.log("soak: seed \(options.seed) (replay with --seed \(options.seed)); \(sandbox.namespace.name)")
         try writeConfig(model.config, atomic: true)
         try startDaemon()
