@@ -116,6 +116,8 @@ public final class Soak {
     /// Where the running daemon's lines begin in the log, and whether it said it handles signals.
     var logOffsetAtStart = 0
     var daemonReady = false
+    /// When the running daemon started (seconds since the epoch, as the status file counts).
+    var daemonStartedAt: Double = 0
     var report: Report
     /// Recent events, for the failure report.
     var history: [String] = []
@@ -548,6 +550,7 @@ public final class Soak {
         var info = stat()
         logOffsetAtStart = stat(sandbox.directory.path + "/daemon.log", &info) == 0 ? Int(info.st_size) : 0
         daemonReady = false
+        daemonStartedAt = Date().timeIntervalSince1970
         daemon = try sandbox.startDaemon(environment: environment)
         model.daemonRunning = true
         report.notifyModes[mode, default: 0] += 1
@@ -566,6 +569,21 @@ public final class Soak {
         }
         self.daemon = nil
         model.daemonRunning = false
+    }
+
+    /// The running daemon's log lines so far.
+    func daemonLog() -> String {
+        guard let daemon, let file = fopen(daemon.logPath, "r") else { return "" }
+        defer { fclose(file) }
+        fseek(file, logOffsetAtStart, SEEK_SET)
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&buffer, 1, buffer.count, file)
+            if count <= 0 { break }
+            bytes += buffer[0..<count]
+        }
+        return String(decoding: bytes, as: UTF8.self)
     }
 
     /// The daemon handles signals: it logs that it serves the control socket only after that.
@@ -669,6 +687,11 @@ public final class Soak {
             }
         }
         let status = try? StatusStore(path: sandbox.statusPath).read()
+        // A fresh daemon adopting a converged host changes nothing; its first status write says it
+        // has looked.
+        if let updated = status?.updated, updated < daemonStartedAt {
+            problems.append("status not yet written by the running daemon")
+        }
         if status?.config?.valid != true {
             problems.append("status: config not valid: \(String(describing: status?.config))")
         }
@@ -836,7 +859,14 @@ public final class Soak {
         let macvtapsNow = try await SoakLink.all(in: sandbox.namespace).filter { $0.owner != nil }.map(\.ifindex)
             .sorted()
         if macvtapsNow != macvtaps { fail("a fresh daemon replaced macvtaps: \(macvtaps) → \(macvtapsNow)") }
-        try await Task.sleep(for: .milliseconds(300))
+        // Descriptors are compared once the fresh daemon holds what the soaked one does: a session
+        // with every VM.
+        let sessions = await waitUntil(timeout: options.convergenceBound) {
+            let log = self.daemonLog()
+            return self.model.config.vms.keys.allSatisfy { log.contains("QMP session with VM \($0) established") }
+        }
+        if sessions == nil { fail("the fresh daemon did not connect to every VM: \(daemonLog().suffix(2000))") }
+        try await Task.sleep(for: .milliseconds(200))
         let freshFDs = await SoakProcess.settledFDs(fresh.pid)
         let freshRSS = SoakProcess.residentMiB(fresh.pid)
         if fdsAfter > freshFDs + 1 {
