@@ -98,6 +98,9 @@ public final class Daemon: Sendable {
             settings.control?.endpoint.close()
         }
 
+        // Said before the controller runs: its first status (and any after it) must come later,
+        // or systemd would show "started" for as long as nothing changes.
+        notifier.status("started")
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.controller.run() }
             if let changes = watcher?.changes {
@@ -126,7 +129,7 @@ public final class Daemon: Sendable {
             if let interval = notifier.watchdogInterval {
                 group.addTask { await self.keepWatchdogFed(every: interval) }
             }
-            notifier.ready(status: "started")
+            notifier.ready()
             // The controller returning means stop() was called: end the helpers with it.
             _ = await group.next()
             watcher?.close()

@@ -329,11 +329,12 @@ public actor Controller {
         }
     }
 
-    /// The status document keeps only VMs that are desired or still hold something of ours: a VM
-    /// an old config named, whose leftovers are gone, is forgotten with its session.
+    /// The status document keeps only bindings that are desired or still hold something of ours (an
+    /// orphan the plan tears down): a binding an old config named, with nothing left, is forgotten,
+    /// whether its whole VM went from the config or only the NIC did; a VM with no binding left
+    /// is forgotten with its session.
     private func forgetIfNothingLeft(vm: String, planned: Set<BindingKey>) {
-        guard desired.vms[vm] == nil else { return }
-        let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) }
+        let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) && desired.binding($0) == nil }
         for key in leftovers { statuses[key] = nil }
         if !leftovers.isEmpty { writer.dirty = true }
         if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }

@@ -13,9 +13,10 @@ import Synchronization
 /// binary run inside the namespace exactly as an operator runs it on a host.
 public final class Sandbox: Sendable {
     public let namespace: NetworkNamespace
-    /// The VM; replaced by `restartQEMU()`.
-    public var qemu: QEMUProcess { vm.withLock { $0 } }
-    private let vm: Mutex<QEMUProcess>
+    /// The VM; replaced by `restartQEMU()`. A sandbox started with no NICs has none (the soak
+    /// runs VMs of its own): asking for it then is a test's bug.
+    public var qemu: QEMUProcess { vm.withLock { $0! } }
+    private let vm: Mutex<QEMUProcess?>
     /// The macvtapd processes `start` left running, stopped by `cleanup` if the test did not.
     private let children = Mutex<[BackgroundProcess]>([])
     private let paused: Bool
@@ -48,16 +49,20 @@ public final class Sandbox: Sendable {
         }
     }
 
-    /// Host interfaces `lowers` (each a veth whose peer is `<name>p`, both up) and a VM `vm` with `nics`.
+    /// Host interfaces `lowers` (each a veth whose peer is `<name>p`, both up) and a VM `vm` with
+    /// `nics`; no VM when `nics` is empty.
     public static func start(nics: [QEMUNIC], lowers: [String], paused: Bool = false) async throws -> Sandbox {
         let namespace = try await NetworkNamespace(prefix: "mvte2e")
         do {
             for lower in lowers { try await addLower(lower, in: namespace) }
             let probes = try Dictionary(uniqueKeysWithValues: nics.map { ($0.id, try Probe()) })
-            let qemu = try await QEMUProcess.launch(
-                QEMUOptions(
-                    nics: nics, probes: nics.map { (probes[$0.id]!, $0.hubID) }, paused: paused,
-                    additionalMonitors: ["test.qmp"]))
+            let qemu =
+                nics.isEmpty
+                ? nil
+                : try await QEMUProcess.launch(
+                    QEMUOptions(
+                        nics: nics, probes: nics.map { (probes[$0.id]!, $0.hubID) }, paused: paused,
+                        additionalMonitors: ["test.qmp"]))
             return try Sandbox(namespace: namespace, qemu: qemu, nics: nics, probes: probes, paused: paused)
         } catch {
             try? namespace.delete()
@@ -66,7 +71,7 @@ public final class Sandbox: Sendable {
     }
 
     private init(
-        namespace: NetworkNamespace, qemu: QEMUProcess, nics: [QEMUNIC], probes: [String: Probe], paused: Bool
+        namespace: NetworkNamespace, qemu: QEMUProcess?, nics: [QEMUNIC], probes: [String: Probe], paused: Bool
     ) throws {
         self.namespace = namespace
         vm = Mutex(qemu)
@@ -75,7 +80,7 @@ public final class Sandbox: Sendable {
         self.probes = probes
         directory = try TemporaryDirectory()
         binary = try ChildProcess.macvtapdBinary()
-        try pointQMPLink(at: qemu)
+        if let qemu { try pointQMPLink(at: qemu) }
     }
 
     /// The QMP path the config names: a symlink to the running QEMU's socket, so a restarted VM
@@ -105,7 +110,7 @@ public final class Sandbox: Sendable {
     public func cleanup() async {
         // macvtapd processes first: one still running would write into the directory removed below.
         for child in children.withLock({ $0 }) { await child.stop() }
-        await qemu.terminate()
+        await vm.withLock({ $0 })?.terminate()
         for probe in probes.values { probe.close() }
         try? namespace.delete()
         directory.remove()
@@ -317,6 +322,9 @@ public final class BackgroundProcess: Sendable {
     }
 
     public func log() -> String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// The exit status (or 128 + signal) once the process has ended, nil while it runs. Reaps it.
+    public var endedStatus: Int32? { reap(blocking: false) }
 
     /// Sends `signal` and reaps the process; returns its exit status (or 128 + signal). Safe to call
     /// more than once and from several tasks: the process is reaped exactly once, and a pid that

@@ -120,4 +120,36 @@ import Testing
         await daemon.controller.stop()
         await running.value
     }
+
+    /// Found by the soak: the daemon said READY=1 with STATUS=started after starting the
+    /// controller, so on a loaded machine the controller's first status could go out before it,
+    /// and systemd then showed "started" for as long as nothing changed. "started" is said before
+    /// the controller runs; the last STATUS= systemd hears is the controller's summary.
+    @Test func systemdHearsStartedBeforeAnyStatusAndTheSummaryLast() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        try directory.write("macvtapd.yaml", Self.config(host: "eth0"))
+        let notify = try NotifySocket(path: directory.path + "/notify.sock")
+        defer { notify.close() }
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
+        let daemon = Daemon(
+            settings: .init(
+                configPath: directory.path + "/macvtapd.yaml", store: StatusStore(path: directory.path + "/s.json"),
+                controller: .init()),
+            host: EmbeddedHost(lowers: ["eth0"]), connector: EmbeddedConnector(vms: ["web1": web1]),
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            notifier: SystemdNotifier(environment: ["NOTIFY_SOCKET": notify.path]))
+        let running = Task { await daemon.run() }
+        var heard: [String] = []
+        let summary = "STATUS=1 binding(s): 1 Attached"
+        let told = await eventually {
+            heard += notify.drain()
+            return heard.contains { $0.contains("READY=1") }
+                && heard.last { $0.contains("STATUS=") }?.contains(summary) == true
+        }
+        #expect(told, "\(heard)")
+        #expect(heard.first == "STATUS=started", "\(heard)")
+        await daemon.controller.stop()
+        await running.value
+    }
 }

@@ -335,4 +335,37 @@ import Testing
             #expect(await controller.sessions["ghost"] == nil, "no session retried forever")
         }
     }
+
+    /// Found by the soak (seed 5538392994833803061): a NIC removed from a VM that stays in the
+    /// config, while its binding held nothing (its host missing), stayed in the status document
+    /// forever as HostMissing: only a whole VM's removal was forgotten.
+    @Test func statusForgetsARemovedNICThatHeldNothing() async throws {
+        let host = EmbeddedHost(lowers: ["eth0"])
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10, "nic1": 11])
+        func binding(_ nic: String, _ lower: String) -> NICBinding {
+            NICBinding(key: .init(vm: "web1", nic: nic), host: .name(lower))
+        }
+        let both = DesiredState(vms: [
+            "web1": VMSpec(
+                name: "web1", qmp: "/run/web1.sock",
+                nics: ["nic0": binding("nic0", "eth0"), "nic1": binding("nic1", "gone0")])
+        ])
+        var one = both
+        one.vms["web1"]!.nics["nic1"] = nil
+        let controller = Controller(
+            host: host, connector: EmbeddedConnector(vms: ["web1": web1]), store: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            options: .init(
+                resyncInterval: .seconds(60), reconnectBase: .milliseconds(10), reconnectCap: .milliseconds(50)))
+        await controller.setDesired(both, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await controller.currentStatus().map(\.phase) == [.attached, .hostMissing] })
+            await controller.setDesired(one, config: nil)
+            let forgotten = await eventually { await controller.currentStatus().map(\.nic) == ["nic0"] }
+            let left = await controller.currentStatus().map(\.key)
+            #expect(forgotten, "\(left)")
+            #expect(await Self.phase(controller, "web1") == .attached)
+            #expect(web1.netdevIDs.count == 2, "nic0's backend stays")
+        }
+    }
 }
