@@ -71,9 +71,11 @@ echo "security: $(in_root systemd-analyze security --offline=yes /usr/lib/system
 
 if [ -n "$playbook" ]; then
     in_root test -x /usr/bin/ansible-playbook || fail "ansible-playbook is missing (scripts/install-deps.sh installs ansible-core)"
-    # The throwaway root sees the checkout through the overlay; the playbook installs this package.
-    out=$(cd "$(dirname "$playbook")" && in_root sh -c "cd '$(dirname "$playbook")' && ansible-playbook --check --diff \
-        -i localhost, -c local -e macvtapd_deb=/tmp/macvtapd.deb '$playbook'" 2>&1) ||
+    # A copy under the root's own /tmp: a checkout under the host's /tmp (where CI may clone) is
+    # hidden by the private /tmp. The playbook installs this package.
+    cp -r "$(dirname "$playbook")" "$root/tmp/ansible"
+    out=$(in_root sh -c "cd /tmp/ansible && ansible-playbook --check --diff \
+        -i localhost, -c local -e macvtapd_deb=/tmp/macvtapd.deb '/tmp/ansible/$(basename "$playbook")'" 2>&1) ||
         { printf '%s\n' "$out" >&2; fail "ansible-playbook --check"; }
     echo "ansible: $(printf '%s\n' "$out" | grep -E '^localhost +:' | tr -s ' ')"
     printf '%s\n' "$out" | sed -n 's/^TASK \[\(.*\)\] \**$/ansible task: \1/p'
