@@ -96,7 +96,9 @@ let package = Package(
         // Real-kernel, real-QEMU fixtures shared by the test targets: namespaces, veths, QEMU, probe.
         .target(
             name: "MacvtapdTestSupport",
-            dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdQMP", "MacvtapdReconciler", "MacvtapdControl"],
+            dependencies: [
+                "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdQMP", "MacvtapdReconciler", "MacvtapdControl",
+            ],
             swiftSettings: strict
         ),
 
@@ -109,7 +111,7 @@ let package = Package(
         ),
         .testTarget(
             name: "MacvtapdNetlinkTests",
-            dependencies: ["MacvtapdNetlink", "MacvtapdTestSupport"],
+            dependencies: ["MacvtapdConfig", "MacvtapdNetlink", "MacvtapdTestSupport"],
             swiftSettings: strict
         ),
         .testTarget(

@@ -108,16 +108,8 @@ enum ConfigRules {
     }
 
     static func pciAddressProblem(_ text: String) -> String? {
-        let usage = "write a PCI slot 0x0–0x1f, optionally with a function 0–7, like '0x1e' or '0x1e.0'"
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        func hex(_ part: Substring) -> Int? {
-            let digits = part.hasPrefix("0x") || part.hasPrefix("0X") ? part.dropFirst(2) : part
-            guard !digits.isEmpty, digits.count <= 2 else { return nil }
-            return Int(digits, radix: 16)
-        }
-        guard (1...2).contains(parts.count), let slot = hex(parts[0]), slot <= 0x1f else { return usage }
-        if parts.count == 2 {
-            guard let function = hex(parts[1]), function <= 7 else { return usage }
+        guard let parsed = NICDevice.pciSlotAndFunction(text), parsed.slot <= 0x1f, (parsed.function ?? 0) <= 7 else {
+            return "write a PCI slot 0x0–0x1f, optionally with a function 0–7, like '0x1e' or '0x1e.0'"
         }
         return nil
     }

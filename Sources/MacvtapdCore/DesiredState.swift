@@ -154,6 +154,21 @@ public struct NICDevice: Hashable, Sendable {
         self.bus = bus
         self.address = address
     }
+
+    /// QEMU's PCI `addr=` text, `slot[.function]`, each part one or two hex digits with an optional
+    /// `0x`; nil when it is not that shape. Bounds (slot ≤ 0x1f, function ≤ 7) are the caller's.
+    public static func pciSlotAndFunction(_ address: String) -> (slot: Int, function: Int?)? {
+        let parts = address.split(separator: ".", omittingEmptySubsequences: false)
+        func hex(_ part: Substring) -> Int? {
+            let digits = part.hasPrefix("0x") || part.hasPrefix("0X") ? part.dropFirst(2) : part
+            guard !digits.isEmpty, digits.count <= 2 else { return nil }
+            return Int(digits, radix: 16)
+        }
+        guard (1...2).contains(parts.count), let slot = hex(parts[0]) else { return nil }
+        guard parts.count == 2 else { return (slot, nil) }
+        guard let function = hex(parts[1]) else { return nil }
+        return (slot, function)
+    }
 }
 
 /// A VM macvtapd manages and how to reach its QMP monitor.

@@ -75,7 +75,7 @@ public struct LaunchArguments: Sendable, Equatable {
     /// i440fx). libvirt fills slots upward from 1 or 2 and q35 holds 0x1f, so the top is free.
     public static func defaultAddresses(of vm: VMSpec) -> [String: String] {
         let nics = vm.nics.values.sorted { $0.key < $1.key }
-        let given = Set(nics.compactMap { $0.device.address.flatMap(slot) })
+        let given = Set(nics.compactMap { $0.device.address.flatMap { NICDevice.pciSlotAndFunction($0)?.slot } })
         var free = (0x10...0x1e).reversed().filter { !given.contains($0) }[...]
         var addresses: [String: String] = [:]
         for nic in nics where nic.device.bus == nil && nic.device.address == nil {
@@ -83,12 +83,6 @@ public struct LaunchArguments: Sendable, Equatable {
             addresses[nic.key.nic] = "0x" + String(slot, radix: 16)
         }
         return addresses
-    }
-
-    /// The slot of a validated `addr` (`0x1e`, `1e.2`).
-    static func slot(_ address: String) -> Int? {
-        let slot = address.split(separator: ".").first ?? ""
-        return Int(slot.hasPrefix("0x") || slot.hasPrefix("0X") ? slot.dropFirst(2) : slot, radix: 16)
     }
 
     /// `1000 + FNV-1a-32(id) mod 9000`.

@@ -65,23 +65,28 @@ public enum AtomicFile {
         let temporary = "\(path).tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
         guard fd >= 0 else { throw StatusStoreError("cannot create \(temporary): \(errnoText())") }
-        let bytes = Array(data)
-        let ok = bytes.withUnsafeBytes { buffer -> Bool in
-            var offset = 0
-            while offset < buffer.count {
-                let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 && errno == EINTR { continue }
-                if written <= 0 { return false }
-                offset += written
-            }
-            return true
-        }
+        let ok = writeAll(fd, data)
         close(fd)
         guard ok, rename(temporary, path) == 0 else {
             let why = errnoText()
             unlink(temporary)
             throw StatusStoreError("cannot write \(path): \(why)")
         }
+    }
+}
+
+/// Writes every byte to a blocking `fd`, through short writes and EINTR; false on an error (errno
+/// says which).
+public func writeAll(_ fd: Int32, _ data: some Collection<UInt8>) -> Bool {
+    Array(data).withUnsafeBytes { buffer -> Bool in
+        var offset = 0
+        while offset < buffer.count {
+            let written = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if written < 0 && errno == EINTR { continue }
+            if written <= 0 { return false }
+            offset += written
+        }
+        return true
     }
 }
 

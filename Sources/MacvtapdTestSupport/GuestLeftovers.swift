@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import MacvtapdConfig
 
 /// VMs of test processes that died without terminating them (a crash, a kill -9): each VM's
 /// directory is named after the process that launched it, and QEMU writes its pid there, so a

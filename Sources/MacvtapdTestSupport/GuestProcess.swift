@@ -1,4 +1,5 @@
 import Glibc
+import MacvtapdConfig
 
 /// posix_spawn for the guest fixture: children get /dev/null as stdin and none of the test
 /// process's other descriptors (a probe socket leaked into QEMU would outlive the test's close).

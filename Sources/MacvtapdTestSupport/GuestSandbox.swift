@@ -36,15 +36,7 @@ public final class GuestSandbox: Sendable {
     public static func with<Result>(
         _ configuration: GuestConfiguration, lowers: [String], _ body: (GuestSandbox) async throws -> Result
     ) async throws -> Result {
-        let sandbox = try await start(configuration, lowers: lowers)
-        do {
-            let result = try await body(sandbox)
-            await sandbox.cleanup()
-            return result
-        } catch {
-            await sandbox.cleanup()
-            throw error
-        }
+        try await withCleanup(try await start(configuration, lowers: lowers), cleanup: { await $0.cleanup() }, body)
     }
 
     /// The namespace with the bridge and `lowers`, then the guest booted to `GUEST READY`.

@@ -16,15 +16,7 @@ public final class PrivateLibvirt: Sendable {
 
     /// Runs `body` with a private libvirtd and always stops it (destroying its domains) afterwards.
     public static func with<Result>(_ body: (PrivateLibvirt) async throws -> Result) async throws -> Result {
-        let libvirt = try await start()
-        do {
-            let result = try await body(libvirt)
-            await libvirt.stop()
-            return result
-        } catch {
-            await libvirt.stop()
-            throw error
-        }
+        try await withCleanup(try await start(), cleanup: { await $0.stop() }, body)
     }
 
     public static func start() async throws -> PrivateLibvirt {

@@ -1,4 +1,5 @@
 import CMacvtapd
+import MacvtapdCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -170,5 +171,22 @@ func pollFrames(
         }
         if clock.now >= deadline { return nil }
         try? await Task.sleep(for: .milliseconds(2))
+    }
+}
+
+extension Probe {
+    /// Sends frames addressed to `destination` through `socket` (the far side of a host interface,
+    /// a switch port) until one reaches this probe's hub, or `timeout` passes.
+    public func receivesFrame(
+        to destination: MACAddress, sentThrough socket: PacketSocket, within timeout: Duration = .seconds(3)
+    ) async throws -> Bool {
+        let marker = EthernetFrame.uniqueMarker()
+        let frame = EthernetFrame.make(destination: destination.bytes, payload: marker)
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            try socket.send(frame)
+            if await receive(timeout: .milliseconds(200), matching: FrameFilter(marker: marker)) != nil { return true }
+        }
+        return false
     }
 }

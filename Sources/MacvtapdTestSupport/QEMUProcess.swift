@@ -1,4 +1,5 @@
 import CMacvtapd
+import MacvtapdConfig
 import Synchronization
 
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import CMacvtapd
 import MacvtapdControl
 
 #if canImport(Glibc)

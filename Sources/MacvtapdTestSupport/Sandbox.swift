@@ -38,15 +38,8 @@ public final class Sandbox: Sendable {
     public static func with<Result>(
         nics: [QEMUNIC], lowers: [String], paused: Bool = false, _ body: (Sandbox) async throws -> Result
     ) async throws -> Result {
-        let sandbox = try await start(nics: nics, lowers: lowers, paused: paused)
-        do {
-            let result = try await body(sandbox)
-            await sandbox.cleanup()
-            return result
-        } catch {
-            await sandbox.cleanup()
-            throw error
-        }
+        try await withCleanup(
+            try await start(nics: nics, lowers: lowers, paused: paused), cleanup: { await $0.cleanup() }, body)
     }
 
     /// Host interfaces `lowers` (each a veth whose peer is `<name>p`, both up) and a VM `vm` with
@@ -215,16 +208,7 @@ public final class Sandbox: Sendable {
     {
         let socket = try PacketSocket(interface: lower + "p", in: namespace)
         defer { socket.close() }
-        let marker = EthernetFrame.uniqueMarker()
-        let frame = EthernetFrame.make(destination: MACAddress(nic(id).mac)!.bytes, payload: marker)
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            try socket.send(frame)
-            if await probes[id]!.receive(timeout: .milliseconds(200), matching: FrameFilter(marker: marker)) != nil {
-                return true
-            }
-        }
-        return false
+        return try await probes[id]!.receivesFrame(to: MACAddress(nic(id).mac)!, sentThrough: socket, within: timeout)
     }
 
     /// Sends frames from the NIC's hub probe until one comes out of the lower's peer.

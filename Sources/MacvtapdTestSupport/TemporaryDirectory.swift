@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import MacvtapdReconciler
 
 /// A uniquely named directory under the system temporary directory, removed by `remove()`.
 public struct TemporaryDirectory: Sendable {
@@ -31,15 +32,7 @@ public struct TemporaryDirectory: Sendable {
         let fd = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(fd) }
-        var written = 0
-        while written < bytes.count {
-            let count = bytes[written...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
-            }
-            written += count
-        }
+        guard writeAll(fd, bytes) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         return file
     }
 

@@ -47,15 +47,7 @@ public final class TwoHosts: Sendable {
 
     /// Runs `body` with both hosts and the switch; always cleans up, even when `body` throws.
     public static func with<Result>(_ body: (TwoHosts) async throws -> Result) async throws -> Result {
-        let hosts = try await TwoHosts()
-        do {
-            let result = try await body(hosts)
-            await hosts.cleanup()
-            return result
-        } catch {
-            await hosts.cleanup()
-            throw error
-        }
+        try await withCleanup(try await TwoHosts(), cleanup: { await $0.cleanup() }, body)
     }
 
     public init() async throws {
@@ -129,14 +121,7 @@ public final class TwoHosts: Sendable {
 
     /// Writes the host's config atomically (the daemon watches it).
     public func writeConfig(_ yaml: String, on host: Host) throws {
-        let temporary = host.configPath + ".new"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw ChildError("open \(temporary): \(String(cString: strerror(errno)))") }
-        let written = yaml.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) }
-        close(fd)
-        guard written == yaml.utf8.count, rename(temporary, host.configPath) == 0 else {
-            throw ChildError("write \(host.configPath): \(String(cString: strerror(errno)))")
-        }
+        try AtomicFile.write(yaml.utf8, to: host.configPath)
     }
 
     /// `macvtapd run` inside the host's namespace with its files; stopped by `cleanup` at the latest.

@@ -242,7 +242,7 @@ struct ScaleBench: AsyncParsableCommand {
             }
             plans.append(.milliseconds(run.seconds * 1000))
         }
-        let moved = yaml.replacingFirst("      n0: {host: l0}\n", with: "      n0: {host: l1}\n")
+        let moved = yaml.replacing("      n0: {host: l0}\n", with: "      n0: {host: l1}\n", maxReplacements: 1)
         var applies: [Duration] = []
         var overheads: [Duration] = []
         for round in 0..<(repeats * 2) {
@@ -307,12 +307,5 @@ struct ScaleBench: AsyncParsableCommand {
         let start = ContinuousClock.now
         try await Task.sleep(for: window)
         return (ProcessStats.cpuSeconds(pid) - before) / (ContinuousClock.now - start).seconds
-    }
-}
-
-extension String {
-    fileprivate func replacingFirst(_ target: String, with replacement: String) -> String {
-        guard let range = range(of: target) else { return self }
-        return replacingCharacters(in: range, with: replacement)
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+import MacvtapdConfig
 import MacvtapdCore
 import MacvtapdNetlink
 import MacvtapdTestSupport

@@ -87,16 +87,7 @@ import Testing
     static func frameReaches(_ vm: VMProcess, from host: TwoHosts.Host, in hosts: TwoHosts) async throws -> Bool {
         let socket = try PacketSocket(interface: host.switchPort, in: hosts.network)
         defer { socket.close() }
-        let marker = EthernetFrame.uniqueMarker()
-        let frame = EthernetFrame.make(destination: guestMAC.bytes, payload: marker)
-        let deadline = ContinuousClock.now + .seconds(3)
-        while ContinuousClock.now < deadline {
-            try socket.send(frame)
-            if await vm.probe.receive(timeout: .milliseconds(200), matching: FrameFilter(marker: marker)) != nil {
-                return true
-            }
-        }
-        return false
+        return try await vm.probe.receivesFrame(to: guestMAC, sentThrough: socket)
     }
 
     static func migrate(_ source: VMProcess, to path: String) async throws {

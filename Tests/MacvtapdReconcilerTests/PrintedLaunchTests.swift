@@ -57,13 +57,7 @@ import Testing
             // Frames from the host interface reach the NIC's hub.
             let socket = try PacketSocket(interface: "up0p", in: sandbox.namespace)
             defer { socket.close() }
-            let marker = EthernetFrame.uniqueMarker()
-            let frame = EthernetFrame.make(destination: MACAddress("52:54:00:7e:00:01")!.bytes, payload: marker)
-            var reached = false
-            for _ in 0..<15 where !reached {
-                try socket.send(frame)
-                reached = await probe.receive(timeout: .milliseconds(200), matching: FrameFilter(marker: marker)) != nil
-            }
+            let reached = try await probe.receivesFrame(to: MACAddress("52:54:00:7e:00:01")!, sentThrough: socket)
             #expect(reached, "a frame from up0 reaches the printed hub")
             await qemu.terminate()
         }
