@@ -113,9 +113,8 @@ struct RouteSocketIntegrationTests {
                     && MACAddress(bytes: frame[6..<12]).map { [oursMAC, foreignMAC].contains($0) } == true
             }
         }
-        let sender = try #require(firstFromEither, "the control macvtap sent nothing within 10 s").dropFirst(6).prefix(
-            6)
-        #expect(MACAddress(bytes: Array(sender)) == foreignMAC, "the host sent from the macvtap macvtapd made")
+        let first = try #require(firstFromEither, "the control macvtap sent nothing within 10 s")
+        #expect(MACAddress(bytes: first[6..<12]) == foreignMAC, "the host sent from the macvtap macvtapd made")
         let laterFromOurs = try await offPool {
             try wire.receive(timeout: .seconds(1)) { frame in
                 frame.count >= 12 && MACAddress(bytes: frame[6..<12]) == oursMAC
