@@ -80,6 +80,14 @@ public final class PrivateLibvirt: Sendable {
             "/usr/bin/setpriv", Self.asUser(home.path) + ["/usr/bin/virsh", "-c", "qemu:///session"] + arguments)
     }
 
+    /// `virsh -c qemu:///session ARGS` as the user, left running (e.g. `event --loop`), its output
+    /// in `logPath`.
+    public func startVirsh(_ arguments: [String], logPath: String) throws -> BackgroundProcess {
+        try BackgroundProcess.start(
+            "/usr/bin/setpriv", Self.asUser(home.path) + ["/usr/bin/virsh", "-c", "qemu:///session"] + arguments,
+            logPath: logPath)
+    }
+
     /// Writes a file the user's QEMU can read.
     public func place(_ name: String, bytes: [UInt8]) throws -> String {
         let path = try home.write(name, bytes: bytes)

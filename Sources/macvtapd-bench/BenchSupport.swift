@@ -47,8 +47,10 @@ struct ResultRow {
     var baseline: LatencySummary?
     var target: String
 
-    static func header() -> String {
-        "| measure | macvtapd median | p99 | max | baseline median | p99 | max | ratio (median) | target |\n"
+    /// `first` and `second` name the two columns' subjects (`macvtapd` beside its `baseline`, or
+    /// two launchers both managed by macvtapd).
+    static func header(_ first: String = "macvtapd", _ second: String = "baseline") -> String {
+        "| measure | \(first) median | p99 | max | \(second) median | p99 | max | ratio (median) | target |\n"
             + "|---|---|---|---|---|---|---|---|---|"
     }
 
