@@ -1,5 +1,9 @@
 import MacvtapdQMP
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// The test guest (`GuestImage`, scripts/guest/init) as a domain of a `PrivateLibvirt`: kernel and
 /// initramfs copied where the libvirt user's QEMU reads them, its serial console a file QEMU
 /// appends to across starts (read by `console`), and a `<qemu:commandline>` fragment, which the
@@ -103,6 +107,31 @@ public final class LibvirtGuest: Sendable {
             try await action()
             try await console.waitForLine("GUEST READY", from: mark, timeout: readyTimeout)
         }
+    }
+
+    /// `virsh event` for the domain's lifecycle events, with timestamps, left running: its output
+    /// goes to `logPath`. It needs a moment to connect before the events it should see.
+    public func lifecycleEvents(logPath: String) throws -> BackgroundProcess {
+        try libvirt.startVirsh(
+            ["event", "--domain", name, "--event", "lifecycle", "--loop", "--timestamp"], logPath: logPath)
+    }
+
+    /// When (seconds since the epoch) libvirt reported the domain `Started` — it has resumed the
+    /// CPUs of the QEMU it started with -S — in `lifecycleEvents` output, whose lines read
+    /// `2026-12-06 22:17:23.457+0000: event 'lifecycle' for domain 'lv': Started Booted`.
+    public static func startedTime(inEvents log: String) -> Double? {
+        guard let line = log.split(separator: "\n").first(where: { $0.contains("lifecycle") && $0.contains("Started") })
+        else { return nil }
+        let numbers = line.prefix(23).split(whereSeparator: { "-: .".contains($0) }).compactMap { Int($0) }
+        guard numbers.count == 7 else { return nil }
+        var parts = tm()
+        parts.tm_year = Int32(numbers[0] - 1900)
+        parts.tm_mon = Int32(numbers[1] - 1)
+        parts.tm_mday = Int32(numbers[2])
+        parts.tm_hour = Int32(numbers[3])
+        parts.tm_min = Int32(numbers[4])
+        parts.tm_sec = Int32(numbers[5])
+        return Double(timegm(&parts)) + Double(numbers[6]) / 1000
     }
 
     /// The run state libvirt reports (`running`, `paused`, `shut off`, ...).

@@ -119,9 +119,7 @@ struct LibvirtBench: AsyncParsableCommand {
                     starts.append(
                         try await Self.measureStart(
                             sandbox: sandbox, vm: Self.domain, qmp: libvirtQMP,
-                            events: libvirt.startVirsh(
-                                ["event", "--domain", Self.domain, "--event", "lifecycle", "--loop", "--timestamp"],
-                                logPath: sandbox.directory.path + "/events-\(round).log")
+                            events: guest.lifecycleEvents(logPath: sandbox.directory.path + "/events-\(round).log")
                         ) {
                             try await guest.virshSucceeds(["start", Self.domain])
                             return nil
@@ -166,7 +164,7 @@ struct LibvirtBench: AsyncParsableCommand {
             (try? sandbox.status())??.bindings.first { $0.vm == vm }?.phase
         }
         try await Task.sleep(for: .seconds(2))
-        let wallStart = Date()
+        let wallStart = Date().timeIntervalSince1970
         let begin = ContinuousClock.now
         let starting = Task { try await start() }
         var socket: ContinuousClock.Instant?
@@ -183,24 +181,12 @@ struct LibvirtBench: AsyncParsableCommand {
         var started: Duration?
         if let events {
             await events.stop()
-            started = startedEvent(in: events.log()).map {
-                .milliseconds(Int64($0.timeIntervalSince(wallStart) * 1000))
+            started = LibvirtGuest.startedTime(inEvents: events.log()).map {
+                .milliseconds(Int64(($0 - wallStart) * 1000))
             }
         }
         guard let socket, let attached else { throw ChildError("\(vm) was not attached within 20 s") }
         return StartSample(socket: socket - begin, attached: attached - begin, started: started)
-    }
-
-    /// The time of the first `Started` lifecycle event in `virsh event --timestamp` output, whose
-    /// lines read `2026-12-06 22:17:23.457+0000: event 'lifecycle' for domain 'lvbench': Started Booted`.
-    static func startedEvent(in log: String) -> Date? {
-        let line = log.split(separator: "\n").first { $0.contains("lifecycle") && $0.contains("Started") }
-        guard let stamp = line?.split(separator: "+").first else { return nil }
-        let formatter = DateFormatter()
-        formatter.locale = Locale(identifier: "en_US_POSIX")
-        formatter.timeZone = TimeZone(identifier: "UTC")
-        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss.SSS"
-        return formatter.date(from: String(stamp))
     }
 
     func loadAverage() -> String {

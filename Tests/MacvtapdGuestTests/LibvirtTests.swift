@@ -113,9 +113,18 @@ import Testing
             #expect(refused.status != 0)
             #expect(refused.stderr.contains("not available"), "\(refused.stderr)")
 
+            // libvirt starts QEMU with -S and resumes it once its own set-up is done (about half a
+            // second): the backend is attached before that, so the guest's first frames go out.
             let guest = try await rig.define(machine: machine, configuration: Self.configuration())
+            let events = try guest.lifecycleEvents(logPath: rig.sandbox.directory.path + "/events.log")
+            defer { Task { await events.stop() } }
+            try await Task.sleep(for: .milliseconds(300))
             try await guest.start()
             #expect(await rig.reaches(.attached), "\(rig.daemon.log())")
+            await events.stop()
+            let started = try #require(LibvirtGuest.startedTime(inEvents: events.log()), "\(events.log())")
+            let attached = try #require(rig.binding()?.since)
+            #expect(attached < started, "attached \(attached - started) s after libvirt resumed the guest's CPUs")
             #expect(guest.console.nicIdentity("eth0")?.mac.description == Self.guestMAC, "\(guest.console.lines)")
             #expect(try await rig.guestAnswers(), "the guest answers through macvtapd's backend")
 
