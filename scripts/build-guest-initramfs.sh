@@ -2,8 +2,9 @@
 # Builds the tiny Linux guest that tests boot under QEMU to see what a VM sees: OUT_DIR/vmlinuz
 # (the installed Debian cloud kernel) and OUT_DIR/initramfs.cpio.gz (busybox-static, the virtio
 # network modules of that kernel, bonding, the ACPI power button and scripts/guest/init). Built only
-# from the packages scripts/install-deps.sh installs. Deterministic (same inputs, same bytes) and cached: when the
-# inputs' digest matches OUT_DIR/stamp it does nothing. Concurrent callers serialise on a lock.
+# from the packages scripts/install-deps.sh installs. Deterministic (same inputs, same bytes) and
+# cached: when the inputs' digest matches OUT_DIR/stamp it does nothing. Concurrent callers
+# serialise on a lock.
 # MACVTAPD_GUEST_KERNEL=<version> picks a kernel when several cloud kernels are installed.
 set -euo pipefail
 
