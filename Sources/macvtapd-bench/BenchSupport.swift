@@ -46,6 +46,8 @@ struct ResultRow {
     var macvtapd: LatencySummary?
     var baseline: LatencySummary?
     var target: String
+    /// Whether the ratio column means anything: not for two subjects that are both macvtapd.
+    var ratio = true
 
     /// `first` and `second` name the two columns' subjects (`macvtapd` beside its `baseline`, or
     /// two launchers both managed by macvtapd).
@@ -59,11 +61,11 @@ struct ResultRow {
             guard let summary else { return "– | – | –" }
             return [summary.median, summary.p99, summary.max].map(LatencySummary.milliseconds).joined(separator: " | ")
         }
-        var ratio = "–"
-        if let macvtapd, let baseline {
-            ratio = String(format: "%.0fx", baseline.median.seconds / max(macvtapd.median.seconds, 1e-9))
+        var factor = "–"
+        if ratio, let macvtapd, let baseline {
+            factor = String(format: "%.0fx", baseline.median.seconds / max(macvtapd.median.seconds, 1e-9))
         }
-        return "| \(measure) | \(cells(macvtapd)) | \(cells(baseline)) | \(ratio) | \(target) |"
+        return "| \(measure) | \(cells(macvtapd)) | \(cells(baseline)) | \(factor) | \(target) |"
     }
 }
 

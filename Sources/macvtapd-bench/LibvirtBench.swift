@@ -44,25 +44,25 @@ struct LibvirtBench: AsyncParsableCommand {
         print(
             ResultRow(
                 measure: "host interface returns with carrier at once (RTM_NEWLINK) → guest answers ping",
-                macvtapd: LatencySummary(libvirt.flaps), baseline: LatencySummary(plainFlaps), target: ""
+                macvtapd: LatencySummary(libvirt.flaps), baseline: LatencySummary(plainFlaps), target: "", ratio: false
             ).markdown)
         print(
             ResultRow(
                 measure: "`virsh start` / spawn of `qemu -S` → status Attached",
                 macvtapd: LatencySummary(libvirt.starts.map(\.attached)),
-                baseline: LatencySummary(libvirt.plainStarts.map(\.attached)), target: ""
+                baseline: LatencySummary(libvirt.plainStarts.map(\.attached)), target: "", ratio: false
             ).markdown)
         print(
             ResultRow(
                 measure: "… of which monitor socket created → Attached (the daemon's reconnect wait)",
                 macvtapd: LatencySummary(libvirt.starts.map { $0.attached - $0.socket }),
-                baseline: LatencySummary(libvirt.plainStarts.map { $0.attached - $0.socket }), target: ""
+                baseline: LatencySummary(libvirt.plainStarts.map { $0.attached - $0.socket }), target: "", ratio: false
             ).markdown)
         let started = libvirt.starts.compactMap(\.started)
         print(
             ResultRow(
                 measure: "`virsh start` → libvirt's lifecycle event Started (guest CPUs running)",
-                macvtapd: started.isEmpty ? nil : LatencySummary(started), baseline: nil, target: ""
+                macvtapd: started.isEmpty ? nil : LatencySummary(started), baseline: nil, target: "", ratio: false
             ).markdown)
         let before = libvirt.starts.filter { start in start.started.map { start.attached < $0 } ?? false }.count
         print(
