@@ -23,16 +23,19 @@ final class SocketAppearance: Sendable {
         /// Waits whose task was cancelled before they registered.
         var cancelled: Set<Int> = []
         var nextID = 0
+        /// The reader thread could not start.
+        var unusable = false
     }
 
     private let inotify: Int32
     private let state = Mutex(State())
 
     private init() {
-        inotify = inotify_init1(Int32(IN_CLOEXEC))
-        guard inotify >= 0 else { return }
-        let fd = inotify
+        let fd = inotify_init1(Int32(IN_CLOEXEC))
+        inotify = fd
+        guard fd >= 0 else { return }
         var thread = pthread_t()
+        // The shared instance lives as long as the process, and so does its reader thread.
         let box = Unmanaged.passRetained(self)
         let started = pthread_create(
             &thread, nil,
@@ -41,18 +44,21 @@ final class SocketAppearance: Sendable {
                 watcher.readEvents()
                 return nil
             }, box.toOpaque())
-        if started == 0 {
-            pthread_detach(thread)
-        } else {
+        guard started == 0 else {
+            // Nobody reads the events: watch nothing, so every wait lasts its whole time.
             box.release()
-            Glibc.close(fd)
+            state.withLock { $0.unusable = true }
+            return
         }
+        pthread_detach(thread)
     }
 
     /// Returns true when `path` is created or moved into place (QEMU unlinks a stale socket before
     /// it binds a new one), false when `timeout` has passed first.
     func wait(for path: String, upTo timeout: Duration) async -> Bool {
-        guard inotify >= 0, let slash = path.lastIndex(of: "/"), slash != path.startIndex else {
+        guard inotify >= 0, !state.withLock({ $0.unusable }), let slash = path.lastIndex(of: "/"),
+            slash != path.startIndex
+        else {
             try? await Task.sleep(for: timeout)
             return false
         }
