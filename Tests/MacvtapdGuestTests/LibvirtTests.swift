@@ -246,6 +246,7 @@ import Testing
             #expect(try await guest.state() == "shut off")
             #expect(try await eventually(within: .seconds(10)) { try await rig.sandbox.macvtaps().isEmpty })
             #expect(await rig.reaches(.vmNotRunning, within: .seconds(10)), "\(rig.daemon.log())")
+            logMark = rig.logLines
 
             // Restore: a QEMU with -incoming reads the file; macvtapd attaches it as a destination
             // (Migrating, macvtap down) and brings it up when the guest resumes. The guest goes on
