@@ -64,7 +64,7 @@ extension Controller {
         guard !changes.isEmpty else { return }
         if changes.contains(.resyncNeeded) {
             logger.warning("link notifications were lost (ENOBUFS); resyncing")
-            Task { await self.resync() }
+            Task { await self.resync(full: true) }
         }
         var affected = Set<String>()
         for change in changes {

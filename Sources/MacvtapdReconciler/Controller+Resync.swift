@@ -2,16 +2,23 @@ import MacvtapdCore
 
 /// The periodic resync, what it exists for: repairing whatever an event missed (a lost link
 /// notification, a backend removed through another monitor). It stays cheap in the steady state:
-/// one link dump compared with the cache, and the QMP monitors of a share of the VMs; a VM is
+/// the QMP monitors of a share of the VMs, and a link dump compared with the cache; a VM is
 /// reconciled only when its links or its observation differ from what its last reconcile saw,
 /// when that reconcile left something to do, or when its session lost its observation.
+///
+/// With link events, the cache follows the kernel's notifications, and a lost one is reported
+/// (ENOBUFS) and answered with a full resync at once; the periodic dump is then a backstop, made
+/// every `observeSpread` resyncs like the observations. Without events it is made every time.
 extension Controller {
-    /// A fresh link dump; the VMs whose links differ from the cache, those not quiet, and those
-    /// whose monitor is due to be asked again are reconciled.
-    public func resync() async {
+    /// A resync: the VMs whose links differ from the cache, those not quiet, and those whose
+    /// monitor is due to be asked again are reconciled. `full` dumps the links whatever the turn.
+    public func resync(full: Bool = false) async {
         let started = ContinuousClock.now
+        resyncTurn += 1
+        let dump = full || !options.useLinkEvents || !self.started || resyncTurn % options.observeSpread == 0
         var vms = Set<String>()
-        if await refreshLinks() {
+        let linksKnown = dump ? await refreshLinks() : true
+        if linksKnown {
             vms.formUnion(dueForObservation())
             let everyone = allVMs()
             vms.formUnion(everyone.subtracting(quiet))

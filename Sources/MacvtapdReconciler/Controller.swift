@@ -59,8 +59,8 @@ public actor Controller {
     public let metrics = Metrics()
 
     var desired = DesiredState()
-    /// `desired.bindings`, kept because every link event scans it.
-    var bindings: [NICBinding] = []
+    /// `desired.bindings` by host matcher: every link event looks up the VMs it may concern.
+    var bindings = BindingIndex()
     /// False until a valid configuration arrives: without one, macvtapd does not know what is
     /// wanted, so it changes nothing (an empty desired state would tear everything down).
     var hasDesired = false
@@ -75,6 +75,8 @@ public actor Controller {
     /// VMs whose last reconcile found nothing to do and deferred nothing: a resync that finds
     /// their links and observation unchanged leaves them alone.
     var quiet: Set<String> = []
+    /// Periodic resyncs so far: every `observeSpread`-th dumps the links (see Controller+Resync).
+    var resyncTurn = 0
     /// A dump after a failure is under way: failures meanwhile share it.
     private var relisting = false
     var stopping = false
@@ -115,7 +117,7 @@ public actor Controller {
         let hadDesired = hasDesired
         epoch += 1
         self.desired = desired
-        bindings = desired.bindings
+        bindings = BindingIndex(desired.bindings)
         hasDesired = true
         // What is observed depends on the config only through the NICs whose guest-set MAC is read:
         // a VM whose set is unchanged keeps its cached observation, so a reload (an apply of one

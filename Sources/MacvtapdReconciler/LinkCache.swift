@@ -84,12 +84,10 @@ struct LinkCache {
 
     /// The VMs whose plans may change with this link: bindings that match it (now or before),
     /// bindings whose macvtap sits on it, and the owner of a macvtap of ours.
-    func vmsAffected(by link: ObservedLink, before: ObservedLink?, bindings: [NICBinding]) -> Set<String> {
+    func vmsAffected(by link: ObservedLink, before: ObservedLink?, bindings: BindingIndex) -> Set<String> {
         var vms = Set<String>()
-        let versions = [link] + (before.map { [$0] } ?? [])
-        for version in versions {
-            if let owner = version.owner { vms.insert(owner.vm) }
-        }
+        if let owner = link.owner { vms.insert(owner.vm) }
+        if let owner = before?.owner { vms.insert(owner.vm) }
         // A macvtap is nobody's lower: scanning for its uppers would cost a pass over every link
         // for each of the hundred macvtaps a lower takes with it.
         if !link.isMacvtap {
@@ -99,12 +97,11 @@ struct LinkCache {
         }
         // A link udev is still naming may become any binding's host; one it just finished with may
         // end the wait of bindings that matched nothing.
-        if versions.contains(where: { !$0.udevInitialized }) {
-            return vms.union(bindings.map(\.key.vm))
+        if !link.udevInitialized || before?.udevInitialized == false {
+            return vms.union(bindings.vms)
         }
-        for binding in bindings where !vms.contains(binding.key.vm) {
-            if versions.contains(where: binding.host.matches) { vms.insert(binding.key.vm) }
-        }
+        vms.formUnion(bindings.vms(matching: link))
+        if let before { vms.formUnion(bindings.vms(matching: before)) }
         return vms
     }
 
