@@ -3,7 +3,15 @@ import MacvtapdCore
 /// The controller's status: outcomes turned into binding statuses, and the coalesced writes of
 /// the status document and metrics (`StatusWriter`).
 extension Controller {
-    public func currentStatus() -> [BindingStatus] { statuses.values.sorted { $0.key < $1.key } }
+    /// Every binding's status, by key. The keys' order is kept between calls while the set of keys
+    /// stays the same (the common case: a status write after each reconcile of a flap or converge
+    /// changed values, not keys), so a write costs lookups, not a sort of a thousand statuses.
+    public func currentStatus() -> [BindingStatus] {
+        if sortedStatusKeys.count != statuses.count || !sortedStatusKeys.allSatisfy({ statuses[$0] != nil }) {
+            sortedStatusKeys = statuses.keys.sorted()
+        }
+        return sortedStatusKeys.map { statuses[$0]! }
+    }
 
     func record(_ outcomes: [BindingOutcome]) {
         let now = Reconciler.now()

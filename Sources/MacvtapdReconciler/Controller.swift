@@ -68,6 +68,8 @@ public actor Controller {
     var links = LinkCache()
     var sessions: [String: VMSession] = [:]
     var statuses: [BindingKey: BindingStatus] = [:]
+    /// `statuses.keys`, sorted, as `currentStatus` last saw them.
+    var sortedStatusKeys: [BindingKey] = []
     var queue: WorkQueue
     var writer: StatusWriter
     /// Link events received and not yet applied to the cache (see Controller+Links).
