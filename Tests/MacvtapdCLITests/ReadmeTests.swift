@@ -16,6 +16,7 @@ struct ReadmeTests {
         // The benchmark command lines the README quotes with its numbers.
         "--idle-seconds": "macvtapd-bench scale", "--baseline-idle-seconds": "macvtapd-bench scale",
         "--flaps": "macvtapd-bench scale", "--repeats": "macvtapd-bench scale",
+        "--baseline-flaps": "macvtapd-bench reconnect",
     ]
 
     @Test func everyFlagInTheReadmeExists() async throws {

@@ -7,9 +7,10 @@ import Testing
 /// answered in order, each fd carried by its own getfd, each command's error its own.
 @Suite struct PipelineTests {
     @Test func pipelinedAttachesPassEachFdWithItsOwnGetfd() async throws {
+        // Creating a tap takes RTNL: off the cooperative pool, where a busy lock would stall others.
         let probes = [try Probe(), try Probe()]
         defer { for probe in probes { probe.close() } }
-        let taps = [try ProbeTap(), try ProbeTap()]
+        let taps = try await offPool { [try ProbeTap(), try ProbeTap()] }
         defer { for tap in taps { tap.close() } }
         try await withQEMU(QEMUOptions(probes: [(probes[0], 10), (probes[1], 20)])) { _, client in
             var commands: [QMPCommand] = []
@@ -55,7 +56,7 @@ import Testing
     }
 
     @Test func aRefusedCommandFailsAloneAndTheOthersAnswer() async throws {
-        let tap = try ProbeTap()
+        let tap = try await offPool { try ProbeTap() }
         defer { tap.close() }
         try await withQEMU { _, client in
             let replies = try await client.executePipelined([
