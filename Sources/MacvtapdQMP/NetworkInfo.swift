@@ -125,87 +125,149 @@ extension NetworkInfo {
     /// Indented ` \ ` lines belong to the preceding hub (its ports) or the preceding NIC (its peer).
     /// QEMU ids cannot contain ':' or spaces, which makes the `id: ` prefixes unambiguous.
     public init(parsing text: String) throws(NetworkInfoParseError) {
-        self.init()
+        // Byte by byte over the UTF-8, not by Character: a resync parses every VM's topology, and
+        // grapheme breaking and Character comparisons cost more than the rest of the observation.
+        var text = text
+        let parsed = text.withUTF8 { buffer in
+            Result { () throws(NetworkInfoParseError) -> NetworkInfo in try Self.parse(buffer) }
+        }
+        self = try parsed.get()
+    }
+
+    private static func parse(_ text: UnsafeBufferPointer<UInt8>) throws(NetworkInfoParseError) -> NetworkInfo {
+        var info = NetworkInfo()
         enum Context {
             case none
             case hub(Int)
             case nic(Int)
         }
         var context = Context.none
-        let lines = text.split(omittingEmptySubsequences: true, whereSeparator: { $0 == "\n" || $0 == "\r\n" })
-        for (offset, rawLine) in lines.enumerated() {
-            let line = rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine[...]
-            let number = offset + 1
+        var number = 0
+        var start = 0
+        while start < text.count {
+            var end = start
+            while end < text.count, text[end] != UInt8(ascii: "\n") { end += 1 }
+            var line = text[start..<end]
+            start = end + 1
+            if line.isEmpty { continue }
+            number += 1
+            if line.last == UInt8(ascii: "\r") { line = line.dropLast() }
             func failure(_ reason: String) -> NetworkInfoParseError {
-                NetworkInfoParseError(line: number, text: String(line), reason: reason)
+                NetworkInfoParseError(line: number, text: String(decoding: line, as: UTF8.self), reason: reason)
             }
-            if line.trimmingPrefix(" ").isEmpty { continue }
-            if line.hasPrefix(" \\ ") {
+            if line.allSatisfy({ $0 == UInt8(ascii: " ") }) { continue }
+            if line.starts(with: [0x20, 0x5C, 0x20]) {  // " \ "
                 let body = line.dropFirst(3)
                 switch context {
                 case .hub(let hubIndex):
-                    let hubID = hubs[hubIndex].id
-                    guard let colon = body.firstRange(of: ": ") else {
-                        hubs[hubIndex].ports.append(.init(id: String(body), peer: nil))
+                    let hubID = info.hubs[hubIndex].id
+                    guard let colon = colonSpace(in: body) else {
+                        info.hubs[hubIndex].ports.append(.init(id: string(body), peer: nil))
                         continue
                     }
-                    let portID = String(body[..<colon.lowerBound])
-                    guard let peer = Self.netClient(body[colon.upperBound...]) else {
+                    let portID = string(body[..<colon])
+                    guard let peer = netClient(body[(colon + 2)...]) else {
                         throw failure("hub port peer is not 'id: index=N,type=T,...'")
                     }
-                    hubs[hubIndex].ports.append(.init(id: portID, peer: peer))
+                    info.hubs[hubIndex].ports.append(.init(id: portID, peer: peer))
                     if peer.type == "nic" {
-                        nics.append(Self.nic(peer, peer: .hubPort(hubID: hubID, portID: portID)))
+                        info.nics.append(nic(peer, peer: .hubPort(hubID: hubID, portID: portID)))
                     }
                 case .nic(let nicIndex):
-                    guard let peer = Self.netClient(body) else {
+                    guard let peer = netClient(body) else {
                         throw failure("NIC peer is not 'id: index=N,type=T,...'")
                     }
-                    nics[nicIndex].peer = .netdev(peer)
+                    info.nics[nicIndex].peer = .netdev(peer)
                     context = .none
                 case .none:
                     throw failure("indented line without a hub or NIC before it")
                 }
                 continue
             }
-            if line.hasPrefix("hub "), let id = Int(line.dropFirst(4)) {
-                hubs.append(Hub(id: id, ports: []))
-                context = .hub(hubs.count - 1)
+            if line.starts(with: Array("hub ".utf8)), let id = integer(line.dropFirst(4)) {
+                info.hubs.append(Hub(id: id, ports: []))
+                context = .hub(info.hubs.count - 1)
                 continue
             }
-            guard let client = Self.netClient(line) else {
+            guard let client = netClient(line) else {
                 throw failure("expected 'hub N' or 'id: index=N,type=T,...'")
             }
             if client.type == "nic" {
-                nics.append(Self.nic(client, peer: nil))
-                context = .nic(nics.count - 1)
+                info.nics.append(nic(client, peer: nil))
+                context = .nic(info.nics.count - 1)
             } else {
-                standaloneNetdevs.append(client)
+                info.standaloneNetdevs.append(client)
                 context = .none
             }
         }
+        return info
     }
 
-    private static func netClient(_ text: Substring) -> NetClient? {
-        guard let colon = text.firstRange(of: ": ") else { return nil }
-        let id = String(text[..<colon.lowerBound])
-        var rest = text[colon.upperBound...]
-        guard !id.isEmpty, !id.contains(" "), rest.hasPrefix("index=") else { return nil }
-        rest = rest.dropFirst("index=".count)
-        guard let comma = rest.firstIndex(of: ","), let index = Int(rest[..<comma]) else { return nil }
-        rest = rest[rest.index(after: comma)...]
-        guard rest.hasPrefix("type=") else { return nil }
-        rest = rest.dropFirst("type=".count)
-        let typeEnd = rest.firstIndex(of: ",") ?? rest.endIndex
-        let type = String(rest[..<typeEnd])
-        let info = typeEnd < rest.endIndex ? String(rest[rest.index(after: typeEnd)...]) : ""
-        return NetClient(id: id, type: type, queueIndex: index, info: info)
+    private typealias Bytes = Slice<UnsafeBufferPointer<UInt8>>
+
+    private static func string(_ bytes: Bytes) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    /// The index of the first ": ".
+    private static func colonSpace(in bytes: Bytes) -> Int? {
+        var index = bytes.startIndex
+        while index + 1 < bytes.endIndex {
+            if bytes[index] == UInt8(ascii: ":") && bytes[index + 1] == UInt8(ascii: " ") { return index }
+            index += 1
+        }
+        return nil
+    }
+
+    /// A decimal integer, as `Int(_:)` reads one (an optional sign, then digits only).
+    private static func integer(_ bytes: Bytes) -> Int? {
+        var rest = bytes[...]
+        var negative = false
+        if let sign = rest.first, sign == UInt8(ascii: "-") || sign == UInt8(ascii: "+") {
+            negative = sign == UInt8(ascii: "-")
+            rest = rest.dropFirst()
+        }
+        guard !rest.isEmpty, rest.count <= 18 else { return nil }
+        var value = 0
+        for byte in rest {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        return negative ? -value : value
+    }
+
+    private static func netClient(_ text: Bytes) -> NetClient? {
+        guard let colon = colonSpace(in: text) else { return nil }
+        let id = text[..<colon]
+        var rest = text[(colon + 2)...]
+        guard !id.isEmpty, !id.contains(UInt8(ascii: " ")), rest.starts(with: Array("index=".utf8)) else {
+            return nil
+        }
+        rest = rest.dropFirst(6)
+        guard let comma = rest.firstIndex(of: UInt8(ascii: ",")), let index = integer(rest[..<comma]) else {
+            return nil
+        }
+        rest = rest[(comma + 1)...]
+        guard rest.starts(with: Array("type=".utf8)) else { return nil }
+        rest = rest.dropFirst(5)
+        let typeEnd = rest.firstIndex(of: UInt8(ascii: ",")) ?? rest.endIndex
+        let info = typeEnd < rest.endIndex ? string(rest[(typeEnd + 1)...]) : ""
+        return NetClient(id: string(id), type: string(rest[..<typeEnd]), queueIndex: index, info: info)
     }
 
     private static func nic(_ client: NetClient, peer: NIC.Peer?) -> NIC {
-        let parameters = client.parameters
-        return NIC(
-            id: client.id, model: parameters["model"], mac: parameters["macaddr"].flatMap { MACAddress($0) }, peer: peer
-        )
+        var model: String?
+        var mac: MACAddress?
+        for item in client.info.utf8.split(separator: UInt8(ascii: ",")) {
+            guard let equals = item.firstIndex(of: UInt8(ascii: "=")) else { continue }
+            let key = item[..<equals]
+            let value = item[item.index(after: equals)...]
+            guard !key.isEmpty, !value.isEmpty else { continue }
+            // The last occurrence wins, as in `parameters`.
+            if key.elementsEqual("model".utf8) {
+                model = String(Substring(value))
+            } else if key.elementsEqual("macaddr".utf8) {
+                mac = MACAddress(String(Substring(value)))
+            }
+        }
+        return NIC(id: client.id, model: model, mac: mac, peer: peer)
     }
 }

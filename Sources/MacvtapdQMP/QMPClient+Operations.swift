@@ -65,6 +65,23 @@ public struct AnnounceParameters: Hashable, Sendable {
     }
 }
 
+extension AnnounceParameters {
+    /// The `announce-self` arguments.
+    public var arguments: JSONValue {
+        func milliseconds(_ duration: Duration) -> JSONValue {
+            let (seconds, attoseconds) = duration.components
+            return .int(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
+        }
+        var arguments: [String: JSONValue] = [
+            "initial": milliseconds(initial), "max": milliseconds(max), "rounds": .int(Int64(rounds)),
+            "step": milliseconds(step),
+        ]
+        if let interfaces { arguments["interfaces"] = .array(interfaces.map { .string($0) }) }
+        if let id { arguments["id"] = .string(id) }
+        return .object(arguments)
+    }
+}
+
 extension QMPClient {
     // MARK: File descriptors
 
@@ -173,17 +190,7 @@ extension QMPClient {
     /// `announce-self`: gratuitous ARPs from the guest (virtio announce) and RARPs from QEMU, so
     /// switches learn the NIC's new path right after a backend swap.
     public func announceSelf(_ parameters: AnnounceParameters = AnnounceParameters()) async throws {
-        func milliseconds(_ duration: Duration) -> JSONValue {
-            let (seconds, attoseconds) = duration.components
-            return .int(seconds * 1000 + attoseconds / 1_000_000_000_000_000)
-        }
-        var arguments: [String: JSONValue] = [
-            "initial": milliseconds(parameters.initial), "max": milliseconds(parameters.max),
-            "rounds": .int(Int64(parameters.rounds)), "step": milliseconds(parameters.step),
-        ]
-        if let interfaces = parameters.interfaces { arguments["interfaces"] = .array(interfaces.map { .string($0) }) }
-        if let id = parameters.id { arguments["id"] = .string(id) }
-        try await execute("announce-self", arguments: .object(arguments))
+        try await execute("announce-self", arguments: parameters.arguments)
     }
 
     /// `query-rx-filter` for one NIC. Also re-arms that NIC's `NIC_RX_FILTER_CHANGED` event.

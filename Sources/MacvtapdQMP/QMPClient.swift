@@ -29,7 +29,7 @@ public final class QMPClient: Sendable {
     public let path: String
     public let greeting: QMPGreeting
     public let configuration: Configuration
-    private let connection: QMPConnection
+    let connection: QMPConnection
 
     /// Every event of this connection, in arrival order. One consumer; finishes when the connection ends.
     public var events: AsyncStream<QMPEvent> { connection.events }

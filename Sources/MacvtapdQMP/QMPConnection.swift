@@ -14,7 +14,10 @@ import Synchronization
 final class QMPConnection: Sendable {
     /// Reserved id for the greeting, which QEMU sends unasked.
     static let greetingID: Int64 = 0
-    static let idleWake: Duration = .seconds(5)
+    /// How long an idle reader sleeps before it looks at the clock again. A daemon holds one
+    /// connection per VM for weeks: at 5 s, forty idle sessions woke 480 times a minute. A command
+    /// registered while the reader sleeps longer than its deadline wakes it through the pipe.
+    static let idleWake: Duration = .seconds(60)
 
     let path: String
     let maximumLineLength: Int
@@ -31,7 +34,8 @@ final class QMPConnection: Sendable {
 
     private struct Pending {
         let command: String
-        let continuation: CheckedContinuation<JSONValue, any Error>
+        /// Called exactly once, outside the state lock, with the reply or why there is none.
+        let resume: @Sendable (Result<JSONValue, any Error>) -> Void
         let deadline: ContinuousClock.Instant
         let timeout: Duration
     }
@@ -138,7 +142,8 @@ final class QMPConnection: Sendable {
                         return false
                     }
                     state.pending[id] = Pending(
-                        command: command, continuation: continuation, deadline: deadline, timeout: timeout)
+                        command: command, resume: { continuation.resume(with: $0) }, deadline: deadline,
+                        timeout: timeout)
                     if state.readerWakesAt.map({ deadline < $0 }) ?? true {
                         // Under the lock: the reader closes the pipe under it too, so the fd is never stale.
                         var byte: UInt8 = 1
@@ -164,40 +169,123 @@ final class QMPConnection: Sendable {
 
     private func complete(id: Int64, with result: Result<JSONValue, any Error>) {
         guard let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
-        pending.continuation.resume(with: result)
+        pending.resume(result)
+    }
+
+    // MARK: Pipelines
+
+    /// One command of a pipeline.
+    struct Step: Sendable {
+        var command: String
+        var arguments: JSONValue?
+        var fd: Int32?
+    }
+
+    /// Writes every step back to back, in order, without waiting for replies (each fd on the
+    /// sendmsg of its own command's first bytes), then waits for every reply. QEMU runs a
+    /// monitor's commands in order, so a step may rely on the ones before it; each step gets its own
+    /// result. A step whose write fails, and the steps after it, fail with that error.
+    func executePipeline(_ steps: [Step], timeout: Duration) async throws -> [Result<JSONValue, QMPError>] {
+        guard !steps.isEmpty else { return [] }
+        let firstID = state.withLock { state in
+            defer { state.nextID += Int64(steps.count) }
+            return state.nextID
+        }
+        let ids = (0..<Int64(steps.count)).map { firstID + $0 }
+        let messages = zip(ids, steps).map { id, step in
+            var message: [String: JSONValue] = ["execute": .string(step.command), "id": .int(id)]
+            if let arguments = step.arguments { message["arguments"] = arguments }
+            return JSONWriter.encode(.object(message)) + [0x0A]
+        }
+        let collected = PipelineResults(count: steps.count)
+        let results: [Result<JSONValue, any Error>] = await withTaskCancellationHandler {
+            await withCheckedContinuation {
+                (continuation: CheckedContinuation<[Result<JSONValue, any Error>], Never>) in
+                collected.onComplete { continuation.resume(returning: $0) }
+                let deadline = ContinuousClock.now + timeout
+                let failure: String? = state.withLock { state in
+                    if let failure = state.failure { return failure }
+                    for (index, (id, step)) in zip(ids, steps).enumerated() {
+                        state.pending[id] = Pending(
+                            command: step.command, resume: { collected.set(index, $0) }, deadline: deadline,
+                            timeout: timeout)
+                    }
+                    if state.readerWakesAt.map({ deadline < $0 }) ?? true {
+                        var byte: UInt8 = 1
+                        _ = Glibc.write(wakeWrite, &byte, 1)
+                    }
+                    return nil
+                }
+                if let failure {
+                    for (index, step) in steps.enumerated() {
+                        collected.set(
+                            index, .failure(QMPError.connectionClosed(command: step.command, reason: failure)))
+                    }
+                    return
+                }
+                if Task.isCancelled {
+                    for id in ids { complete(id: id, with: .failure(CancellationError())) }
+                    return
+                }
+                // One lock for the whole pipeline: no other caller's command lands between its steps.
+                writeSide.withLock { fd in
+                    for (index, step) in steps.enumerated() {
+                        do throws(QMPError) {
+                            try write(messages[index], passing: step.fd, command: step.command, on: fd)
+                        } catch {
+                            for id in ids[index...] { complete(id: id, with: .failure(error)) }
+                            return
+                        }
+                    }
+                }
+            }
+        } onCancel: {
+            for id in ids { complete(id: id, with: .failure(CancellationError())) }
+        }
+        for case .failure(let error as CancellationError) in results { throw error }
+        return results.map { result in
+            result.mapError { error in
+                error as? QMPError ?? .connectionClosed(command: "pipeline", reason: "\(error)")
+            }
+        }
     }
 
     private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String) throws(QMPError) {
         try writeSide.withLock { fd throws(QMPError) in
-            guard fd >= 0 else { throw .connectionClosed(command: command, reason: "socket already closed") }
-            let failure: Int32? = bytes.withUnsafeBytes { raw in
-                var offset = 0
-                if let passedFD {
-                    // The fd rides on the first bytes of the command, as QEMU's getfd expects.
-                    let sent = cmacvtapd_send_with_fd(fd, raw.baseAddress, raw.count, passedFD)
-                    guard sent >= 0 else { return errno }
-                    offset = sent
-                }
-                while offset < raw.count {
-                    let sent = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
-                    if sent < 0 {
-                        if errno == EINTR { continue }
-                        return errno
-                    }
-                    offset += sent
-                }
-                return nil
+            try write(bytes, passing: passedFD, command: command, on: fd)
+        }
+    }
+
+    /// Sends one command's bytes on `fd`; the caller holds the write lock.
+    private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String, on fd: Int32) throws(QMPError) {
+        guard fd >= 0 else { throw .connectionClosed(command: command, reason: "socket already closed") }
+        let failure: Int32? = bytes.withUnsafeBytes { raw in
+            var offset = 0
+            if let passedFD {
+                // The fd rides on the first bytes of the command, as QEMU's getfd expects.
+                let sent = cmacvtapd_send_with_fd(fd, raw.baseAddress, raw.count, passedFD)
+                guard sent >= 0 else { return errno }
+                offset = sent
             }
-            if let failure {
-                // A partly written command would corrupt the stream for every later command.
-                state.withLock { state in
-                    if state.shutdownReason == nil {
-                        state.shutdownReason = "sending \(command) failed: \(errnoDescription(failure))"
-                    }
+            while offset < raw.count {
+                let sent = Glibc.send(fd, raw.baseAddress! + offset, raw.count - offset, Int32(MSG_NOSIGNAL))
+                if sent < 0 {
+                    if errno == EINTR { continue }
+                    return errno
                 }
-                _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
-                throw .sendFailed(command: command, errno: failure)
+                offset += sent
             }
+            return nil
+        }
+        if let failure {
+            // A partly written command would corrupt the stream for every later command.
+            state.withLock { state in
+                if state.shutdownReason == nil {
+                    state.shutdownReason = "sending \(command) failed: \(errnoDescription(failure))"
+                }
+            }
+            _ = Glibc.shutdown(fd, Int32(SHUT_RDWR))
+            throw .sendFailed(command: command, errno: failure)
         }
     }
 
@@ -320,7 +408,7 @@ final class QMPConnection: Sendable {
             return ids.compactMap { state.pending.removeValue(forKey: $0) }
         }
         for entry in expired {
-            entry.continuation.resume(throwing: QMPError.timeout(command: entry.command, after: entry.timeout))
+            entry.resume(.failure(QMPError.timeout(command: entry.command, after: entry.timeout)))
         }
     }
 
@@ -368,7 +456,7 @@ final class QMPConnection: Sendable {
             fd = -1
         }
         for entry in pending.values {
-            entry.continuation.resume(throwing: QMPError.connectionClosed(command: entry.command, reason: reason))
+            entry.resume(.failure(QMPError.connectionClosed(command: entry.command, reason: reason)))
         }
         eventSink.finish()
         for waiter in waiters { waiter.resume() }
@@ -377,4 +465,36 @@ final class QMPConnection: Sendable {
 
 func errnoDescription(_ code: Int32) -> String {
     "\(String(cString: strerror(code))) (errno \(code))"
+}
+
+/// The replies of one pipeline, gathered as they come (from the reader thread, a timeout, a send
+/// failure or a cancellation) until every step has one.
+private final class PipelineResults: Sendable {
+    private struct State {
+        var results: [Result<JSONValue, any Error>?]
+        var missing: Int
+        var done: (@Sendable ([Result<JSONValue, any Error>]) -> Void)?
+    }
+    private let state: Mutex<State>
+
+    init(count: Int) {
+        state = Mutex(State(results: Array(repeating: nil, count: count), missing: count))
+    }
+
+    func onComplete(_ done: @escaping @Sendable ([Result<JSONValue, any Error>]) -> Void) {
+        state.withLock { $0.done = done }
+    }
+
+    func set(_ index: Int, _ result: Result<JSONValue, any Error>) {
+        let finished: (([Result<JSONValue, any Error>]) -> Void, [Result<JSONValue, any Error>])? = state.withLock {
+            state in
+            guard state.results[index] == nil else { return nil }
+            state.results[index] = result
+            state.missing -= 1
+            guard state.missing == 0, let done = state.done else { return nil }
+            state.done = nil
+            return (done, state.results.map { $0! })
+        }
+        if let (done, results) = finished { done(results) }
+    }
 }

@@ -96,4 +96,38 @@ extension Controller {
             await session.connection?.close()
         }
     }
+
+    /// The VM as its session knows it: cached, asked now, or why it cannot be asked.
+    func observe(vm: String) async -> ObservedVM {
+        guard let session = sessions[vm] else {
+            return .absent(vm, "no QMP socket is known for this VM")
+        }
+        switch session.source(vm: vm) {
+        case .cached(let cached, _):
+            return cached
+        case .unreachable(let observed):
+            return observed
+        case .live(let connection):
+            do {
+                let observed = try await connection.observe(
+                    vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
+                if sessions[vm]?.connection === connection { sessions[vm]?.observed(observed) }
+                return observed
+            } catch {
+                await dropConnection(vm: vm, because: error)
+                return ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
+            }
+        }
+    }
+
+    /// The status document keeps only bindings that are desired or still hold something of ours (an
+    /// orphan the plan tears down): a binding an old config named, with nothing left, is forgotten,
+    /// whether its whole VM went from the config or only the NIC did; a VM with no binding left
+    /// is forgotten with its session.
+    func forgetIfNothingLeft(vm: String, planned: Set<BindingKey>) {
+        let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) && desired.binding($0) == nil }
+        for key in leftovers { statuses[key] = nil }
+        if !leftovers.isEmpty { writer.dirty = true }
+        if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }
+    }
 }

@@ -26,14 +26,22 @@ public actor Controller {
         public var reconnectCap: Duration
         /// Where to write the Prometheus textfile; nil writes none.
         public var metricsPath: String?
+        /// Every VM's monitor is asked again at least once every this many resyncs (a resync asks
+        /// the share of VMs with the oldest observations); between those, a VM whose session saw no
+        /// event is planned from its cached observation. 1 asks every VM at every resync.
+        public var observeSpread: Int
+        /// VMs reconciled at the same time at most.
+        public var maxConcurrentReconciles: Int
 
         public init(
             resyncInterval: Duration = .seconds(30), useLinkEvents: Bool = true,
             backoffBase: Duration = .milliseconds(500), backoffCap: Duration = .seconds(30),
             reconnectBase: Duration = .milliseconds(100), reconnectCap: Duration = .seconds(1),
-            metricsPath: String? = nil
+            metricsPath: String? = nil, observeSpread: Int = 4, maxConcurrentReconciles: Int = 64
         ) {
             self.metricsPath = metricsPath
+            self.observeSpread = max(1, observeSpread)
+            self.maxConcurrentReconciles = max(1, maxConcurrentReconciles)
             self.resyncInterval = resyncInterval
             self.useLinkEvents = useLinkEvents
             self.backoffBase = backoffBase
@@ -51,8 +59,8 @@ public actor Controller {
     public let metrics = Metrics()
 
     var desired = DesiredState()
-    /// `desired.bindings`, kept because every link event scans it.
-    private var bindings: [NICBinding] = []
+    /// `desired.bindings` by host matcher: every link event looks up the VMs it may concern.
+    var bindings = BindingIndex()
     /// False until a valid configuration arrives: without one, macvtapd does not know what is
     /// wanted, so it changes nothing (an empty desired state would tear everything down).
     var hasDesired = false
@@ -60,8 +68,19 @@ public actor Controller {
     var links = LinkCache()
     var sessions: [String: VMSession] = [:]
     var statuses: [BindingKey: BindingStatus] = [:]
+    /// `statuses.keys`, sorted, as `currentStatus` last saw them.
+    var sortedStatusKeys: [BindingKey] = []
     var queue: WorkQueue
-    private var writer: StatusWriter
+    var writer: StatusWriter
+    /// Link events received and not yet applied to the cache (see Controller+Links).
+    let linkInbox = LinkInbox()
+    /// VMs whose last reconcile found nothing to do and deferred nothing: a resync that finds
+    /// their links and observation unchanged leaves them alone.
+    var quiet: Set<String> = []
+    /// Periodic resyncs so far: every `observeSpread`-th dumps the links (see Controller+Resync).
+    var resyncTurn = 0
+    /// A dump after a failure is under way: failures meanwhile share it.
+    private var relisting = false
     var stopping = false
     /// When the resync in progress started; cleared once every VM it marked was reconciled.
     var resyncStarted: ContinuousClock.Instant?
@@ -100,7 +119,7 @@ public actor Controller {
         let hadDesired = hasDesired
         epoch += 1
         self.desired = desired
-        bindings = desired.bindings
+        bindings = BindingIndex(desired.bindings)
         hasDesired = true
         // What is observed depends on the config only through the NICs whose guest-set MAC is read:
         // a VM whose set is unchanged keeps its cached observation, so a reload (an apply of one
@@ -110,6 +129,7 @@ public actor Controller {
             sessions[vm]?.forget()
         }
         let before = Set(previous.vms.keys)
+        quiet = []
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
@@ -136,22 +156,10 @@ public actor Controller {
         for binding in document?.bindings ?? [] { statuses[binding.key] = binding }
     }
 
-    /// Every VM reconciled again from a fresh link dump.
-    public func resync() async {
-        let started = ContinuousClock.now
-        if await refreshLinks() {
-            for vm in sessions.keys { sessions[vm]?.forget() }
-            if hasDesired { resyncStarted = resyncStarted ?? started }
-        }
-        markDirty(allVMs())
-    }
-
     public func stop() {
         stopping = true
         wake.yield()
     }
-
-    public func currentStatus() -> [BindingStatus] { statuses.values.sorted { $0.key < $1.key } }
 
     // MARK: - Loop
 
@@ -168,7 +176,7 @@ public actor Controller {
             for await _ in wakeups {
                 if stopping { break }
                 guard hasDesired else { continue }
-                for vm in queue.takeReady() {
+                for vm in queue.takeReady(limit: options.maxConcurrentReconciles) {
                     group.addTask { await self.reconcile(vm: vm) }
                 }
             }
@@ -182,55 +190,12 @@ public actor Controller {
         await writer.files.flush()
     }
 
-    func markDirty(_ vms: some Sequence<String>) {
-        if queue.mark(vms) { wake.yield() }
+    func markDirty(_ vms: some Sequence<String>, byLinks: Bool = false) {
+        if queue.mark(vms, byLinks: byLinks) { wake.yield() }
     }
 
-    private func allVMs() -> Set<String> {
+    func allVMs() -> Set<String> {
         Set(desired.vms.keys).union(statuses.keys.map(\.vm)).union(links.owningVMs)
-    }
-
-    private func followLinkEvents() async {
-        while !Task.isCancelled {
-            let changes: AsyncStream<LinkChange>
-            do {
-                changes = try host.linkChanges()
-            } catch {
-                logger.error("cannot follow link events: \(error); relying on periodic resync")
-                try? await Task.sleep(for: options.reconnectCap)
-                continue
-            }
-            for await change in changes {
-                if Task.isCancelled { return }
-                await apply(change)
-            }
-        }
-    }
-
-    private func apply(_ change: LinkChange) async {
-        if change == .resyncNeeded {
-            logger.warning("link notifications were lost (ENOBUFS); resyncing")
-            await resync()
-            return
-        }
-        guard let (before, changed) = links.apply(change), changed else { return }
-        switch change {
-        case .updated(let link), .removed(let link):
-            markDirty(links.vmsAffected(by: link, before: before, bindings: bindings))
-        case .resyncNeeded:
-            break
-        }
-    }
-
-    private func resyncPeriodically() async {
-        while !Task.isCancelled {
-            do {
-                try await Task.sleep(for: options.resyncInterval)
-            } catch {
-                return
-            }
-            await resync()
-        }
     }
 
     // MARK: - Reconcile
@@ -244,7 +209,10 @@ public actor Controller {
         // A session whose first connect is still under way knows nothing yet: planning now would
         // flip a restarted daemon's adopted bindings to "unreachable" for an instant. Its outcome
         // marks the VM dirty again.
-        if let session = sessions[vm], session.isConnecting { return }
+        if let session = sessions[vm], session.isConnecting {
+            quiet.remove(vm)
+            return
+        }
         let epoch = self.epoch
         let clock = ContinuousClock()
         let started = clock.now
@@ -255,6 +223,10 @@ public actor Controller {
             if let up = status.guestLink { observedVM.guestLink[key.nic] = up }
         }
 
+        // Link events that arrived while the VM was observed are applied now: this plan sees them,
+        // so the marks they made for this VM need no second plan.
+        drainLinkChanges()
+        queue.linksSeen(by: vm)
         let observed = ObservedState(host: links.host(), vms: [vm: observedVM])
         let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
         let planned = clock.now
@@ -290,6 +262,11 @@ public actor Controller {
             outcomes.append(outcome)
         }
         let executed = clock.now
+        if due.count == plan.bindings.count, rescheduleAt == nil, outcomes.allSatisfy({ $0.plan.actions.isEmpty }) {
+            quiet.insert(vm)
+        } else {
+            quiet.remove(vm)
+        }
         record(outcomes)
         reconciled(vm: vm, epoch: epoch, outcomes: outcomes)
         forgetIfNothingLeft(vm: vm, planned: Set(plan.bindings.map(\.key)))
@@ -297,132 +274,24 @@ public actor Controller {
         logger.debug(
             "reconciled: observe+plan \((planned - started).milliseconds) ms, execute \((executed - planned).milliseconds) ms, \(actions) action(s)",
             metadata: ["vm": "\(vm)"])
-        if outcomes.contains(where: { !$0.succeeded }) {
-            // Like an informer's relist: a failure may come from a stale cache, so the retry plans
-            // from a fresh dump.
+        // Like an informer's relist: a failure may come from a stale cache, so the retry plans from
+        // a fresh dump. A stale step (a link vanished or appeared since the plan) needs none when
+        // link events run: the event that says so is on its way or already in, and a flap makes
+        // dozens of those at once, each dump costing more than the whole reconcile.
+        let relist = outcomes.contains { $0.failure.map { !$0.isStale || !options.useLinkEvents } ?? false }
+        if relist, !relisting {
+            relisting = true
             await refreshLinks()
+            relisting = false
         }
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
     }
 
-    /// The VM as its session knows it: cached, asked now, or why it cannot be asked.
-    private func observe(vm: String) async -> ObservedVM {
-        guard let session = sessions[vm] else {
-            return .absent(vm, "no QMP socket is known for this VM")
-        }
-        switch session.source(vm: vm) {
-        case .cached(let cached, _):
-            return cached
-        case .unreachable(let observed):
-            return observed
-        case .live(let connection):
-            do {
-                let observed = try await connection.observe(
-                    vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
-                if sessions[vm]?.connection === connection { sessions[vm]?.observed(observed) }
-                return observed
-            } catch {
-                await dropConnection(vm: vm, because: error)
-                return ObservedVM(name: vm, reachability: .unresponsive("\(error)"))
-            }
-        }
-    }
-
-    /// The status document keeps only bindings that are desired or still hold something of ours (an
-    /// orphan the plan tears down): a binding an old config named, with nothing left, is forgotten,
-    /// whether its whole VM went from the config or only the NIC did; a VM with no binding left
-    /// is forgotten with its session.
-    private func forgetIfNothingLeft(vm: String, planned: Set<BindingKey>) {
-        let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) && desired.binding($0) == nil }
-        for key in leftovers { statuses[key] = nil }
-        if !leftovers.isEmpty { writer.dirty = true }
-        if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }
-    }
-
-    /// Replaces the link cache with a fresh dump; false when the dump failed (the cache stays).
-    @discardableResult
-    private func refreshLinks() async -> Bool {
-        do {
-            links.replace(with: try await host.links())
-            return true
-        } catch {
-            logger.error("link dump failed: \(error)")
-            return false
-        }
-    }
-
-    /// A resync is done when no VM is dirty or being reconciled any more.
-    private func finishResyncIfDrained() {
-        guard let started = resyncStarted, queue.isDrained else { return }
-        resyncStarted = nil
-        let duration = ContinuousClock.now - started
-        metrics.resynced(at: Reconciler.now(), duration: duration)
-        logger.debug("resync done in \(duration.milliseconds) ms")
-        writer.writeMetrics(metrics)
-    }
-
-    private func record(_ outcomes: [BindingOutcome]) {
-        let now = Reconciler.now()
-        for outcome in outcomes {
-            let key = outcome.key
-            if let duration = outcome.attachDuration { metrics.attached(duration: duration) }
-            if let failure = outcome.failure, failure.isStale {
-                // The world moved on since the observation: observe again now, no backoff, no
-                // failure recorded (the status keeps what it said).
-                logger.debug("re-planning: \(failure)", metadata: ["binding": "\(key)"])
-                markDirty([key.vm])
-                continue
-            }
-            if let failure = outcome.failure {
-                metrics.failed()
-                let (attempt, delay) = queue.failed(key, now: ContinuousClock.now)
-                logger.warning(
-                    "reconcile failed (attempt \(attempt), retry in \(delay)): \(failure)",
-                    metadata: ["binding": "\(key)"])
-                scheduleRetry(vm: key.vm, at: ContinuousClock.now + delay)
-            } else if !outcome.plan.actions.isEmpty {
-                queue.succeeded(key)
-            }
-            let next = StatusBuilder.status(for: outcome, before: statuses[key], desired: desired, now: now)
-            if next != statuses[key] {
-                if next?.phase != statuses[key]?.phase {
-                    logger.info(
-                        "\(statuses[key]?.phase.rawValue ?? "new") -> \(next?.phase.rawValue ?? "gone"): \(outcome.plan.reason.message)",
-                        metadata: ["binding": "\(key)"])
-                }
-                statuses[key] = next
-                writer.dirty = true
-            }
-        }
-    }
-
-    private func scheduleRetry(vm: String, at instant: ContinuousClock.Instant) {
+    func scheduleRetry(vm: String, at instant: ContinuousClock.Instant) {
         Task {
             try? await Task.sleep(until: instant, clock: .continuous)
             self.markDirty([vm])
         }
-    }
-
-    // MARK: - Status
-
-    /// Coalesces status writes: a flap touching a hundred bindings on forty VMs changes status after
-    /// every VM's reconcile, and one write per 5 ms says the same as a burst of them.
-    private func writeStatusIfChanged() {
-        guard writer.dirty, !writer.scheduled else { return }
-        writer.scheduled = true
-        Task {
-            try? await Task.sleep(for: .milliseconds(5))
-            self.flushStatus()
-        }
-    }
-
-    private func flushStatus() {
-        writer.scheduled = false
-        if writer.dirty && !writer.finished { writeStatus() }
-    }
-
-    private func writeStatus() {
-        writer.write(currentStatus(), config: config, metrics: metrics)
     }
 }

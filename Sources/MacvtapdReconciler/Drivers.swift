@@ -24,6 +24,47 @@ extension VMConnection {
     public func observe(vm: String, guestMACOf nics: Set<String>) async throws -> ObservedVM {
         try await observe(vm: vm)
     }
+
+    /// One step after another, stopping at the first failure (not at an announce's, which is
+    /// advisory unless the NIC is gone).
+    public func perform(_ steps: [VMStep]) async throws -> [Result<Void, any Error>] {
+        var results: [Result<Void, any Error>] = []
+        var stopped = false
+        for step in steps {
+            if stopped {
+                results.append(.failure(VMStepNotAttempted()))
+                continue
+            }
+            do {
+                switch step {
+                case .attach(let ids, let fd, let hub): try await attachBackend(ids, fd: fd, hub: hub)
+                case .detach(let backend): try await detachBackend(backend)
+                case .setLink(let nic, let up): try await setLink(nic: nic, up: up)
+                case .announce(let nic): try await announce(nic: nic)
+                }
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+                if case .announce = step, !(error is StaleObservation) { continue }
+                stopped = true
+            }
+        }
+        return results
+    }
+}
+
+/// One QMP step of a binding's plan, as a connection carries it out.
+public enum VMStep: Sendable {
+    case attach(Ownership.BackendIDs, fd: Int32, hub: Int)
+    case detach(ObservedBackend)
+    case setLink(nic: String, up: Bool)
+    case announce(nic: String)
+}
+
+/// The result of a step after one that failed: it was not sent.
+public struct VMStepNotAttempted: Error, CustomStringConvertible {
+    public init() {}
+    public var description: String { "not attempted: an earlier step failed" }
 }
 
 /// What the kernel announced about a link.
@@ -51,6 +92,10 @@ public protocol VMConnection: AnyObject, Sendable {
     func setLink(nic: String, up: Bool) async throws
     /// announce-self for one NIC: the guest's gratuitous ARPs and QEMU's RARPs on its current path.
     func announce(nic: String) async throws
+    /// Several steps of one binding, in order, each with its own result; a connection that can
+    /// sends them in one exchange (QMP pipelining). A step that was not sent because an earlier one
+    /// failed says so (`VMStepNotAttempted`).
+    func perform(_ steps: [VMStep]) async throws -> [Result<Void, any Error>]
     /// Names of the QMP events the VM sends (`SHUTDOWN`, `RESET`, ...); ends when the session does.
     var events: AsyncStream<String> { get }
     func close() async

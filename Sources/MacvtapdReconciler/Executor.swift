@@ -78,7 +78,24 @@ public struct Executor: Sendable {
     {
         var outcome = BindingOutcome(plan: plan)
         var created: [String: ObservedLink] = [:]
-        for action in plan.actions {
+        let actions = plan.actions
+        var index = 0
+        while index < actions.count {
+            // Consecutive QMP steps go to QEMU in one exchange (detach, attach, carrier, announce):
+            // one round trip instead of one per command.
+            if actions[index].vm != nil {
+                var end = index
+                while end < actions.count, actions[end].vm != nil { end += 1 }
+                let run = Array(actions[index..<end])
+                index = end
+                let ok = await perform(
+                    run, key: plan.key, connection: connection, observed: observed, created: created,
+                    outcome: &outcome)
+                if !ok { return outcome }
+                continue
+            }
+            let action = actions[index]
+            index += 1
             let clock = ContinuousClock()
             let start = clock.now
             do {
@@ -97,48 +114,117 @@ public struct Executor: Sendable {
                 case .deleteMacvtap(let ifindex, let name):
                     try await host.deleteMacvtap(ifindex: ifindex, name: name)
                     outcome.deletedLinks.append(ifindex)
-                case .attachBackend(let vm, let nic, let macvtap, let hub):
-                    let session = try require(connection, vm: vm)
-                    guard let link = created[macvtap] ?? observed.link(named: macvtap) else {
-                        throw ExecutorError("macvtap \(macvtap) does not exist")
-                    }
-                    let ids = Ownership.BackendIDs(nic: nic, ifindex: link.ifindex)
-                    try await host.withOpenTap(ifindex: link.ifindex, name: link.name) { fd in
-                        try await session.attachBackend(ids, fd: fd, hub: hub)
-                    }
-                    outcome.attachDuration = clock.now - start
-                    outcome.attachedBackends.append(ObservedBackend(ids: ids, hasTap: true, hasPort: true, hub: hub))
-                case .detachBackend(let vm, let backend):
-                    try await require(connection, vm: vm).detachBackend(backend)
-                    outcome.detachedBackends.append(backend.ids)
-                case .setGuestLink(let vm, let nic, let up):
-                    try await require(connection, vm: vm).setLink(nic: nic, up: up)
-                    outcome.guestLinkSet = up
-                case .announce(let vm, let nic):
-                    // Advisory: the guest is connected either way, and peers re-learn its MAC from its
-                    // next frame. A QEMU without announce-self must not keep the binding failing.
-                    do {
-                        try await require(connection, vm: vm).announce(nic: nic)
-                    } catch let stale as StaleObservation {
-                        throw stale
-                    } catch {
-                        log(plan.key, action, "failed, carrying on: \(error)", clock.now - start, level: .warning)
-                        continue
-                    }
+                case .attachBackend, .detachBackend, .setGuestLink, .announce:
+                    preconditionFailure("QMP steps run in perform")
                 }
                 log(plan.key, action, "ok", clock.now - start)
             } catch {
-                let stale = error is StaleObservation
-                log(
-                    plan.key, action,
-                    stale ? "world changed since the observation, re-planning: \(error)" : "failed: \(error)",
-                    clock.now - start, level: stale ? .info : .error)
-                outcome.failure = ActionFailure(
-                    action: action, error: "\(error)", isStale: error is StaleObservation)
+                fail(&outcome, action, error, clock.now - start)
                 return outcome
             }
         }
         return outcome
+    }
+
+    /// Carries out a run of QMP steps of one binding in one exchange and records each step's
+    /// result as if it had been sent alone; false when one failed (the binding stops there).
+    private func perform(
+        _ run: [Action], key: BindingKey, connection: (any VMConnection)?, observed: ObservedHost,
+        created: [String: ObservedLink], outcome: inout BindingOutcome
+    ) async -> Bool {
+        let clock = ContinuousClock()
+        let start = clock.now
+        guard let connection else {
+            fail(&outcome, run[0], ExecutorError("no QMP session with VM \(key.vm)"), .zero)
+            return false
+        }
+        // At most one attach per binding: its tap is opened around the whole exchange.
+        var found: (link: ObservedLink, ids: Ownership.BackendIDs, at: Int)?
+        for (position, action) in run.enumerated() {
+            guard case .attachBackend(_, let nic, let macvtap, _) = action else { continue }
+            guard let link = created[macvtap] ?? observed.link(named: macvtap) else {
+                // What comes before the attach is still carried out, as it would be one by one.
+                let ok = await perform(
+                    Array(run[..<position]), key: key, connection: connection, observed: observed,
+                    created: created, outcome: &outcome)
+                if ok { fail(&outcome, action, ExecutorError("macvtap \(macvtap) does not exist"), .zero) }
+                return false
+            }
+            found = (link, Ownership.BackendIDs(nic: nic, ifindex: link.ifindex), position)
+            break
+        }
+        let tap = found
+        let attachIDs = found?.ids
+        @Sendable func steps(fd: Int32) -> [VMStep] {
+            run.map { action in
+                switch action {
+                case .attachBackend(_, _, _, let hub): return .attach(attachIDs!, fd: fd, hub: hub)
+                case .detachBackend(_, let backend): return .detach(backend)
+                case .setGuestLink(_, let nic, let up): return .setLink(nic: nic, up: up)
+                case .announce(_, let nic): return .announce(nic: nic)
+                case .createMacvtap, .setMacvtapUp, .setMacvtapDown, .deleteMacvtap:
+                    preconditionFailure("host actions run in execute")
+                }
+            }
+        }
+        var results: [Result<Void, any Error>]
+        do {
+            if let tap {
+                do {
+                    results = try await host.withOpenTap(ifindex: tap.link.ifindex, name: tap.link.name) { fd in
+                        try await connection.perform(steps(fd: fd))
+                    }
+                } catch let error where !(error is CancellationError) {
+                    // The tap could not be opened: the steps before the attach still go, the attach fails.
+                    let before = try await connection.perform(steps(fd: -1).prefix(tap.at).map { $0 })
+                    results = before + [.failure(error)]
+                    results += Array(repeating: .failure(VMStepNotAttempted()), count: run.count - results.count)
+                }
+            } else {
+                results = try await connection.perform(steps(fd: -1))
+            }
+        } catch {
+            fail(&outcome, run[0], error, clock.now - start)
+            return false
+        }
+        let duration = clock.now - start
+        var succeeded = true
+        for (action, result) in zip(run, results) {
+            switch result {
+            case .success:
+                switch action {
+                case .attachBackend(_, _, _, let hub):
+                    outcome.attachDuration = duration
+                    outcome.attachedBackends.append(
+                        ObservedBackend(ids: attachIDs!, hasTap: true, hasPort: true, hub: hub))
+                case .detachBackend(_, let backend): outcome.detachedBackends.append(backend.ids)
+                case .setGuestLink(_, _, let up): outcome.guestLinkSet = up
+                default: break
+                }
+                log(key, action, "ok", duration)
+            case .failure(let error) where error is VMStepNotAttempted:
+                continue
+            case .failure(let error):
+                if case .announce = action, !(error is StaleObservation) {
+                    // Advisory: the guest is connected either way, and peers re-learn its MAC from
+                    // its next frame. A QEMU without announce-self must not keep the binding failing.
+                    log(key, action, "failed, carrying on: \(error)", duration, level: .warning)
+                    continue
+                }
+                if succeeded { fail(&outcome, action, error, duration) }
+                succeeded = false
+            }
+        }
+        return succeeded
+    }
+
+    private func fail(_ outcome: inout BindingOutcome, _ action: Action, _ error: any Error, _ duration: Duration) {
+        let stale = error is StaleObservation
+        log(
+            outcome.key, action,
+            stale ? "world changed since the observation, re-planning: \(error)" : "failed: \(error)",
+            duration, level: stale ? .info : .error)
+        outcome.failure = ActionFailure(action: action, error: "\(error)", isStale: stale)
     }
 
     private func require(_ connection: (any VMConnection)?, vm: String) throws -> any VMConnection {

@@ -21,10 +21,23 @@ struct LinkCache {
         return built
     }
 
-    /// Replaces everything with a fresh dump.
-    mutating func replace(with dump: [ObservedLink]) {
-        links = Dictionary(dump.map { ($0.ifindex, $0) }, uniquingKeysWith: { $1 })
+    /// Replaces everything with a fresh dump; returns what the cache had wrong: links that are
+    /// new or differ (with the cached version) and links that are gone (as cached). A dump that
+    /// matches the cache, the steady state, changes nothing and keeps the planner's snapshot.
+    @discardableResult
+    mutating func replace(with dump: [ObservedLink]) -> [(before: ObservedLink?, link: ObservedLink)] {
         deleted = []
+        var fresh: [Int32: ObservedLink] = [:]
+        fresh.reserveCapacity(dump.count)
+        var differences: [(before: ObservedLink?, link: ObservedLink)] = []
+        for link in dump {
+            fresh[link.ifindex] = link
+            let before = links[link.ifindex]
+            if before != link { differences.append((before, link)) }
+        }
+        for (ifindex, link) in links where fresh[ifindex] == nil { differences.append((link, link)) }
+        if !differences.isEmpty { links = fresh }
+        return differences
     }
 
     /// Applies a link event; returns the link's previous version and whether anything the planner
@@ -71,23 +84,24 @@ struct LinkCache {
 
     /// The VMs whose plans may change with this link: bindings that match it (now or before),
     /// bindings whose macvtap sits on it, and the owner of a macvtap of ours.
-    func vmsAffected(by link: ObservedLink, before: ObservedLink?, bindings: [NICBinding]) -> Set<String> {
+    func vmsAffected(by link: ObservedLink, before: ObservedLink?, bindings: BindingIndex) -> Set<String> {
         var vms = Set<String>()
-        let versions = [link] + (before.map { [$0] } ?? [])
-        for version in versions {
-            if let owner = version.owner { vms.insert(owner.vm) }
-        }
-        for other in links.values where other.lowerIfindex == link.ifindex {
-            if let owner = other.owner { vms.insert(owner.vm) }
+        if let owner = link.owner { vms.insert(owner.vm) }
+        if let owner = before?.owner { vms.insert(owner.vm) }
+        // A macvtap is nobody's lower: scanning for its uppers would cost a pass over every link
+        // for each of the hundred macvtaps a lower takes with it.
+        if !link.isMacvtap {
+            for other in links.values where other.lowerIfindex == link.ifindex {
+                if let owner = other.owner { vms.insert(owner.vm) }
+            }
         }
         // A link udev is still naming may become any binding's host; one it just finished with may
         // end the wait of bindings that matched nothing.
-        if versions.contains(where: { !$0.udevInitialized }) {
-            return vms.union(bindings.map(\.key.vm))
+        if !link.udevInitialized || before?.udevInitialized == false {
+            return vms.union(bindings.vms)
         }
-        for binding in bindings where !vms.contains(binding.key.vm) {
-            if versions.contains(where: binding.host.matches) { vms.insert(binding.key.vm) }
-        }
+        vms.formUnion(bindings.vms(matching: link))
+        if let before { vms.formUnion(bindings.vms(matching: before)) }
         return vms
     }
 

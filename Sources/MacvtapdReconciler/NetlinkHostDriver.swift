@@ -4,27 +4,30 @@ import MacvtapdNetlink
 
 /// The host, through rtnetlink and the macvtap character devices.
 public struct NetlinkHostDriver: HostDriver {
-    let socket: RouteSocket
+    let workers: HostWorkers
     let device: MacvtapDevice
 
     /// `deviceDirectory` holds the private tap nodes: it must be on a filesystem that allows device
-    /// nodes (`/run` is often mounted nodev; `/dev` is devtmpfs and always allows them).
-    public init(deviceDirectory: String, sysfsRoot: String = "/sys") throws {
-        socket = try RouteSocket()
+    /// nodes (`/run` is often mounted nodev; `/dev` is devtmpfs and always allows them). `width`
+    /// host operations may be under way at once (see `HostWorkers`).
+    public init(deviceDirectory: String, sysfsRoot: String = "/sys", width: Int = 2) throws {
+        workers = try HostWorkers(width: width)
         device = MacvtapDevice(sysfsRoot: sysfsRoot, runtimeDirectory: deviceDirectory)
     }
 
     public func links() async throws -> [ObservedLink] {
-        try socket.links().map(ObservedLink.init)
+        try await workers.run { socket in try socket.links().map(ObservedLink.init) }
     }
 
     public func createMacvtap(_ spec: MacvtapSpec) async throws -> ObservedLink {
         do {
-            return ObservedLink(
-                try socket.createMacvtap(
-                    MacvtapConfiguration(
-                        name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
-                        alias: spec.alias, up: spec.up)))
+            return try await workers.run { socket in
+                ObservedLink(
+                    try socket.createMacvtap(
+                        MacvtapConfiguration(
+                            name: spec.name, lowerIndex: spec.lowerIfindex, mode: spec.mode, address: spec.mac,
+                            alias: spec.alias, up: spec.up)))
+            }
         } catch let error as NetlinkError where error.isNoSuchDevice || error.isAlreadyExists {
             // The lower vanished, or the name is taken since the observation: re-plan.
             throw StaleObservation("\(error)")
@@ -34,29 +37,32 @@ public struct NetlinkHostDriver: HostDriver {
     /// Deleting what is already gone succeeds: the step's goal is that the macvtap does not exist.
     public func deleteMacvtap(ifindex: Int32, name: String) async throws {
         do {
-            // Check the mark right before deleting: the ifindex came from an observation, and only a
-            // macvtap carrying our alias may go.
-            let link = try socket.link(index: ifindex)
-            guard ObservedLink(link).owner != nil else {
-                throw HostDriverError("refusing to delete \(link.name) (ifindex \(ifindex)): it is not marked as ours")
+            try await workers.run { socket in
+                // Check the mark right before deleting: the ifindex came from an observation, and
+                // only a macvtap carrying our alias may go.
+                let link = try socket.link(index: ifindex)
+                guard ObservedLink(link).owner != nil else {
+                    throw HostDriverError(
+                        "refusing to delete \(link.name) (ifindex \(ifindex)): it is not marked as ours")
+                }
+                try socket.deleteLink(index: ifindex)
             }
-            try socket.deleteLink(index: ifindex)
         } catch let error as NetlinkError where error.isNoSuchDevice {
             return
         }
     }
 
     public func setMacvtapUp(ifindex: Int32, name: String) async throws {
-        try setAdministrativeState(up: true, ifindex: ifindex)
+        try await setAdministrativeState(up: true, ifindex: ifindex)
     }
 
     public func setMacvtapDown(ifindex: Int32, name: String) async throws {
-        try setAdministrativeState(up: false, ifindex: ifindex)
+        try await setAdministrativeState(up: false, ifindex: ifindex)
     }
 
-    private func setAdministrativeState(up: Bool, ifindex: Int32) throws {
+    private func setAdministrativeState(up: Bool, ifindex: Int32) async throws {
         do {
-            try socket.setUp(up, index: ifindex)
+            try await workers.run { socket in try socket.setUp(up, index: ifindex) }
         } catch let error as NetlinkError where error.isNoSuchDevice {
             throw StaleObservation("\(error)")
         }
@@ -67,7 +73,8 @@ public struct NetlinkHostDriver: HostDriver {
     ) async throws -> T {
         let descriptor: FileDescriptor
         do {
-            descriptor = try device.open(name: name, index: ifindex)
+            let device = self.device
+            descriptor = try await workers.run { _ in try device.open(name: name, index: ifindex) }
         } catch let error as MacvtapDeviceError where error.errno == ENOENT || error.errno == ENODEV {
             // The macvtap went away (with its lower) after the observation.
             throw StaleObservation("\(error)")

@@ -176,6 +176,84 @@ final class QMPVMConnection: VMConnection {
         }
     }
 
+    /// Every step in one pipelined exchange: getfd (the fd on its own sendmsg), netdev_add tap,
+    /// netdev_add hubport, set_link, announce-self, netdev_del, written back to back and answered
+    /// in order. Each step's result is read from its own commands' replies, with the same
+    /// meaning and the same undo as when it is sent alone.
+    func perform(_ steps: [VMStep]) async throws -> [Result<Void, any Error>] {
+        var commands: [QMPCommand] = []
+        var ranges: [Range<Int>] = []
+        for step in steps {
+            let first = commands.count
+            switch step {
+            case .attach(let ids, let fd, let hub):
+                commands.append(QMPCommand("getfd", arguments: ["fdname": .string(ids.fdName)], passing: fd))
+                commands.append(
+                    QMPCommand(
+                        "netdev_add",
+                        arguments: ["type": "tap", "id": .string(ids.tap), "fd": .string(ids.fdName), "vhost": false]))
+                commands.append(
+                    QMPCommand(
+                        "netdev_add",
+                        arguments: [
+                            "type": "hubport", "id": .string(ids.port), "hubid": .int(Int64(hub)),
+                            "netdev": .string(ids.tap),
+                        ]))
+            case .detach(let backend):
+                for (present, id) in [(backend.hasPort, backend.ids.port), (backend.hasTap, backend.ids.tap)]
+                where present {
+                    commands.append(QMPCommand("netdev_del", arguments: ["id": .string(id)]))
+                }
+            case .setLink(let nic, let up):
+                commands.append(QMPCommand("set_link", arguments: ["name": .string(nic), "up": .bool(up)]))
+            case .announce(let nic):
+                commands.append(
+                    QMPCommand(
+                        "announce-self",
+                        arguments: AnnounceParameters(interfaces: [nic], id: "mvtd.\(nic).announce").arguments))
+            }
+            ranges.append(first..<commands.count)
+        }
+        let replies = try await client.executePipelined(commands)
+        var results: [Result<Void, any Error>] = []
+        for (step, range) in zip(steps, ranges) {
+            let mine = Array(replies[range])
+            do {
+                switch step {
+                case .attach(let ids, _, _): try await attached(ids, mine)
+                case .detach:
+                    for case .failure(let error) in mine where error.qemuErrorClass != "DeviceNotFound" { throw error }
+                case .setLink, .announce:
+                    if case .failure(let error) = mine[0] {
+                        if error.qemuErrorClass == "DeviceNotFound" { throw StaleObservation("\(error)") }
+                        throw error
+                    }
+                }
+                results.append(.success(()))
+            } catch {
+                results.append(.failure(error))
+            }
+        }
+        return results
+    }
+
+    /// An attach's three replies (getfd, tap, hubport), undone as `attach` undoes a failed step.
+    private func attached(_ ids: Ownership.BackendIDs, _ replies: [Result<JSONValue, QMPError>]) async throws {
+        if case .failure(let error) = replies[0] { throw error }
+        if case .failure(let error) = replies[1] {
+            // QEMU removes the name when netdev_add consumed the fd; "not found" is then expected.
+            try? await client.closefd(name: ids.fdName)
+            // The hubport that followed failed with it, or (the tap already existed) joined it.
+            if error.description.contains("Duplicate ID") { throw StaleObservation("\(error)") }
+            throw error
+        }
+        if case .failure(let error) = replies[2] {
+            try? await client.deleteNetdev(id: ids.tap)
+            if error.description.contains("Duplicate ID") { throw StaleObservation("\(error)") }
+            throw error
+        }
+    }
+
     /// The client's event stream has one consumer: the controller's session task.
     var events: AsyncStream<String> {
         let source = client.events

@@ -13,6 +13,10 @@ struct VMSession {
     /// actions and QMP events imply, like an informer's cache: a link event re-plans the VM
     /// without asking QEMU again. Anything the session cannot follow drops it.
     private(set) var cache: ObservedVM?
+    /// When the monitor was last asked for the cached observation (nil when nothing is cached).
+    var observedAt: ContinuousClock.Instant? { cache == nil ? nil : askedAt }
+    private var askedAt: ContinuousClock.Instant?
+    var hasObservation: Bool { cache != nil }
     /// When the last RESUME arrived, until the reconcile that follows it: the handover clock.
     private(set) var resumedAt: ContinuousClock.Instant?
 
@@ -86,7 +90,10 @@ struct VMSession {
         }
     }
 
-    mutating func observed(_ vm: ObservedVM) { cache = vm }
+    mutating func observed(_ vm: ObservedVM) {
+        cache = vm
+        askedAt = .now
+    }
 
     mutating func takeResumedAt() -> ContinuousClock.Instant? {
         defer { resumedAt = nil }

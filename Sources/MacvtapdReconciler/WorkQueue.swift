@@ -13,6 +13,9 @@ struct WorkQueue {
     let backoffBase: Duration
     let backoffCap: Duration
     private var dirty: Set<String> = []
+    /// Dirty VMs marked by link events alone: a reconcile that plans from the link cache after
+    /// those events were applied has seen everything they said.
+    private var linkOnly: Set<String> = []
     private var inFlight: Set<String> = []
     private var retries: [BindingKey: Retry] = [:]
 
@@ -21,29 +24,45 @@ struct WorkQueue {
         self.backoffCap = backoffCap
     }
 
-    /// True when something was marked (the loop should wake).
+    /// True when something was marked (the loop should wake). `byLinks`: the mark comes from link
+    /// events already applied to the link cache (see `linksSeen`).
     @discardableResult
-    mutating func mark(_ vms: some Sequence<String>) -> Bool {
+    mutating func mark(_ vms: some Sequence<String>, byLinks: Bool = false) -> Bool {
         var any = false
         for vm in vms {
+            if !byLinks {
+                linkOnly.remove(vm)
+            } else if !dirty.contains(vm) {
+                linkOnly.insert(vm)
+            }
             dirty.insert(vm)
             any = true
         }
         return any
     }
 
-    /// The dirty VMs not being reconciled, now taken as in flight.
-    mutating func takeReady() -> [String] {
-        let ready = dirty.subtracting(inFlight)
-        dirty.subtract(ready)
-        inFlight.formUnion(ready)
-        return ready.sorted()
+    /// The VM's reconcile is planning from the link cache as it is now: marks that link events
+    /// alone made since it started are satisfied by this plan (a burst of events that arrived
+    /// while it observed costs no second plan). Any other mark stands.
+    mutating func linksSeen(by vm: String) {
+        if linkOnly.remove(vm) != nil { dirty.remove(vm) }
     }
 
-    /// The VM's reconcile ended; true when it was marked again meanwhile.
+    /// The dirty VMs not being reconciled, now taken as in flight: at most `limit` in flight.
+    mutating func takeReady(limit: Int = .max) -> [String] {
+        var ready = dirty.subtracting(inFlight).sorted()
+        if ready.count > limit - inFlight.count { ready = Array(ready.prefix(max(0, limit - inFlight.count))) }
+        dirty.subtract(ready)
+        linkOnly.subtract(ready)
+        inFlight.formUnion(ready)
+        return ready
+    }
+
+    /// The VM's reconcile ended; true when a VM waits for a worker (it, or one held back by the
+    /// concurrency limit).
     mutating func done(_ vm: String) -> Bool {
         inFlight.remove(vm)
-        return dirty.contains(vm)
+        return !dirty.isEmpty
     }
 
     var isDrained: Bool { dirty.isEmpty && inFlight.isEmpty }

@@ -134,6 +134,8 @@ public final class EmbeddedVM: VMConnection {
         public var failAttach = false
         /// Observe hangs this long, like a QEMU whose monitor stopped answering.
         public var observeDelay: Duration = .zero
+        /// Observe answers after this long, like a busy QEMU: a window for events to arrive in.
+        public var observeLatency: Duration = .zero
         /// set_link takes this long, widening the window in which events race a reconcile.
         public var setLinkDelay: Duration = .zero
         public var calls: [String] = []
@@ -165,6 +167,8 @@ public final class EmbeddedVM: VMConnection {
             try await Task.sleep(for: delay)
             throw EmbeddedError("QMP info network: no reply within \(delay)")
         }
+        let latency = state.withLock { $0.observeLatency }
+        if latency > .zero { try await Task.sleep(for: latency) }
         return state.withLock { state in
             state.observations += 1
             var backends: [Ownership.BackendIDs: ObservedBackend] = [:]

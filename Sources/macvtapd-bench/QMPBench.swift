@@ -13,8 +13,9 @@ struct QMPBench: AsyncParsableCommand {
             Starts one QEMU (q35, TCG, one virtio-net NIC on hub 10) with two QMP monitors. Measures \
             query-status through QMPClient and, as the baseline, through a bare blocking socket on the \
             second monitor; then the attach sequence (getfd + netdev_add tap + netdev_add hubport + \
-            set_link up) with a real tap fd, followed by an untimed detach (netdev_del x2). Needs root \
-            (/dev/net/tun).
+            set_link up) with a real tap fd, one command after another and then pipelined (written back \
+            to back, as the daemon sends them), each followed by an untimed detach (netdev_del x2). \
+            Needs root (/dev/net/tun).
             """)
 
     @Option(help: "Measured iterations of each operation.")
@@ -85,6 +86,25 @@ struct QMPBench: AsyncParsableCommand {
             try await client.deleteNetdev(id: "bench.tap")
         }
 
+        // The same four commands pipelined: written back to back, one exchange (what the daemon does).
+        var pipelined: [Duration] = []
+        for _ in 0..<runs {
+            let start = clock.now
+            let replies = try await client.executePipelined([
+                QMPCommand("getfd", arguments: ["fdname": "bench.fd"], passing: tap.fd),
+                QMPCommand(
+                    "netdev_add", arguments: ["type": "tap", "id": "bench.tap", "fd": "bench.fd", "vhost": false]),
+                QMPCommand(
+                    "netdev_add",
+                    arguments: ["type": "hubport", "id": "bench.port", "hubid": 10, "netdev": "bench.tap"]),
+                QMPCommand("set_link", arguments: ["name": "nic0", "up": true]),
+            ])
+            pipelined.append(clock.now - start)
+            for case .failure(let error) in replies { throw error }
+            try await client.deleteNetdev(id: "bench.port")
+            try await client.deleteNetdev(id: "bench.tap")
+        }
+
         await client.close()
         print("QEMU \(client.greeting.version) (\(client.greeting.package)), \(runs) runs each")
         print("query-status  bare socket (baseline)  \(LatencySummary(raw))")
@@ -93,6 +113,7 @@ struct QMPBench: AsyncParsableCommand {
         for (name, samples) in zip(["getfd", "netdev_add tap", "netdev_add hubport", "set_link"], steps) {
             print("  " + name.padding(toLength: 36) + "\(LatencySummary(samples))")
         }
+        print("attach        pipelined (4 commands)  \(LatencySummary(pipelined))")
     }
 }
 

@@ -46,7 +46,7 @@ struct ReconnectBench: AsyncParsableCommand {
                 baseline: LatencySummary(polling.linkDown), target: ""),
             ResultRow(
                 measure: "lower back (RTM_NEWLINK) → backend attached", macvtapd: LatencySummary(events.attached),
-                baseline: LatencySummary(polling.attached), target: "median ≤ 5 ms, p99 ≤ 20 ms"),
+                baseline: LatencySummary(polling.attached), target: "median ≤ 4 ms, p99 ≤ 10 ms"),
             ResultRow(
                 measure: "lower back (RTM_NEWLINK) → first frame at the probe", macvtapd: LatencySummary(events.frame),
                 baseline: LatencySummary(polling.frame), target: ""),

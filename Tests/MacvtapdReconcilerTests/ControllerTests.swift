@@ -90,16 +90,77 @@ import Testing
         }
     }
 
-    @Test func backendRemovedBehindOurBackIsRepairedByTheNextResync() async throws {
+    /// A resync asks the monitors with the oldest observations, a share of `observeSpread`: every
+    /// VM's within that many resyncs, so a backend removed through another monitor (QEMU sends no
+    /// event) is back after at most `observeSpread` resyncs.
+    @Test func backendRemovedBehindOurBackIsRepairedWithinObserveSpreadResyncs() async throws {
         let world = Fixture()
         let controller = world.controller()
         await controller.setDesired(world.desired, config: nil)
         await Self.running(controller) {
-            #expect(await eventually { world.web1.netdevIDs.count == 2 })
-            // Someone runs netdev_del on our backend: QEMU sends no event for that.
+            #expect(await eventually { world.web1.netdevIDs.count == 2 && world.db1.netdevIDs.count == 2 })
+            // Someone runs netdev_del on our backends: QEMU sends no event for that.
             world.web1.state.withLock { $0.netdevs = [:] }
+            world.db1.state.withLock { $0.netdevs = [:] }
+            for _ in 0..<Controller.Options().observeSpread {
+                await controller.resync()
+                _ = await eventually { await controller.snapshot().activity.resyncing == false }
+            }
+            #expect(
+                await eventually { world.web1.netdevIDs.count == 2 && world.db1.netdevIDs.count == 2 },
+                "every monitor was asked again within observeSpread resyncs")
+        }
+    }
+
+    /// The steady state is nearly free: a resync that finds the links as cached asks only its
+    /// share of monitors and re-plans only those VMs; a VM whose links changed behind the cache is
+    /// re-planned although its monitor was not due.
+    @Test func aNoOpResyncAsksOnlyItsShareOfMonitors() async throws {
+        let world = Fixture()
+        let controller = Controller(
+            host: world.host, connector: EmbeddedConnector(vms: ["web1": world.web1, "db1": world.db1]),
+            store: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            options: .init(resyncInterval: .seconds(60), observeSpread: 2))
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            // The first resync re-plans the VMs whose last reconcile changed something (attached).
             await controller.resync()
-            #expect(await eventually { world.web1.netdevIDs.count == 2 }, "the resync observes QEMU afresh")
+            _ = await eventually { await controller.snapshot().activity.resyncing == false }
+            for _ in 0..<4 {
+                let before = world.web1.observations + world.db1.observations
+                let reconciles = await controller.metrics.reconcileCount
+                await controller.resync()
+                #expect(await eventually { await controller.snapshot().activity.resyncing == false })
+                #expect(world.web1.observations + world.db1.observations - before == 1, "one of two monitors")
+                #expect(await controller.metrics.reconcileCount - reconciles == 1, "only the VM observed again")
+            }
+        }
+    }
+
+    /// Batch, then plan once: link events that arrive while a VM is being observed are taken in by
+    /// the plan that follows, so a lower vanishing with the VM's macvtaps costs that VM one plan,
+    /// not one more per event.
+    @Test func linkEventsDuringAnObservationCostNoSecondPlan() async throws {
+        let world = Fixture()
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            _ = await eventually { await controller.snapshot().activity.resyncing == false }
+            let reconciles = await controller.metrics.reconcileCount
+            // An event drops web1's cached observation; asking QEMU again takes 300 ms, and the
+            // lower goes away (with web1's macvtap: two link events) meanwhile.
+            world.web1.state.withLock { $0.observeLatency = .milliseconds(300) }
+            world.web1.send(event: "STOP")
+            #expect(await eventually { await controller.snapshot().activity.reconciling == ["web1"] })
+            world.host.removeLower("eth0")
+            #expect(await eventually { world.web1.netdevIDs.isEmpty })
+            #expect(await eventually { await controller.snapshot().activity.reconciling.isEmpty })
+            try? await Task.sleep(for: .milliseconds(100))
+            #expect(await Self.phase(controller, "web1") == .hostMissing)
+            #expect(await controller.metrics.reconcileCount - reconciles == 1, "one plan for the event and the burst")
         }
     }
 

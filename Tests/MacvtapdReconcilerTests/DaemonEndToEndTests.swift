@@ -1,6 +1,7 @@
 import Foundation
 import MacvtapdCore
 import MacvtapdQMP
+import MacvtapdReconciler
 import MacvtapdTestSupport
 import Testing
 
@@ -152,9 +153,13 @@ import Testing
                 try await client.deleteNetdev(id: id)
             }
             await client.close()
+            // A resync asks a share of the monitors (the oldest observations first): every VM's
+            // at least once every observeSpread (4) resyncs, here one per second.
             #expect(
-                try await Self.until(.seconds(5)) { try await Self.ourNetdevs(sandbox).count == 2 },
-                "the next resync re-attaches: \(daemon.log())")
+                try await Self.until(.seconds(Controller.Options().observeSpread + 4)) {
+                    try await Self.ourNetdevs(sandbox).count == 2
+                },
+                "a resync re-attaches: \(daemon.log())")
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
 
             // And someone deletes our macvtap: no link event reaches the daemon either. The backend
