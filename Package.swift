@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "MacvtapdDaemon",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
+                "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "macvtapd",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
+                "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
                 "MacvtapdControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
