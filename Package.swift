@@ -26,8 +26,8 @@ let package = Package(
         // libyaml (Debian libyaml-dev; the package's binary depends on libyaml-0-2): the event parser
         // under our own composer (YAMLComposer). The library Yams wraps, taken from the distribution,
         // which keeps it patched, rather than through Yams: Yams' Swift layer imports Foundation, and
-        // with it Foundation's ICU data, which was most of the binary (84 of 86 MB) and about 10 MiB
-        // of every process's RSS, for a parser whose Swift API we never call.
+        // with it Foundation's ICU data, which were 52 of the binary's 86 MB and about 3.5 MiB of
+        // every process's RSS, for a parser whose Swift API we never call.
         .systemLibrary(name: "CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
 
         // Model, planner and plan rendering: no I/O, no sockets.
