@@ -33,5 +33,8 @@ report="out/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
     echo "## Live migration of a real guest between two hosts (vs. a macvtap made outside, as in KubeVirt)"
     echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     "$bench" migration
+    echo
+    echo "## libvirt: a guest started by a private libvirtd beside a plain QEMU"
+    "$bench" libvirt
 } 2>&1 | tee "$report"
 echo "report: $report"

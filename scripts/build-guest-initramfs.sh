@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the tiny Linux guest that tests boot under QEMU to see what a VM sees: OUT_DIR/vmlinuz
 # (the installed Debian cloud kernel) and OUT_DIR/initramfs.cpio.gz (busybox-static, the virtio
-# network modules of that kernel, bonding, and scripts/guest/init). Built only from the packages
-# scripts/install-deps.sh installs. Deterministic (same inputs, same bytes) and cached: when the
-# inputs' digest matches OUT_DIR/stamp it does nothing. Concurrent callers serialise on a lock.
+# network modules of that kernel, bonding, the ACPI power button and scripts/guest/init). Built only
+# from the packages scripts/install-deps.sh installs. Deterministic (same inputs, same bytes) and
+# cached: when the inputs' digest matches OUT_DIR/stamp it does nothing. Concurrent callers
+# serialise on a lock.
 # MACVTAPD_GUEST_KERNEL=<version> picks a kernel when several cloud kernels are installed.
 set -euo pipefail
 
@@ -56,7 +57,9 @@ load_order() {
 
 net_order=$(load_order "${net_modules[@]}")
 bonding_order=$(load_order bonding | grep -vxF -e bonding $(printf -- '-e %s ' $net_order) || true)
-all_modules=$(printf '%s\n' $net_order $bonding_order bonding)
+# The ACPI power button and its input device, loaded only when a test asks (macvtapd.power_button).
+power_modules=(button evdev)
+all_modules=$(printf '%s\n' $net_order $bonding_order bonding "${power_modules[@]}")
 
 digest=$(
     {

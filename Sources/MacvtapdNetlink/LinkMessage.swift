@@ -81,8 +81,9 @@ package enum LinkMessage {
             type: MessageType.newLink,
             flags: MessageFlags.request | MessageFlags.ack | MessageFlags.create | MessageFlags.exclusive,
             sequence: sequence)
-        let up = configuration.up ? interfaceUpFlag : 0
-        builder.appendInterfaceInfo(flags: up, change: interfaceUpFlag)
+        // Always created down: IPv6 address generation must be off before the first up (see
+        // RouteSocket.createMacvtap), and the kernel refuses IFLA_AF_SPEC in a creating request.
+        builder.appendInterfaceInfo(flags: 0, change: interfaceUpFlag)
         builder.appendAttribute(type: LinkAttribute.name, string: configuration.name)
         builder.appendAttribute(type: LinkAttribute.link, uint32: UInt32(bitPattern: configuration.lowerIndex))
         if let address = configuration.address {
@@ -120,6 +121,20 @@ package enum LinkMessage {
         }
         if let alias {
             builder.appendAttribute(type: LinkAttribute.alias, string: alias)
+        }
+        return builder.finish()
+    }
+
+    /// RTM_SETLINK with IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }.
+    package static func disableIPv6AddressGenerationRequest(index: Int32, sequence: UInt32) -> [UInt8] {
+        var builder = NetlinkMessageBuilder(
+            type: MessageType.setLink, flags: MessageFlags.request | MessageFlags.ack, sequence: sequence)
+        builder.appendInterfaceInfo(index: index)
+        builder.appendNested(type: LinkAttribute.addressFamilySpecific) { families in
+            families.appendNested(type: IPv6LinkAttribute.family) { ipv6 in
+                ipv6.appendAttribute(
+                    type: IPv6LinkAttribute.addressGenerationMode, payload: [IPv6LinkAttribute.addressGenerationNone])
+            }
         }
         return builder.finish()
     }

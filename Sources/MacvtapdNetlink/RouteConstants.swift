@@ -38,8 +38,17 @@ enum LinkAttribute {
     static let alias = UInt16(IFLA_IFALIAS)
     static let extendedMask = UInt16(IFLA_EXT_MASK)
     static let carrier = UInt16(IFLA_CARRIER)
+    static let addressFamilySpecific = UInt16(IFLA_AF_SPEC)
     static let linkNetnsID = UInt16(IFLA_LINK_NETNSID)
     static let permanentAddress = UInt16(IFLA_PERM_ADDRESS)
+}
+
+/// IFLA_AF_SPEC nests one attribute per address family; AF_INET6's carries IFLA_INET6_*.
+enum IPv6LinkAttribute {
+    static let family = UInt16(AF_INET6)
+    static let addressGenerationMode = UInt16(IFLA_INET6_ADDR_GEN_MODE)
+    /// No link-local or autoconf address: the host itself stays silent on the link.
+    static let addressGenerationNone = UInt8(IN6_ADDR_GEN_MODE_NONE.rawValue)
 }
 
 enum LinkInfoAttribute {

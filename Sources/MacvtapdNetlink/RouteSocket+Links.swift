@@ -52,27 +52,48 @@ extension RouteSocket {
         return found
     }
 
-    /// Creates a macvtap in one RTM_NEWLINK (name, lower, MAC, alias, mode, up) and returns it as
-    /// the kernel reports it afterwards. Kernels that ignore IFLA_IFALIAS on creation get it with a
-    /// follow-up RTM_SETLINK; if that fails the new macvtap is deleted again, so nothing unmarked is
-    /// left behind. A link monitor may see the new macvtap without its alias for that instant.
+    /// Creates a macvtap and returns it as the kernel reports it afterwards. RTM_NEWLINK (name,
+    /// lower, MAC, alias, mode) creates it down; IPv6 address generation is turned off before it is
+    /// ever up, then it is brought up if asked. With address generation on, an up macvtap makes the
+    /// host itself send from the guest's MAC (duplicate-address detection, multicast listener
+    /// reports), which a switch learns as the guest: during a live migration, at the wrong host.
+    /// Kernels that ignore IFLA_IFALIAS on creation get it with a follow-up RTM_SETLINK. If a
+    /// follow-up fails the new macvtap is deleted again, so nothing half-made or unmarked is left
+    /// behind. A link monitor may see the new macvtap down, or without its alias, for that instant.
     public func createMacvtap(_ configuration: MacvtapConfiguration) throws -> Link {
         try InterfaceName.validate(configuration.name)
         let interface = "\(configuration.name) on ifindex \(configuration.lowerIndex)"
         try exchange(
             operation: "create macvtap", interface: interface, reply: .ack,
             request: { LinkMessage.createMacvtapRequest(configuration, sequence: $0) })
-        var created = try link(named: configuration.name)
-        if let alias = configuration.alias, created.alias != alias {
-            do {
+        let created = try link(named: configuration.name)
+        do {
+            try disableIPv6AddressGeneration(index: created.index)
+            let aliasMissing = configuration.alias.map { $0 != created.alias } ?? false
+            if aliasMissing, let alias = configuration.alias {
                 try setAlias(alias, index: created.index)
-            } catch {
-                try? deleteLink(index: created.index)
-                throw error
             }
-            created.alias = alias
+            if configuration.up {
+                try setUp(true, index: created.index)
+            }
+            return configuration.up || aliasMissing ? try link(index: created.index) : created
+        } catch {
+            try? deleteLink(index: created.index)
+            throw error
         }
-        return created
+    }
+
+    /// Turns IPv6 address generation off (IFLA_INET6_ADDR_GEN_MODE none): no link-local address, no
+    /// autoconf, so nothing of the host's own is sent from the link's MAC. A kernel without IPv6
+    /// (ipv6.disable=1) has nothing to turn off and answers EAFNOSUPPORT, which is success here.
+    public func disableIPv6AddressGeneration(index: Int32) throws {
+        do {
+            try exchange(
+                operation: "turn off IPv6 address generation of", interface: "ifindex \(index)", reply: .ack,
+                request: { LinkMessage.disableIPv6AddressGenerationRequest(index: index, sequence: $0) })
+        } catch let error as NetlinkError where error.errno == EAFNOSUPPORT {
+            return
+        }
     }
 
     /// RTM_DELLINK. Deleting a lower deletes its macvtaps with it.

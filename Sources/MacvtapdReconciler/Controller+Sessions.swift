@@ -29,6 +29,8 @@ extension Controller {
     /// then a connect attempt (one syscall) per backoff period.
     func maintainSession(vm: String, qmp: String) async {
         var failures = 0
+        // Quick retries left after the socket appeared: QEMU listens on it a moment after creating it.
+        var appeared = 0
         while !Task.isCancelled {
             let connection: any VMConnection
             do {
@@ -44,8 +46,18 @@ extension Controller {
                     markDirty([vm])
                 }
                 failures += 1
-                try? await Task.sleep(
-                    for: WorkQueue.backoff(failures, base: options.reconnectBase, cap: options.reconnectCap))
+                var wait = WorkQueue.backoff(failures, base: options.reconnectBase, cap: options.reconnectCap)
+                if appeared > 0 {
+                    appeared -= 1
+                    wait = .milliseconds(10)
+                }
+                if case .absent = error {
+                    // A QEMU started meanwhile is connected to at once, not at the end of the wait:
+                    // libvirt resumes the QEMU it starts with -S about half a second later.
+                    if await SocketAppearance.shared.wait(for: qmp, upTo: wait) { appeared = 3 }
+                } else {
+                    try? await Task.sleep(for: wait)
+                }
                 continue
             }
             guard !Task.isCancelled, sessions[vm] != nil else {
@@ -53,6 +65,7 @@ extension Controller {
                 return
             }
             failures = 0
+            appeared = 0
             sessions[vm]?.connected(connection)
             logger.info("QMP session with VM \(vm) established", metadata: ["vm": "\(vm)"])
             markDirty([vm])

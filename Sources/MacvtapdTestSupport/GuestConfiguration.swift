@@ -60,6 +60,9 @@ public struct GuestConfiguration: Sendable {
     /// After `GUEST READY` the guest prints `GUEST BEAT <n>` this often: its own liveness, read
     /// from the host side by `ConsoleHeartbeat` (e.g. its silence across a migration's handover).
     public var heartbeat: Duration?
+    /// The guest powers off when the ACPI power button is pressed (`system_powerdown`, libvirt's
+    /// `virsh reboot` and `virsh shutdown`) and says `GUEST POWER BUTTON`; the machine needs ACPI.
+    public var powerButton = false
     public var memoryMiB = 128
     /// `tcg` everywhere; `kvm` where /dev/kvm exists and speed matters more than parity with CI.
     public var accelerator = "tcg"
@@ -95,6 +98,7 @@ public struct GuestConfiguration: Sendable {
         }
         words.append("macvtapd.poll=\(Self.seconds(pollInterval))")
         if let heartbeat { words.append("macvtapd.heartbeat=\(Self.seconds(heartbeat))") }
+        if powerButton { words.append("macvtapd.power_button=1") }
         if !macChanges.isEmpty {
             let changes = macChanges.map { "\($0.interface)=\($0.mac)@\(Self.seconds($0.after))" }
             words.append("macvtapd.setmac=" + changes.joined(separator: ","))

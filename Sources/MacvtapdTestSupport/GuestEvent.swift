@@ -33,6 +33,8 @@ public enum GuestEvent: Hashable, Sendable {
     case ping(target: String, sequence: Int)
     /// `GUEST READY`: configuration done, the carrier monitor is running.
     case ready
+    /// `GUEST POWER BUTTON`: the ACPI power button was pressed; the guest powers off.
+    case powerButton
     /// `GUEST ERROR <what>`: the guest could not do something the configuration asked for.
     case error(String)
 
@@ -46,6 +48,8 @@ public enum GuestEvent: Hashable, Sendable {
         switch (words[1], words.count) {
         case ("READY", 2):
             self = .ready
+        case ("POWER", 3) where words[2] == "BUTTON":
+            self = .powerButton
         case ("ERROR", 3...):
             self = .error(words.dropFirst(2).joined(separator: " "))
         case ("NIC", 5):

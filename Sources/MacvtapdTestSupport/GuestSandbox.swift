@@ -23,7 +23,10 @@ public final class GuestSandbox: Sendable {
     public static let prefixLength = 24
 
     public let namespace: NetworkNamespace
-    public let vm: GuestVM
+    /// The guest; a sandbox made by `with(lowers:)` has none (its guest runs elsewhere, e.g. under
+    /// libvirt): asking for it then is a test's bug.
+    public var vm: GuestVM { guest! }
+    private let guest: GuestVM?
     public let directory: TemporaryDirectory
     public let binary: String
     /// The daemons `startDaemon` left running, stopped by `cleanup` if the test did not.
@@ -39,8 +42,15 @@ public final class GuestSandbox: Sendable {
         try await withCleanup(try await start(configuration, lowers: lowers), cleanup: { await $0.cleanup() }, body)
     }
 
-    /// The namespace with the bridge and `lowers`, then the guest booted to `GUEST READY`.
-    public static func start(_ configuration: GuestConfiguration, lowers: [String]) async throws -> GuestSandbox {
+    /// The namespace, bridge and host interfaces without a guest: for a guest another launcher runs.
+    public static func with<Result>(lowers: [String], _ body: (GuestSandbox) async throws -> Result) async throws
+        -> Result
+    {
+        try await withCleanup(try await start(nil, lowers: lowers), cleanup: { await $0.cleanup() }, body)
+    }
+
+    /// The namespace with the bridge and `lowers`, then the guest (if any) booted to `GUEST READY`.
+    public static func start(_ configuration: GuestConfiguration?, lowers: [String]) async throws -> GuestSandbox {
         let namespace = try await NetworkNamespace(prefix: "mvtguest")
         let directory: TemporaryDirectory
         do {
@@ -55,8 +65,10 @@ public final class GuestSandbox: Sendable {
             try await namespace.ip("addr", "add", "\(bridgeAddress)/\(prefixLength)", "dev", bridge)
             try await namespace.ip("link", "set", bridge, "up")
             for lower in lowers { try await addLower(lower, in: namespace, directory: directory) }
-            let vm = try await GuestVM.boot(configuration)
-            return GuestSandbox(namespace: namespace, vm: vm, directory: directory, binary: try binaryPath(vm))
+            let binary = try ChildProcess.macvtapdBinary()
+            var vm: GuestVM?
+            if let configuration { vm = try await GuestVM.boot(configuration) }
+            return GuestSandbox(namespace: namespace, vm: vm, directory: directory, binary: binary)
         } catch {
             try? namespace.delete()
             directory.remove()
@@ -64,18 +76,9 @@ public final class GuestSandbox: Sendable {
         }
     }
 
-    private static func binaryPath(_ vm: GuestVM) throws -> String {
-        do {
-            return try ChildProcess.macvtapdBinary()
-        } catch {
-            vm.terminate()
-            throw error
-        }
-    }
-
-    private init(namespace: NetworkNamespace, vm: GuestVM, directory: TemporaryDirectory, binary: String) {
+    private init(namespace: NetworkNamespace, vm: GuestVM?, directory: TemporaryDirectory, binary: String) {
         self.namespace = namespace
-        self.vm = vm
+        guest = vm
         self.directory = directory
         self.binary = binary
     }
@@ -84,7 +87,7 @@ public final class GuestSandbox: Sendable {
     public func cleanup() async {
         // The daemon first: one still running would write into the directory removed below.
         for daemon in daemons.withLock({ $0 }) { await daemon.stop() }
-        vm.terminate()
+        guest?.terminate()
         try? namespace.delete()
         directory.remove()
     }
@@ -141,6 +144,18 @@ public final class GuestSandbox: Sendable {
         return output.split(separator: "\n").compactMap { line in
             guard let range = line.range(of: "link/ether ") else { return nil }
             return MACAddress(String(line[range.upperBound...].prefix(17)))
+        }
+    }
+
+    /// The macvtaps in the namespace as `ip -o link` lists them: ifindex, name, administratively up.
+    public func macvtaps() async throws -> [(ifindex: Int, name: String, up: Bool)] {
+        let output = try await namespace.ip("-o", "link", "show", "type", "macvtap")
+        return output.split(separator: "\n").compactMap { line in
+            let fields = line.split(separator: " ")
+            guard fields.count > 2, let ifindex = Int(fields[0].dropLast()) else { return nil }
+            let name = fields[1].split(separator: "@").first.map(String.init) ?? ""
+            let flags = fields[2].dropFirst().dropLast().split(separator: ",")
+            return (ifindex, name, flags.contains("UP"))
         }
     }
 

@@ -10,7 +10,7 @@ import Synchronization
 /// Always `terminate()` (e.g. in a `defer`); deinit does it too, but only when the last
 /// reference goes away. The QEMU of a test process killed outright runs on until the next
 /// process that launches a guest stops it (`GuestLeftovers`).
-public final class GuestVM: Sendable {
+public final class GuestVM: GuestConsoleReading {
     public let configuration: GuestConfiguration
     public let pid: pid_t
     /// The VM's own QMP monitor (`-qmp unix:...,server=on,wait=off`).
@@ -25,10 +25,7 @@ public final class GuestVM: Sendable {
         var running = true
         var exitStatus: Int32?
         var consoleFD: Int32
-        var pending: [UInt8] = []
-        var lines: [String] = []
-        var events: [(line: Int, event: GuestEvent)] = []
-        var readyAt: ContinuousClock.Instant?
+        var transcript = GuestTranscript()
     }
     private let state: Mutex<State>
 
@@ -139,47 +136,10 @@ public final class GuestVM: Sendable {
         }
     }
 
-    // MARK: What the guest said
-
-    /// Every console line so far (kernel output included), without line terminators.
-    public var lines: [String] { refreshed { $0.lines } }
-
-    /// Every `GUEST` line so far, parsed.
-    public var events: [GuestEvent] { refreshed { $0.events.map(\.event) } }
+    // MARK: What the guest said (the waits are GuestConsoleReading's)
 
     /// How long the guest took from QEMU's spawn to `GUEST READY`, once it has said it.
-    public var bootTime: Duration? { refreshed { $0.readyAt.map { $0 - launchedAt } } }
-
-    /// The identity the guest last reported for one of its interfaces (`eth0`, `bond0`).
-    public func nicIdentity(_ interface: String) -> GuestNICIdentity? {
-        identities.last { $0.name == interface }
-    }
-
-    /// The guest interface behind a QEMU NIC, matched by MAC.
-    public func nicIdentity(_ nic: GuestNIC) -> GuestNICIdentity? {
-        identities.last { $0.mac == nic.mac }
-    }
-
-    /// The last carrier state the guest reported for an interface.
-    public func carrier(_ interface: String) -> Bool? {
-        refreshed { state in
-            state.events.reversed().lazy.compactMap { entry -> Bool? in
-                if case .carrier(interface, let up) = entry.event { return up }
-                return nil
-            }.first
-        }
-    }
-
-    private var identities: [GuestNICIdentity] {
-        refreshed { state in
-            state.events.compactMap { entry in
-                if case .nic(let identity) = entry.event { return identity }
-                return nil
-            }
-        }
-    }
-
-    // MARK: Waiting
+    public var bootTime: Duration? { transcript().readyAt.map { $0 - launchedAt } }
 
     /// Waits for `GUEST READY` and returns the boot time.
     @discardableResult
@@ -188,80 +148,28 @@ public final class GuestVM: Sendable {
         return bootTime ?? (ContinuousClock.now - launchedAt)
     }
 
-    /// Waits for a console line that matches, looking at lines from index `start` on (`lines.count`
-    /// before an action makes the wait see only what follows the action).
-    @discardableResult
-    public func waitForLine(
-        matching predicate: (String) -> Bool, from start: Int = 0, timeout: Duration = .seconds(10),
-        description: String = "matching console line"
-    ) async throws(GuestVMError) -> String {
-        var next = start
-        return try await poll(for: description, timeout: timeout) { state in
-            defer { next = max(next, state.lines.count) }
-            return state.lines.dropFirst(next).first(where: predicate)
-        }
-    }
-
-    /// Waits for exactly `line` on the console.
-    @discardableResult
-    public func waitForLine(
-        _ line: String, from start: Int = 0, timeout: Duration = .seconds(10)
-    ) async throws(GuestVMError) -> String {
-        try await waitForLine(matching: { $0 == line }, from: start, timeout: timeout, description: "'\(line)'")
-    }
-
-    /// Waits until the guest's last reported carrier for `interface` is `up` (at once if it already
-    /// is) and returns how long that took.
-    @discardableResult
-    public func waitForCarrier(
-        interface: String, up: Bool, timeout: Duration = .seconds(10)
-    ) async throws(GuestVMError) -> Duration {
-        let start = ContinuousClock.now
-        _ = try await poll(for: "GUEST CARRIER \(interface) \(up ? "up" : "down")", timeout: timeout) { state in
-            let last = state.events.last { entry in
-                if case .carrier(interface, _) = entry.event { return true }
-                return false
-            }
-            return last?.event == .carrier(interface: interface, up: up) ? true : nil
-        }
-        return ContinuousClock.now - start
-    }
-
-    /// `waitForCarrier` for the guest interface behind a QEMU NIC.
-    @discardableResult
-    public func waitForCarrier(
-        nic: GuestNIC, up: Bool, timeout: Duration = .seconds(10)
-    ) async throws(GuestVMError) -> Duration {
-        guard let identity = nicIdentity(nic) else { throw .unknownInterface("\(nic.id) (mac \(nic.mac))") }
-        return try await waitForCarrier(interface: identity.name, up: up, timeout: timeout)
-    }
-
-    /// Waits for a `GUEST` event that matches, among events on lines from index `start` on.
-    @discardableResult
-    public func waitForEvent(
-        matching predicate: (GuestEvent) -> Bool, from start: Int = 0, timeout: Duration = .seconds(10),
-        description: String = "matching GUEST event"
-    ) async throws(GuestVMError) -> GuestEvent {
-        try await poll(for: description, timeout: timeout) { state in
-            state.events.first { $0.line >= start && predicate($0.event) }?.event
+    public func transcript() -> GuestTranscript {
+        state.withLock { state in
+            refresh(&state)
+            return state.transcript
         }
     }
 
     // The guest prints at most a few lines per poll period, so polling the console file every few
     // milliseconds costs nothing and keeps the fixture free of threads.
-    private func poll<T>(
-        for description: String, timeout: Duration, _ check: (inout State) -> T?
+    public func poll<T>(
+        for description: String, timeout: Duration, _ check: (GuestTranscript) -> T?
     ) async throws(GuestVMError) -> T {
         let deadline = ContinuousClock.now + timeout
         while true {
             let outcome: Result<T, GuestVMError>? = state.withLock { state in
                 refresh(&state)
-                if let found = check(&state) { return .success(found) }
+                if let found = check(state.transcript) { return .success(found) }
                 if !state.running {
                     return .failure(
                         .exited(
                             status: state.exitStatus ?? -1, qemuOutput: qemuOutput,
-                            consoleTail: Array(state.lines.suffix(20))))
+                            consoleTail: Array(state.transcript.lines.suffix(20))))
                 }
                 return nil
             }
@@ -277,14 +185,7 @@ public final class GuestVM: Sendable {
         }
     }
 
-    private func refreshed<T>(_ body: (State) -> T) -> T {
-        state.withLock { state in
-            refresh(&state)
-            return body(state)
-        }
-    }
-
-    /// Reads what the console file gained since the last call and notices QEMU's exit.
+    /// Notices QEMU's exit, then reads what the console file gained since the last call.
     private func refresh(_ state: inout State) {
         guard state.consoleFD >= 0 else { return }
         // Exit first, console second: once QEMU is known to be gone, its last lines are read too.
@@ -292,23 +193,7 @@ public final class GuestVM: Sendable {
             state.running = false
             state.exitStatus = status
         }
-        var buffer = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { read(state.consoleFD, $0.baseAddress, $0.count) }
-            guard count > 0 else { break }
-            state.pending.append(contentsOf: buffer[..<count])
-        }
-        // A line is complete only at its newline: QEMU may have written half of it so far.
-        while let newline = state.pending.firstIndex(of: UInt8(ascii: "\n")) {
-            var line = String(decoding: state.pending[..<newline], as: UTF8.self)
-            state.pending.removeSubrange(...newline)
-            while line.hasSuffix("\r") { line.removeLast() }
-            if let event = GuestEvent(line: line) {
-                state.events.append((state.lines.count, event))
-                if event == .ready, state.readyAt == nil { state.readyAt = .now }
-            }
-            state.lines.append(line)
-        }
+        state.transcript.read(from: state.consoleFD)
     }
 
     private var qemuOutput: String { GuestProcess.readFile(qemuOutputPath) }

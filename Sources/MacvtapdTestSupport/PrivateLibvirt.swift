@@ -55,12 +55,14 @@ public final class PrivateLibvirt: Sendable {
     }
 
     /// `setpriv` arguments that run a command as the user with only its own environment: libvirt's
-    /// session mode finds every directory from HOME and the XDG variables.
+    /// session mode finds every directory from HOME and the XDG variables. LIBVIRT_AUTOSTART=0: a
+    /// virsh that finds no daemon (the first `version` while ours starts) must not spawn one of its
+    /// own (`libvirtd --timeout=120`), which could win the pidfile and outlive the test.
     private static func asUser(_ home: String) -> [String] {
         [
             "--reuid", user, "--regid", user, "--init-groups", "/usr/bin/env", "-i", "HOME=\(home)",
             "XDG_RUNTIME_DIR=\(home)/run", "XDG_CONFIG_HOME=\(home)/config", "XDG_CACHE_HOME=\(home)/cache",
-            "XDG_DATA_HOME=\(home)/data", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C",
+            "XDG_DATA_HOME=\(home)/data", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "LIBVIRT_AUTOSTART=0",
         ]
     }
 
@@ -78,6 +80,14 @@ public final class PrivateLibvirt: Sendable {
     public func virsh(_ arguments: [String]) async throws -> ChildResult {
         try await ChildProcess.run(
             "/usr/bin/setpriv", Self.asUser(home.path) + ["/usr/bin/virsh", "-c", "qemu:///session"] + arguments)
+    }
+
+    /// `virsh -c qemu:///session ARGS` as the user, left running (e.g. `event --loop`), its output
+    /// in `logPath`.
+    public func startVirsh(_ arguments: [String], logPath: String) throws -> BackgroundProcess {
+        try BackgroundProcess.start(
+            "/usr/bin/setpriv", Self.asUser(home.path) + ["/usr/bin/virsh", "-c", "qemu:///session"] + arguments,
+            logPath: logPath)
     }
 
     /// Writes a file the user's QEMU can read.

@@ -7,7 +7,7 @@ struct Bench: AsyncParsableCommand {
         abstract: "macvtapd's benchmarks: real kernel, real QEMU, each beside a baseline run in the same invocation.",
         subcommands: [
             NetlinkBench.self, QMPBench.self, ReconnectBench.self, ScaleBench.self, GuestBench.self,
-            MigrationBench.self, SoakBench.self,
+            MigrationBench.self, SoakBench.self, LibvirtBench.self,
         ]
     )
 }

@@ -69,9 +69,13 @@ struct ResultRow {
     var macvtapd: LatencySummary?
     var baseline: LatencySummary?
     var target: String
+    /// Whether the ratio column means anything: not for two subjects that are both macvtapd.
+    var ratio = true
 
-    static func header() -> String {
-        "| measure | macvtapd median | p99 | max | baseline median | p99 | max | ratio (median) | target |\n"
+    /// `first` and `second` name the two columns' subjects (`macvtapd` beside its `baseline`, or
+    /// two launchers both managed by macvtapd).
+    static func header(_ first: String = "macvtapd", _ second: String = "baseline") -> String {
+        "| measure | \(first) median | p99 | max | \(second) median | p99 | max | ratio (median) | target |\n"
             + "|---|---|---|---|---|---|---|---|---|"
     }
 
@@ -80,11 +84,11 @@ struct ResultRow {
             guard let summary else { return "– | – | –" }
             return [summary.median, summary.p99, summary.max].map(LatencySummary.milliseconds).joined(separator: " | ")
         }
-        var ratio = "–"
-        if let macvtapd, let baseline {
-            ratio = String(format: "%.0fx", baseline.median.seconds / max(macvtapd.median.seconds, 1e-9))
+        var factor = "–"
+        if ratio, let macvtapd, let baseline {
+            factor = String(format: "%.0fx", baseline.median.seconds / max(macvtapd.median.seconds, 1e-9))
         }
-        return "| \(measure) | \(cells(macvtapd)) | \(cells(baseline)) | \(ratio) | \(target) |"
+        return "| \(measure) | \(cells(macvtapd)) | \(cells(baseline)) | \(factor) | \(target) |"
     }
 }
 

@@ -39,11 +39,11 @@ struct GuestBench: AsyncParsableCommand {
         print(
             "guest: \(flaps) reconnect flaps with events, \(baselineFlaps) with 1 s polling; "
                 + "\(bondRounds) bond failovers each")
-        let reconnect = try await measureReconnect(flaps: flaps, daemonArguments: [])
-        let polling = try await measureReconnect(flaps: baselineFlaps, daemonArguments: Self.polling)
-        let carrier = try await measureReconnect(flaps: flaps, daemonArguments: [], carrierLater: true)
+        let reconnect = try await Self.measureReconnect(flaps: flaps, daemonArguments: [])
+        let polling = try await Self.measureReconnect(flaps: baselineFlaps, daemonArguments: Self.polling)
+        let carrier = try await Self.measureReconnect(flaps: flaps, daemonArguments: [], carrierLater: true)
 
-        let carrierPolling = try await measureReconnect(
+        let carrierPolling = try await Self.measureReconnect(
             flaps: baselineFlaps, daemonArguments: Self.polling, carrierLater: true)
         let bond = try await measureBondFailover(rounds: bondRounds, daemonArguments: [])
         let bondPolling = try await measureBondFailover(rounds: bondRounds, daemonArguments: Self.polling)
@@ -72,73 +72,85 @@ struct GuestBench: AsyncParsableCommand {
             ).markdown)
     }
 
-    func measureReconnect(flaps: Int, daemonArguments: [String], carrierLater: Bool = false) async throws
+    static func measureReconnect(flaps: Int, daemonArguments: [String], carrierLater: Bool = false) async throws
         -> (samples: [Duration], daemonShare: [Duration])
     {
         var configuration = GuestConfiguration(nics: [Self.nic0])
         configuration.addresses = ["eth0": "10.99.0.2/24"]
         return try await GuestSandbox.with(configuration, lowers: ["up0"]) { sandbox in
-            let vm = sandbox.vm
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
             let daemon = try sandbox.startDaemon(daemonArguments)
             defer { Task { await daemon.stop() } }
             try await sandbox.waitForPhase(.attached, bindings: 1)
-            let pinger = try sandbox.pinger()
-            let monitor = try LinkMonitor(networkNamespace: sandbox.namespace.path)
-            let notifications = LinkNotifications(monitor)
-            defer {
-                pinger.close()
-                monitor.close()
+            let rounds = try await reconnectRounds(
+                flaps, sandbox: sandbox, guest: sandbox.vm, nic: Self.nic0, daemon: daemon, carrierLater: carrierLater)
+            let mode = daemonArguments.isEmpty ? "events" : "polling"
+            print("reconnect \(mode)\(carrierLater ? ", carrier later" : ""): \(LatencySummary(rounds.samples))")
+            if !rounds.kernelShare.isEmpty {
+                print("lower carrier → macvtap carrier (kernel): \(LatencySummary(rounds.kernelShare))")
             }
-            guard await pinger.firstReplyInBackground(interval: .milliseconds(5), timeout: .seconds(5)) != nil else {
-                throw ChildError("the guest never answered: \(daemon.log())")
+            return (rounds.samples, rounds.daemonShare)
+        }
+    }
+
+    /// `flaps` times: the host interface up0 is deleted, the guest reports carrier down on `nic`, the
+    /// interface returns (with carrier, or without and then its carrier), and the bridge pings the
+    /// guest (10.99.0.2) every millisecond from the RTM_NEWLINK until it answers. Whoever launched the
+    /// guest (the sandbox's own QEMU, libvirt); the binding must be attached when it starts.
+    static func reconnectRounds(
+        _ flaps: Int, sandbox: GuestSandbox, guest: any GuestConsoleReading, nic: GuestNIC, daemon: BackgroundProcess,
+        carrierLater: Bool
+    ) async throws -> (samples: [Duration], daemonShare: [Duration], kernelShare: [Duration]) {
+        let pinger = try sandbox.pinger()
+        let monitor = try LinkMonitor(networkNamespace: sandbox.namespace.path)
+        let notifications = LinkNotifications(monitor)
+        defer {
+            pinger.close()
+            monitor.close()
+        }
+        guard await pinger.firstReplyInBackground(interval: .milliseconds(5), timeout: .seconds(5)) != nil else {
+            throw ChildError("the guest never answered: \(daemon.log())")
+        }
+        var samples: [Duration] = []
+        var daemonShare: [Duration] = []
+        var kernelShare: [Duration] = []
+        for _ in 0..<flaps {
+            try await sandbox.deleteLower("up0")
+            try await guest.waitForCarrier(nic: nic, up: false)
+            try await sandbox.addLower("up0", carrier: !carrierLater)
+            var start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
+                if case .added(let link) = event { return link.name == "up0" }
+                return false
             }
-            var samples: [Duration] = []
-            var daemonShare: [Duration] = []
-            var kernelShare: [Duration] = []
-            for _ in 0..<flaps {
-                try await sandbox.deleteLower("up0")
-                try await vm.waitForCarrier(nic: Self.nic0, up: false)
-                try await sandbox.addLower("up0", carrier: !carrierLater)
-                var start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                    if case .added(let link) = event { return link.name == "up0" }
+            var rarp: Task<ContinuousClock.Instant?, Never>?
+            if carrierLater {
+                try await sandbox.waitForPhase(.noCarrier, bindings: 1)
+                rarp = try Self.firstRARP(on: "up0p", in: sandbox.namespace, from: nic.mac)
+                try await sandbox.setCarrier(of: "up0", up: true)
+                start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
+                    if case .changed(let link) = event { return link.name == "up0" && link.hasCarrier == true }
                     return false
                 }
-                var rarp: Task<ContinuousClock.Instant?, Never>?
-                if carrierLater {
-                    try await sandbox.waitForPhase(.noCarrier, bindings: 1)
-                    rarp = try Self.firstRARP(on: "up0p", in: sandbox.namespace, from: Self.nic0.mac)
-                    try await sandbox.setCarrier(of: "up0", up: true)
-                    start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                        if case .changed(let link) = event { return link.name == "up0" && link.hasCarrier == true }
-                        return false
-                    }
-                }
-                let pinging = ContinuousClock.now
-                guard
-                    let answered = await pinger.firstReplyInBackground(
-                        interval: .milliseconds(1), timeout: .seconds(10))
-                else { throw ChildError("the guest did not answer after the return: \(daemon.log())") }
-                samples.append(pinging + answered - start)
-                // QEMU sends a RARP as announce-self runs, right after set_link: the daemon's share.
-                if let rarp, let at = await rarp.value { daemonShare.append(at - start) }
-                if carrierLater {
-                    let macvtap = try await notifications.next(timeout: .seconds(1)) { (event: LinkEvent) in
-                        if case .changed(let link) = event { return link.isMacvtap && link.hasCarrier == true }
-                        return false
-                    }
-                    kernelShare.append(macvtap - start)
-                }
-                try await vm.waitForCarrier(nic: Self.nic0, up: true)
-                try await sandbox.waitForPhase(.attached, bindings: 1)
             }
-            let mode = daemonArguments.isEmpty ? "events" : "polling"
-            print("reconnect \(mode)\(carrierLater ? ", carrier later" : ""): \(LatencySummary(samples))")
-            if !kernelShare.isEmpty {
-                print("lower carrier → macvtap carrier (kernel): \(LatencySummary(kernelShare))")
+            let pinging = ContinuousClock.now
+            guard
+                let answered = await pinger.firstReplyInBackground(
+                    interval: .milliseconds(1), timeout: .seconds(10))
+            else { throw ChildError("the guest did not answer after the return: \(daemon.log())") }
+            samples.append(pinging + answered - start)
+            // QEMU sends a RARP as announce-self runs, right after set_link: the daemon's share.
+            if let rarp, let at = await rarp.value { daemonShare.append(at - start) }
+            if carrierLater {
+                let macvtap = try await notifications.next(timeout: .seconds(1)) { (event: LinkEvent) in
+                    if case .changed(let link) = event { return link.isMacvtap && link.hasCarrier == true }
+                    return false
+                }
+                kernelShare.append(macvtap - start)
             }
-            return (samples, daemonShare)
+            try await guest.waitForCarrier(nic: nic, up: true)
+            try await sandbox.waitForPhase(.attached, bindings: 1)
         }
+        return (samples, daemonShare, kernelShare)
     }
 
     /// When the first RARP from `mac` shows up on `interface`, watched from a thread of its own.

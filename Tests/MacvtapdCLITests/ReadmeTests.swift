@@ -16,6 +16,8 @@ struct ReadmeTests {
         // The benchmark command lines the README quotes with its numbers.
         "--idle-seconds": "macvtapd-bench scale", "--baseline-idle-seconds": "macvtapd-bench scale",
         "--flaps": "macvtapd-bench scale", "--repeats": "macvtapd-bench scale",
+        // What the libvirt section says the tests do.
+        "--paused": "virsh start", "--system": "useradd", "--starts": "macvtapd-bench libvirt",
     ]
 
     @Test func everyFlagInTheReadmeExists() async throws {

@@ -92,6 +92,40 @@ struct RouteSocketIntegrationTests {
         #expect(!created.isAdministrativelyUp)
     }
 
+    /// The host must never speak from a guest's MAC: a switch would learn the guest at this port
+    /// (during a live migration, at the host the guest is leaving). A foreign macvtap made with
+    /// iproute2's defaults on the same lower is the control that shows the check can fail.
+    @Test func theHostSendsNothingFromAnUpMacvtap() async throws {
+        let host = try await NetlinkTestHost()
+        defer { host.tearDown() }
+        let wire = try PacketSocket(interface: host.veth.peer, in: host.namespace)
+        defer { wire.close() }
+        let ours = try host.route.createMacvtap(host.macvtap())
+        let foreignMAC = try #require(MACAddress("02:00:5e:00:00:02"))
+        try await host.namespace.ip(
+            "link", "add", "link", host.veth.name, "name", "foreign0", "address", "\(foreignMAC)", "type", "macvtap")
+        try await host.namespace.ip("link", "set", "foreign0", "up")
+
+        let oursMAC = try #require(ours.address)
+        let firstFromEither = try await offPool {
+            try wire.receive(timeout: .seconds(10)) { frame in
+                frame.count >= 12
+                    && MACAddress(bytes: frame[6..<12]).map { [oursMAC, foreignMAC].contains($0) } == true
+            }
+        }
+        let first = try #require(firstFromEither, "the control macvtap sent nothing within 10 s")
+        #expect(MACAddress(bytes: first[6..<12]) == foreignMAC, "the host sent from the macvtap macvtapd made")
+        let laterFromOurs = try await offPool {
+            try wire.receive(timeout: .seconds(1)) { frame in
+                frame.count >= 12 && MACAddress(bytes: frame[6..<12]) == oursMAC
+            }
+        }
+        #expect(laterFromOurs == nil, "the host sent from the macvtap macvtapd made")
+        #expect(try await host.namespace.ip("-6", "address", "show", "dev", ours.name).isEmpty)
+        #expect(try await host.namespace.ip("-6", "address", "show", "dev", "foreign0").contains("fe80::"))
+        #expect(try await host.namespace.ip("-details", "link", "show", ours.name).contains("addrgenmode none"))
+    }
+
     @Test func addressAliasAndUpDownAreSetAndReadBack() async throws {
         let host = try await NetlinkTestHost()
         defer { host.tearDown() }

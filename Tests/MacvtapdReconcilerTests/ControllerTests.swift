@@ -179,6 +179,36 @@ import Testing
         }
     }
 
+    /// A VM that starts while its session waits to reconnect is connected to as soon as its
+    /// monitor socket appears, not at the end of the wait: libvirt resumes a QEMU it started with -S
+    /// about half a second after creating it, and the backend is to be there before the guest runs.
+    @Test func aMonitorSocketThatAppearsEndsTheReconnectWait() async throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let qmp = directory.path + "/web1.sock"
+        let host = EmbeddedHost(lowers: ["eth0"])
+        let web1 = EmbeddedVM(name: "web1", nics: ["nic0": 10])
+        web1.shutDown()
+        let controller = Controller(
+            host: host, connector: EmbeddedConnector(vms: ["web1": web1]), store: nil,
+            logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            options: .init(reconnectBase: .seconds(30), reconnectCap: .seconds(30)))
+        await controller.setDesired(
+            DesiredState(vms: [
+                "web1": VMSpec(
+                    name: "web1", qmp: qmp,
+                    nics: ["nic0": NICBinding(key: .init(vm: "web1", nic: "nic0"), host: .name("eth0"))])
+            ]), config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .vmNotRunning })
+            // The session is in its 30 s wait now; QEMU starts and binds its monitor socket.
+            try? await Task.sleep(for: .milliseconds(100))
+            web1.restart()
+            _ = try? directory.write("web1.sock", "")
+            #expect(await eventually(within: .seconds(5)) { await Self.phase(controller, "web1") == .attached })
+        }
+    }
+
     @Test func hungVMDoesNotDelayOthers() async throws {
         let world = Fixture()
         // web1's monitor hangs for a minute; db1 must converge and follow events meanwhile.
