@@ -22,6 +22,9 @@ import MacvtapdCore
 /// virtio-net-device child, other models on the device itself; a bridge with an id around a NIC
 /// never takes the NIC's MAC, which comes deeper. Lines of any other shape are skipped: a NIC
 /// this finds no MAC for is left out, and the caller asks for it alone.
+///
+/// Known limit: the reply is one line, and the client drops a session whose line passes its
+/// `maximumLineLength` (1 MiB): about 3 KB a PCI device, so a VM with some 300 devices or more.
 public enum DeviceTree {
     public static func deviceMACs(parsing text: String) -> [String: MACAddress] {
         var text = text
