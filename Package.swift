@@ -15,7 +15,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         // 1.15: StreamLogHandler takes our own stream (QueuedOutput).
         .package(url: "https://github.com/apple/swift-log", from: "1.15.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // Kernel headers, variadic ioctls and cmsg macros that Swift cannot call directly.
@@ -24,13 +23,20 @@ let package = Package(
         // libudev (Debian libudev-dev): device lookups, the udev database and the udev monitor.
         .systemLibrary(name: "CUdev", pkgConfig: "libudev", providers: [.apt(["libudev-dev"])]),
 
+        // libyaml (Debian libyaml-dev; the package's binary depends on libyaml-0-2): the event parser
+        // under our own composer (YAMLComposer). The library Yams wraps, taken from the distribution,
+        // which keeps it patched, rather than through Yams: Yams' Swift layer imports Foundation, and
+        // with it Foundation's ICU data, which were 52 of the binary's 86 MB and about 3.5 MiB of
+        // every process's RSS, for a parser whose Swift API we never call.
+        .systemLibrary(name: "CYaml", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
+
         // Model, planner and plan rendering: no I/O, no sockets.
         .target(name: "MacvtapdCore", swiftSettings: strict),
 
         // YAML file or conf.d directory -> DesiredState, with located diagnostics.
         .target(
             name: "MacvtapdConfig",
-            dependencies: ["MacvtapdCore", .product(name: "Yams", package: "Yams")],
+            dependencies: ["MacvtapdCore", "CYaml"],
             swiftSettings: strict
         ),
 
@@ -62,7 +68,7 @@ let package = Package(
         .target(
             name: "MacvtapdDaemon",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
+                "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -71,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "macvtapd",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
+                "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdDaemon", "MacvtapdUdev",
                 "MacvtapdControl",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

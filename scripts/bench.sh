@@ -25,7 +25,7 @@ report="out/bench-$(date -u +%Y%m%dT%H%M%SZ).md"
     "$bench" reconnect
     echo
     echo "## Scale and footprint"
-    "$bench" scale
+    "$bench" scale ${MACVTAPD_INSTALLED:+--macvtapd "$MACVTAPD_INSTALLED"}
     echo
     echo "## What a real guest sees: reconnect and bond failover (events vs. 1 s polling)"
     "$bench" guest

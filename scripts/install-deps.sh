@@ -3,6 +3,7 @@
 # Used by `make demo`, `make test` and .ci/run. Does nothing when everything is present.
 set -euo pipefail
 
+# libyaml-dev: the YAML parser under the configuration composer (the binary links libyaml-0-2).
 # udev provides the systemd-udevd the udev end-to-end tests run in their sandbox.
 # linux-image-cloud-amd64 and busybox-static only feed the test guest's initramfs
 # (scripts/build-guest-initramfs.sh); nothing boots the host with that kernel. time (GNU time)
@@ -14,7 +15,7 @@ set -euo pipefail
 # system calls macvtapd makes pass the unit's SystemCallFilter=). libvirt-daemon,
 # libvirt-daemon-driver-qemu and libvirt-clients: the libvirt tests run a private libvirtd of
 # their own in session mode (PrivateLibvirt); the machine's libvirt is never configured or started.
-packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev udev pkg-config util-linux kmod cpio procps time
+packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev libyaml-dev udev pkg-config util-linux kmod cpio procps time
     iputils-ping linux-image-cloud-amd64 busybox-static dpkg-dev binutils systemd init-system-helpers groff-base
     ansible-core python3-apt strace libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
 missing=()

@@ -1,9 +1,10 @@
-// CYaml is the libyaml that Yams vendors (a C target of the Yams package, visible to Yams' dependents).
-// We compose nodes from libyaml's events ourselves instead of calling `Yams.compose` because Yams'
-// composer hashes and compares mapping keys recursively: one alias to a "billion laughs" collection
-// used as a key expands exponentially before any caller can count nodes. Composing from events lets
-// us count every alias expansion as it happens, report a second document with its position, and
-// leave duplicate keys to the validator, which reports all of them instead of stopping at the first.
+// CYaml is the distribution's libyaml (Package.swift says why not through Yams). We compose nodes
+// from libyaml's events ourselves rather than with a library's composer because Yams' composer
+// hashes and compares mapping keys recursively: one alias to a "billion laughs" collection used as
+// a key expands exponentially before any caller can count nodes. Composing from events lets us
+// count every alias expansion as it happens, bound the nesting depth (this composer recurses),
+// report a second document with its position, and leave duplicate keys to the validator, which
+// reports all of them instead of stopping at the first.
 import CYaml
 
 /// Turns the bytes of one configuration file into a `YAMLNode` tree, within bounds.
@@ -17,6 +18,11 @@ struct YAMLComposer {
 
     /// Nodes the document may expand to, every alias counting as the full size of what it names.
     var maxNodes: Int
+
+    /// Collections nested in one another, at most: libyaml's own limit where it has one (releases
+    /// after 0.2.5; Debian 12 ships 0.2.5, which has none), and what keeps `node(from:)`'s
+    /// recursion far from the bottom of any thread's stack.
+    static let maxDepth = 1000
 
     /// The document's root, or nil when the stream holds no document (empty or comments only).
     func compose(_ bytes: [UInt8]) -> Result<YAMLNode?, Failure> {
@@ -53,6 +59,8 @@ struct YAMLComposer {
         var anchors: [String: (node: YAMLNode, weight: Int)] = [:]
         /// Nodes of the expanded document so far; an alias adds the whole weight of its anchor.
         var expandedNodes = 0
+        /// Collections open around the node being composed.
+        var depth = 0
 
         init(bytes: [UInt8], maxNodes: Int) {
             self.bytes = bytes
@@ -109,6 +117,8 @@ struct YAMLComposer {
                 return (node, 1)
             case YAML_SEQUENCE_START_EVENT:
                 try count(1, line: line, column: column, alias: nil)
+                try enter(line: line, column: column)
+                defer { depth -= 1 }
                 let anchor = Self.string(event.data.sequence_start.anchor)
                 var items: [YAMLNode] = []
                 var weight = 1
@@ -127,6 +137,8 @@ struct YAMLComposer {
                 return (node, weight)
             case YAML_MAPPING_START_EVENT:
                 try count(1, line: line, column: column, alias: nil)
+                try enter(line: line, column: column)
+                defer { depth -= 1 }
                 let anchor = Self.string(event.data.mapping_start.anchor)
                 var pairs: [YAMLPair] = []
                 var weight = 1
@@ -153,6 +165,16 @@ struct YAMLComposer {
         private mutating func register(_ anchor: String?, _ node: YAMLNode, weight: Int) {
             guard let anchor else { return }
             anchors[anchor] = (node, weight)
+        }
+
+        /// One more collection level; past `maxDepth`, an error at the collection that goes too deep.
+        private mutating func enter(line: Int, column: Int) throws {
+            depth += 1
+            guard depth > YAMLComposer.maxDepth else { return }
+            throw Failure(
+                message: "invalid YAML: Maximum nesting level reached: collections nest deeper than "
+                    + "\(YAMLComposer.maxDepth) levels here",
+                line: line, column: column)
         }
 
         /// The node budget is what stops alias bombs: each alias is charged the full size of its target.

@@ -1,3 +1,4 @@
+import CMacvtapd
 import Dispatch
 import Logging
 import MacvtapdConfig
@@ -129,6 +130,7 @@ public final class Daemon: Sendable {
             if let interval = notifier.watchdogInterval {
                 group.addTask { await self.keepWatchdogFed(every: interval) }
             }
+            group.addTask { await Self.trimMemoryPeriodically() }
             notifier.ready()
             // The controller returning means stop() was called: end the helpers with it.
             _ = await group.next()
@@ -217,6 +219,17 @@ public final class Daemon: Sendable {
             _ = await controller.currentStatus()
             notifier.watchdog()
             try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// A burst (a converge, an apply of a 1,000-binding file) leaves free memory inside malloc's
+    /// arenas that glibc hands back to the kernel only at the top of a heap; malloc_trim returns
+    /// every free page (1.6 MiB of RSS after ten applies at 1,000 bindings) in 0.2–0.7 ms, so
+    /// twice a minute costs nothing measurable.
+    private static func trimMemoryPeriodically() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(30))
+            malloc_trim(0)
         }
     }
 

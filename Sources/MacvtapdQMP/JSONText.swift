@@ -119,6 +119,14 @@ enum JSONReader {
             position += 1
             var scalars: [UInt8] = []
             while true {
+                // Bytes that stand for themselves go over in runs: HMP replies are long strings.
+                let run = position
+                while position < bytes.count, bytes[position] >= 0x20, bytes[position] != UInt8(ascii: "\""),
+                    bytes[position] != UInt8(ascii: "\\")
+                {
+                    position += 1
+                }
+                scalars.append(contentsOf: UnsafeBufferPointer(rebasing: bytes[run..<position]))
                 guard let byte = current else { throw error("unterminated string") }
                 position += 1
                 switch byte {

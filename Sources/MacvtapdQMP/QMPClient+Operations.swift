@@ -168,6 +168,12 @@ extension QMPClient {
         return mac
     }
 
+    /// `info qtree`, reduced to the `-device mac=` of every NIC with an id (see `DeviceTree`): one
+    /// command for all NICs. A NIC missing from the result can still be read with `nicMAC(id:)`.
+    public func deviceMACs() async throws -> [String: MACAddress] {
+        DeviceTree.deviceMACs(parsing: try await humanMonitorCommand("info qtree"))
+    }
+
     /// The id of the NIC's peer netdev (its placeholder hubport), nil when the NIC has none.
     public func nicNetdev(id: String) async throws -> String? {
         let reply = try await qomGet(path: "/machine/peripheral/\(id)", property: "netdev")

@@ -347,7 +347,9 @@ final class QMPConnection: Sendable {
 
     private func readLoop() {
         var lines = QMPLineSplitter(maximumLineLength: maximumLineLength)
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        // Small: a daemon keeps one reader per VM for good, and a long reply (a 25-NIC `info qtree`
+        // is 78 KB) only takes a few more reads.
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
         var greeted = false
         var reason: String
         while true {

@@ -6,6 +6,11 @@ package struct QMPLineSplitter {
     /// Where the search for the next newline resumes: bytes before it hold none.
     private var scanFrom = 0
 
+    /// Buffer capacity kept between lines; more is released once every line in it was handed on.
+    static let keptCapacity = 16 * 1024
+    /// What the buffer holds room for now.
+    package var bufferCapacity: Int { buffer.capacity }
+
     package init(maximumLineLength: Int) {
         self.maximumLineLength = maximumLineLength
     }
@@ -23,7 +28,13 @@ package struct QMPLineSplitter {
             lineStart = newline + 1
             scanFrom = lineStart
         }
-        if lineStart > 0 { buffer.removeFirst(lineStart) }
+        if lineStart == buffer.count {
+            // Drained: a long reply's room goes back to the allocator instead of staying with this
+            // connection for its life.
+            buffer.removeAll(keepingCapacity: buffer.capacity <= Self.keptCapacity)
+        } else if lineStart > 0 {
+            buffer.removeFirst(lineStart)
+        }
         scanFrom = buffer.count
         if buffer.count > maximumLineLength { return "peer sent a line longer than \(maximumLineLength) bytes" }
         return nil

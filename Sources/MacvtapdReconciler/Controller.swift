@@ -168,7 +168,10 @@ public actor Controller {
         await resync()
         updateSessions()
         started = true
-        await withTaskGroup(of: Void.self) { group in
+        // A discarding group: a plain task group keeps every finished child until `next()` takes
+        // it, and this one never calls `next()`, so each reconcile the daemon ever ran stayed
+        // allocated (about 3 KiB each; 0.4 MiB of RSS per reload of 40 VMs, without bound).
+        await withDiscardingTaskGroup { group in
             if options.useLinkEvents {
                 group.addTask { await self.followLinkEvents() }
             }

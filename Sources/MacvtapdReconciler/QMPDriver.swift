@@ -29,8 +29,9 @@ public struct QMPConnector: VMConnector {
 /// The reconciler's view of one VM, over one QMP session.
 final class QMPVMConnection: VMConnection {
     let client: QMPClient
-    /// `-device mac=` by NIC id: fixed for the device's life, so read once per session.
-    private let deviceMACs = Mutex<[String: MACAddress]>([:])
+    /// `-device mac=` by NIC id: fixed for the device's life, so read once per session; nil until
+    /// the session's first observation.
+    private let deviceMACs = Mutex<[String: MACAddress]?>(nil)
 
     init(client: QMPClient) {
         self.client = client
@@ -42,51 +43,68 @@ final class QMPVMConnection: VMConnection {
 
     func observe(vm: String, guestMACOf guestMACNICs: Set<String>) async throws -> ObservedVM {
         // The monitor answers in order, but commands need not wait for each other's replies: all of
-        // an observation is sent at once (pipelined), so it costs about one round trip, not one per
-        // command. A task group, not `async let`: the latter crashes the Swift 6.3 optimizer
-        // (coroutine splitting) in release builds.
+        // an observation is sent at once (pipelined), so it costs one round trip. What it costs QEMU
+        // grows with the bytes sent (DeviceTree), so a session's first observation reads every
+        // NIC's device MAC with one `info qtree`, and a guest MAC is asked for by name whether or
+        // not the NIC is there. A task group, not `async let`: the latter crashes the Swift 6.3
+        // optimizer (coroutine splitting) in release builds.
         let client = self.client
-        let (status, network) = try await withThrowingTaskGroup(of: Reply.self) { group in
+        let readTree = deviceMACs.withLock { $0 == nil }
+        let (status, network, tree, guestMACs) = try await withThrowingTaskGroup(of: Reply.self) { group in
             group.addTask { .status(try await client.queryStatus()) }
             group.addTask { .network(try await client.networkInfo()) }
+            // Without the tree, each NIC is read alone below.
+            if readTree { group.addTask { .deviceMACs((try? await client.deviceMACs()) ?? [:]) } }
+            for id in guestMACNICs {
+                group.addTask {
+                    do {
+                        return .guestMAC(id, try await client.queryRxFilter(name: id).mainMAC)
+                    } catch QMPError.commandFailed {
+                        return .guestMAC(id, nil)  // no such NIC (QEMU: "invalid net client name")
+                    }
+                }
+            }
             var status: VMStatus?
             var network: NetworkInfo?
+            var tree: [String: MACAddress] = [:]
+            var guestMACs: [String: MACAddress] = [:]
             for try await reply in group {
                 switch reply {
                 case .status(let value): status = value
                 case .network(let value): network = value
-                case .deviceMAC, .guestMAC: break
+                case .deviceMACs(let value): tree = value
+                case .guestMAC(let id, let mac): guestMACs[id] = mac
+                case .deviceMAC: break
                 }
             }
-            return (status!, network!)
+            return (status!, network!, tree, guestMACs)
         }
         let known = deviceMACs.withLock { cache in
             // A NIC that went may come back under the same id as another device.
-            cache = cache.filter { id, _ in network.nics.contains { $0.id == id } }
-            return cache
+            var current = (cache ?? [:]).merging(tree) { _, read in read }
+            current = current.filter { id, _ in network.nics.contains { $0.id == id } }
+            cache = current
+            return current
         }
         var nics: [String: ObservedNIC] = [:]
         for nic in network.nics {
             nics[nic.id] = ObservedNIC(
-                id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id), deviceMAC: known[nic.id])
+                id: nic.id, mac: nic.mac, hub: network.hubID(ofNIC: nic.id), deviceMAC: known[nic.id],
+                guestMAC: guestMACs[nic.id])
         }
+        // NICs the tree did not name (hot-plugged since, or a QEMU that prints it otherwise).
         let unknown = network.nics.map(\.id).filter { known[$0] == nil }
-        let following = network.nics.map(\.id).filter { guestMACNICs.contains($0) }
-        try await withThrowingTaskGroup(of: Reply.self) { group in
-            for id in unknown {
-                // A device whose MAC cannot be read is planned from `info network`'s MAC instead.
-                group.addTask { .deviceMAC(id, try? await client.nicMAC(id: id)) }
-            }
-            for id in following {
-                group.addTask { .guestMAC(id, try await client.queryRxFilter(name: id).mainMAC) }
-            }
-            for try await reply in group {
-                switch reply {
-                case .deviceMAC(let id, let mac?):
-                    nics[id]?.deviceMAC = mac
-                    deviceMACs.withLock { $0[id] = mac }
-                case .guestMAC(let id, let mac): nics[id]?.guestMAC = mac
-                case .deviceMAC, .status, .network: break
+        if !unknown.isEmpty {
+            try await withThrowingTaskGroup(of: Reply.self) { group in
+                for id in unknown {
+                    // A device whose MAC cannot be read is planned from `info network`'s MAC instead.
+                    group.addTask { .deviceMAC(id, try? await client.nicMAC(id: id)) }
+                }
+                for try await reply in group {
+                    if case .deviceMAC(let id, let mac?) = reply {
+                        nics[id]?.deviceMAC = mac
+                        deviceMACs.withLock { $0?[id] = mac }
+                    }
                 }
             }
         }
@@ -99,6 +117,7 @@ final class QMPVMConnection: VMConnection {
     private enum Reply: Sendable {
         case status(VMStatus)
         case network(NetworkInfo)
+        case deviceMACs([String: MACAddress])
         case deviceMAC(String, MACAddress?)
         case guestMAC(String, MACAddress?)
     }

@@ -7,10 +7,9 @@ extension ScaleBench {
     /// The apply's share beyond the daemon's own work is the command's time minus the binding's
     /// steps up to its attach (the `macvtapd_attach_duration_seconds` the apply added).
     func planAndApplyThroughDaemon(
-        config: String, yaml: String, total: Int, metrics: String, namespace: NetworkNamespace,
+        binary: String, config: String, yaml: String, total: Int, metrics: String, namespace: NetworkNamespace,
         directory: TemporaryDirectory
     ) async throws -> (plans: [Duration], applies: [Duration], overheads: [Duration]) {
-        let binary = try ChildProcess.macvtapdBinary()
         let socket = ["--control-socket", directory.path + "/run/control.sock"]
         var plans: [Duration] = []
         for _ in 0..<repeats {

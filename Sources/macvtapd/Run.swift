@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMacvtapd
 import Logging
 import MacvtapdControl
 import MacvtapdDaemon
@@ -65,6 +66,11 @@ struct Run: AsyncParsableCommand {
     var metricsFile: String = "/run/macvtapd/macvtapd.prom"
 
     func run() async throws {
+        // glibc gives each thread that allocates an arena of its own, up to 8 per core; the daemon
+        // runs a reader thread per VM, and every arena keeps its own free memory. With two, a
+        // 1,000-binding converge left 14.8 MiB of RssAnon instead of 20.5 (converge CPU the same
+        // within the machine's noise).
+        mallopt(M_ARENA_MAX, 2)
         try security.check(config)
         // Before anything else: a second daemon must not touch the first one's status or metrics.
         let endpoint: ControlEndpoint

@@ -15,7 +15,7 @@ struct ReadmeTests {
         "--generate-completion-script": "macvtapd (hidden)",
         // The benchmark command lines the README quotes with its numbers.
         "--idle-seconds": "macvtapd-bench scale", "--baseline-idle-seconds": "macvtapd-bench scale",
-        "--flaps": "macvtapd-bench scale", "--repeats": "macvtapd-bench scale",
+        "--flaps": "macvtapd-bench scale", "--repeats": "macvtapd-bench scale", "--macvtapd": "macvtapd-bench scale",
         // What the libvirt section says the tests do.
         "--paused": "virsh start", "--system": "useradd", "--starts": "macvtapd-bench libvirt",
         "--baseline-flaps": "macvtapd-bench reconnect",

@@ -82,12 +82,14 @@ struct HostileInputTests {
             ])
     }
 
-    @Test func deepNestingIsRefusedByLibyamlsDepthLimit() async {
+    @Test func deepNestingIsRefusedPastAThousandLevels() async {
         let yaml = "version: 1\nvms: " + String(repeating: "[", count: 5000) + "\n"
         let result = await offPool { ConfigLoader.load([ConfigSource(path: "t.yaml", text: yaml)]) }
         #expect(result.desired == nil)
         #expect(result.diagnostics.first?.message.contains("Maximum nesting level reached") == true)
+        // The root mapping is level 1 and the first '[' (column 6) level 2: level 1001 is column 1005.
         #expect(result.diagnostics.first?.location?.line == 2)
+        #expect(result.diagnostics.first?.location?.column == 1005)
     }
 
     @Test func aFileOverTheSizeLimitIsRefusedBeforeParsing() async throws {

@@ -76,6 +76,22 @@ import Testing
         #expect(pastIt != nil)
     }
 
+    /// A reader stays with its VM for the daemon's life: the room a long reply took (a 25-NIC
+    /// `info qtree` is 78 KB) goes back once the reply was handed on.
+    @Test func aLongReplysRoomIsReleased() {
+        var splitter = QMPLineSplitter(maximumLineLength: 1 << 20)
+        var seen = 0
+        let reply = Array(repeating: UInt8(ascii: "x"), count: 100_000) + [0x0A]
+        for offset in stride(from: 0, to: reply.count, by: 16 * 1024) {
+            _ = splitter.append(reply[offset..<min(offset + 16 * 1024, reply.count)]) { line in
+                seen += line.count
+                return nil
+            }
+        }
+        #expect(seen == 100_000)
+        #expect(splitter.bufferCapacity <= 16 * 1024, "kept \(splitter.bufferCapacity) bytes")
+    }
+
     /// Forged replies: one that claims the greeting's id (0), one with no id, and one with
     /// neither `return` nor `error` are ignored, never taken as an answer.
     @Test func forgedRepliesAreIgnored() {

@@ -39,6 +39,7 @@ func withQEMU(
             #expect(try await client.queryStatus() == VMStatus(running: true, status: "running"))
             #expect(try await client.peripheralDevices() == [PeripheralDevice(id: "nic0", type: "virtio-net-pci")])
             #expect(try await client.nicMAC(id: "nic0") == mac0)
+            #expect(try await client.deviceMACs() == ["nic0": mac0])
             #expect(try await client.nicNetdev(id: "nic0") == "nic0.port")
             let filter = try await client.queryRxFilter(name: "nic0")
             #expect(filter.name == "nic0")

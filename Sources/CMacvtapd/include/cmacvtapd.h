@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <net/if.h>
 #include <sched.h>
 #include <stdint.h>
