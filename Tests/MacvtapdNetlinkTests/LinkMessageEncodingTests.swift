@@ -4,7 +4,9 @@ import Testing
 
 @Suite("Link request encoding")
 struct LinkMessageEncodingTests {
-    @Test func createMacvtapIsOneMessageWithNameLowerAddressAliasModeAndUp() {
+    /// Even when the macvtap is wanted up: it is brought up only after IPv6 address generation is
+    /// off (RouteSocket.createMacvtap), which the kernel refuses in a creating request.
+    @Test func createMacvtapIsOneMessageWithNameLowerAddressAliasAndModeThatCreatesItDown() {
         let configuration = MacvtapConfiguration(
             name: "mvt0", lowerIndex: 3, mode: .bridge, address: MACAddress("02:00:00:00:00:01"),
             alias: "macvtapd:a/b", up: true)
@@ -16,7 +18,7 @@ struct LinkMessageEncodingTests {
             0x00, 0x00, 0x00, 0x00,  // pid 0
             0x00, 0x00, 0x00, 0x00,  // ifinfomsg: family, pad, type
             0x00, 0x00, 0x00, 0x00,  // index 0
-            0x01, 0x00, 0x00, 0x00,  // flags IFF_UP
+            0x00, 0x00, 0x00, 0x00,  // flags: not IFF_UP
             0x01, 0x00, 0x00, 0x00,  // change IFF_UP
             0x09, 0x00, 0x03, 0x00, 0x6D, 0x76, 0x74, 0x30, 0x00, 0x00, 0x00, 0x00,  // IFLA_IFNAME "mvt0"
             0x08, 0x00, 0x05, 0x00, 0x03, 0x00, 0x00, 0x00,  // IFLA_LINK 3
@@ -29,6 +31,24 @@ struct LinkMessageEncodingTests {
             0x08, 0x00, 0x01, 0x00, 0x04, 0x00, 0x00, 0x00,  // IFLA_MACVLAN_MODE bridge
         ]
         #expect(LinkMessage.createMacvtapRequest(configuration, sequence: 7) == expected)
+    }
+
+    @Test func ipv6AddressGenerationIsTurnedOffThroughTheAddressFamilySpecificNest() {
+        let expected: [UInt8] = [
+            0x30, 0x00, 0x00, 0x00,  // nlmsg_len 48
+            0x13, 0x00,  // RTM_SETLINK
+            0x05, 0x00,  // NLM_F_REQUEST | NLM_F_ACK
+            0x09, 0x00, 0x00, 0x00,  // seq 9
+            0x00, 0x00, 0x00, 0x00,  // pid 0
+            0x00, 0x00, 0x00, 0x00,  // ifinfomsg: family, pad, type
+            0x2A, 0x00, 0x00, 0x00,  // index 42
+            0x00, 0x00, 0x00, 0x00,  // flags
+            0x00, 0x00, 0x00, 0x00,  // change: none
+            0x10, 0x00, 0x1A, 0x80,  // IFLA_AF_SPEC | NLA_F_NESTED, 16 bytes
+            0x0C, 0x00, 0x0A, 0x80,  // AF_INET6 | NLA_F_NESTED, 12 bytes
+            0x05, 0x00, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00,  // IFLA_INET6_ADDR_GEN_MODE NONE, padded
+        ]
+        #expect(LinkMessage.disableIPv6AddressGenerationRequest(index: 42, sequence: 9) == expected)
     }
 
     @Test(arguments: [
