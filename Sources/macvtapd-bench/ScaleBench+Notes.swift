@@ -25,6 +25,12 @@ extension ScaleBench {
            idle time around it.
         8. the daemon's CPU time from its start to all Attached (converge), and over the \(flaps)
            flaps of row 5 (deletes and returns) divided by their number.
+        9. VmRSS (resident now, what `ps` shows: anonymous and file pages) and VmHWM (the most
+           resident since exec) from /proc/PID/status of the daemon itself, read at the moment the
+           row names: the first daemon when all are Attached; the restarted one at the end of row
+           6's window; a daemon with `vms: {}` 2 s after its control socket appeared. The short
+           commands' peaks come from GNU time between the bench and the command (it forks the
+           command from its own small image, so the bench's memory is not counted).
         """
     }
 }

@@ -229,24 +229,25 @@ struct ScaleBench: AsyncParsableCommand {
         // VmRSS as `ps` shows it, at stated moments, and VmHWM beside it: the daemon's resident set
         // depends on when it is read (a converge's peak, what the allocator keeps after applies).
         print(
-            "| RSS (VmRSS, as `ps` shows it) at \(total) bindings, after the idle window: the restarted daemon "
+            "| RSS (VmRSS, as `ps` shows it) at \(total) bindings, after the idle window ⁹: the restarted daemon "
                 + "adopted them, answered \(repeats) plans and \(repeats * 2) applies, then idled \(idleSeconds) s "
                 + "| \(memoryIdle.described) | \(memoryPolling.described), after its flaps and "
                 + "\(baselineIdleSeconds) s idle | ≤ 16 MiB |")
         print(
-            "| RSS at \(total) bindings right after converging from nothing (first daemon) "
+            "| RSS at \(total) bindings right after converging from nothing (first daemon) ⁹ "
                 + "| \(memoryConverged.described) | | |")
         print(
             String(
-                format: "| peak RSS (VmHWM) of those daemons | %.1f MiB converging, %.1f MiB restarted | %.1f MiB | |",
+                format:
+                    "| peak RSS (VmHWM) of those daemons ⁹ | %.1f MiB converging, %.1f MiB restarted | %.1f MiB | |",
                 memoryConverged.peak, memoryIdle.peak, memoryPolling.peak))
         print(
-            "| RSS with no bindings (`vms: {}`), 2 s after start | \(footprint.emptyDaemon.described), "
+            "| RSS with no bindings (`vms: {}`), 2 s after start ⁹ | \(footprint.emptyDaemon.described), "
                 + String(format: "VmHWM %.1f MiB", footprint.emptyDaemon.peak) + " | | |")
         print(
             String(
                 format: "| peak RSS of `macvtapd --version`, of `macvtapd validate` of the %d-binding file "
-                    + "(whole processes, median of 5) | %.1f MiB, %.1f MiB | | |",
+                    + "(whole processes, median of 5) ⁹ | %.1f MiB, %.1f MiB | | |",
                 total, footprint.versionPeak, footprint.validatePeak))
         print(
             String(
