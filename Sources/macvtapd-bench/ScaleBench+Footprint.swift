@@ -21,16 +21,8 @@ extension ScaleBench {
         let versionPeak = try await medianPeakMiB(["--version"])
         let validatePeak = try await medianPeakMiB(["validate", "-c", config])
         let empty = try directory.write("empty.yaml", "version: 1\nvms: {}\n")
-        let metrics = directory.path + "/empty.prom"
-        let daemon = try BackgroundProcess.start(
-            "/usr/sbin/ip",
-            [
-                "netns", "exec", namespace.name, binary, "run", "-c", empty, "--status-file",
-                directory.path + "/empty-status.json", "--metrics-file", metrics, "--control-socket",
-                directory.path + "/empty-run/control.sock", "--device-dir", directory.path + "/dev",
-                "--log-level", "warning",
-            ],
-            logPath: directory.path + "/empty-daemon.log")
+        let daemon = try startDaemon(
+            binary: binary, config: empty, namespace: namespace, directory: directory, prefix: "empty-")
         // Nothing to write with nothing to manage: the control socket says it runs.
         let socket = directory.path + "/empty-run/control.sock"
         guard await waitUntil(timeout: .seconds(30), every: .milliseconds(10), { access(socket, F_OK) == 0 }) != nil

@@ -67,18 +67,10 @@ struct ScaleBench: AsyncParsableCommand {
             for nic in 0..<nics { yaml += "      n\(nic): {host: l\((vm * nics + nic) % lowers)}\n" }
         }
         let config = try directory.write("macvtapd.yaml", yaml)
-        let metrics = directory.path + "/macvtapd.prom"
+        let metrics = Self.metricsPath(in: directory)
         func attached() -> Int { Int(metric(metrics, "macvtapd_bindings{phase=\"Attached\"}") ?? 0) }
         func start(_ extra: [String]) throws -> BackgroundProcess {
-            try BackgroundProcess.start(
-                "/usr/sbin/ip",
-                [
-                    "netns", "exec", namespace.name, binary, "run", "-c", config,
-                    "--status-file", directory.path + "/status.json", "--metrics-file", metrics,
-                    "--control-socket", directory.path + "/run/control.sock",
-                    "--device-dir", directory.path + "/dev", "--log-level", "warning",
-                ] + extra,
-                logPath: directory.path + "/daemon.log")
+            try startDaemon(binary: binary, config: config, namespace: namespace, directory: directory, extra: extra)
         }
         let monitor = try LinkMonitor(networkNamespace: namespace.path)
         let notifications = LinkNotifications(monitor)
@@ -260,6 +252,28 @@ struct ScaleBench: AsyncParsableCommand {
         print(String(format: "| CPU per flap (delete + return) ⁸ | %.0f ms | | |", cpuPerFlap * 1000))
         print("")
         print(Self.notes(total: total, lowers: lowers, flaps: flaps, idleSeconds: idleSeconds))
+    }
+
+    static func metricsPath(in directory: TemporaryDirectory, prefix: String = "") -> String {
+        directory.path + "/\(prefix)macvtapd.prom"
+    }
+
+    /// `macvtapd run` in the bench's namespace, its files in `directory`, each name led by `prefix`
+    /// (the bench's daemons and the empty one of the footprint rows keep apart).
+    func startDaemon(
+        binary: String, config: String, namespace: NetworkNamespace, directory: TemporaryDirectory,
+        prefix: String = "", extra: [String] = []
+    ) throws -> BackgroundProcess {
+        try BackgroundProcess.start(
+            "/usr/sbin/ip",
+            [
+                "netns", "exec", namespace.name, binary, "run", "-c", config,
+                "--status-file", directory.path + "/\(prefix)status.json",
+                "--metrics-file", Self.metricsPath(in: directory, prefix: prefix),
+                "--control-socket", directory.path + "/\(prefix)run/control.sock",
+                "--device-dir", directory.path + "/dev", "--log-level", "warning",
+            ] + extra,
+            logPath: directory.path + "/\(prefix)daemon.log")
     }
 
     func addLowers(_ names: [String], in namespace: NetworkNamespace) async throws {
