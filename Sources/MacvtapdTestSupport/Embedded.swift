@@ -138,6 +138,8 @@ public final class EmbeddedVM: VMConnection {
         public var observeLatency: Duration = .zero
         /// set_link takes this long, widening the window in which events race a reconcile.
         public var setLinkDelay: Duration = .zero
+        /// When the last set_link began, before its delay: a bound on when the steps before it ended.
+        public var setLinkStartedAt: ContinuousClock.Instant?
         public var calls: [String] = []
         /// How many times the VM was observed (`query-status` + `info network` in the real thing).
         public var observations = 0
@@ -205,7 +207,10 @@ public final class EmbeddedVM: VMConnection {
     }
 
     public func setLink(nic: String, up: Bool) async throws {
-        let delay = state.withLock { $0.setLinkDelay }
+        let delay = state.withLock { state in
+            state.setLinkStartedAt = .now
+            return state.setLinkDelay
+        }
         if delay > .zero { try await Task.sleep(for: delay) }
         state.withLock { state in
             state.calls.append("link \(nic) \(up)")
