@@ -5,14 +5,16 @@ import Foundation
 /// a test that blocks one of them stalls every other test running in parallel, and timing tests
 /// (a controller that must retry within 100 ms) then fail for reasons of their own.
 public func offPool<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
-    try await withCheckedThrowingContinuation { continuation in
+    PoolProbe.startIfEnabled()
+    return try await withCheckedThrowingContinuation { continuation in
         Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
     }
 }
 
 /// `offPool` for work that cannot fail.
 public func offPool<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
-    await withCheckedContinuation { continuation in
+    PoolProbe.startIfEnabled()
+    return await withCheckedContinuation { continuation in
         Thread.detachNewThread { continuation.resume(returning: body()) }
     }
 }
