@@ -38,7 +38,7 @@ public enum PoolProbe {
 final class PoolProbeRecorder: Sendable {
     static let period: Int64 = 10_000_000
     /// A wake later than this is listed on its own, with what the pool threads were doing.
-    static let listed: Int64 = 100_000_000
+    static let listed: Int64 = 50_000_000
     /// How late a wake must be before the watchdog looks at the pool threads.
     static let inspected: Int64 = 50_000_000
     static let buckets: [Int64] = [10, 50, 100, 250, 500, 1000].map { $0 * 1_000_000 }
@@ -80,7 +80,7 @@ final class PoolProbeRecorder: Sendable {
                 try? await Task.sleep(for: .nanoseconds(Self.period))
                 let woke = monotonicNanoseconds()
                 due.store(0, ordering: .relaxed)
-                record(lateness: woke - before - Self.period, at: woke, thread: gettid())
+                record(lateness: woke - before - Self.period, at: woke, thread: currentThreadID())
             }
         }
         let watchdog = Thread { [self] in
@@ -179,7 +179,7 @@ final class PoolProbeRecorder: Sendable {
             return lines
         }
         let text = lines.joined(separator: "\n") + "\n"
-        fputs(text, stderr)
+        _ = text.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
         if let reportPath {
             let fd = open(reportPath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
             if fd >= 0 {
@@ -188,6 +188,11 @@ final class PoolProbeRecorder: Sendable {
             }
         }
     }
+}
+
+/// The kernel's id of the calling thread, from /proc/thread-self ("PID/task/TID").
+private func currentThreadID() -> Int32 {
+    Int32(readLink("/proc/thread-self").split(separator: "/").last ?? "") ?? 0
 }
 
 private func monotonicNanoseconds() -> Int64 {
