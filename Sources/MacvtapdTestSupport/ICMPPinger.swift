@@ -11,7 +11,13 @@ public final class ICMPPinger: Sendable {
     private let identifier: UInt16
     private let sequence = Atomic<UInt16>(0)
 
+    /// `init` on a thread of its own (it enters the namespace).
+    public static func open(target: String, in namespace: NetworkNamespace) async throws -> ICMPPinger {
+        try await offPool { try ICMPPinger(target: target, in: namespace) }
+    }
+
     /// A raw ICMP socket made inside `namespace` (it stays there) for echoes to the IPv4 `target`.
+    /// Enters the namespace on the calling thread: async code uses `open`.
     public init(target: String, in namespace: NetworkNamespace) throws {
         var parsed = in_addr()
         guard inet_pton(AF_INET, target, &parsed) == 1 else { throw ICMPPingerError("parse address \(target)", 0) }
@@ -67,7 +73,10 @@ public final class ICMPPinger: Sendable {
     }
 
     /// Sequence numbers of our echo replies that arrived within `timeout` (at least one, or none
-    /// when the time ran out).
+    /// when the time ran out). Waits on the calling thread: for threads of their own.
+    @available(
+        *, noasync, message: "blocks a cooperative pool thread: use firstReplyInBackground or streamInBackground"
+    )
     public func receiveReplies(timeout: Duration) -> [UInt16] {
         var pollDescriptor = pollfd(fd: fd.withLock { $0 }, events: Int16(POLLIN), revents: 0)
         // Rounded up: rounding the sub-millisecond waits between echoes down to zero would spin a
@@ -94,6 +103,7 @@ public final class ICMPPinger: Sendable {
 
     /// Echoes every `interval` until the first reply; returns how long after the call it came,
     /// or nil after `timeout`.
+    @available(*, noasync, message: "blocks a cooperative pool thread: use firstReplyInBackground")
     public func firstReply(interval: Duration, timeout: Duration) -> Duration? {
         // Replies to an earlier call's echoes may still sit in the socket: only this call's count.
         _ = receiveReplies(timeout: .zero)
@@ -138,6 +148,7 @@ public struct ICMPPingerError: Error, CustomStringConvertible {
 extension ICMPPinger {
     /// A steady echo stream: sends every `interval` for `duration` and reports which echoes were
     /// answered, in send order (the bond failover gap is the run of unanswered ones).
+    @available(*, noasync, message: "blocks a cooperative pool thread: use streamInBackground")
     public func stream(interval: Duration, for duration: Duration) -> [(sent: ContinuousClock.Instant, answered: Bool)]
     {
         _ = receiveReplies(timeout: .zero)

@@ -50,8 +50,15 @@ public final class NetworkNamespace: Sendable {
         try await NetworkNamespaceCommand.run(["ip", "netns", "exec", name] + arguments)
     }
 
+    /// `withEntered` on a thread of its own, for async code: no thread of the cooperative pool ever
+    /// changes namespace, and what `body` waits for (a mount, RTNL) holds none of them.
+    public func entered<Result: Sendable>(_ body: @escaping @Sendable () throws -> Result) async throws -> Result {
+        try await offPool { try self.withEntered(body) }
+    }
+
     /// Runs `body` with the calling thread inside the namespace; sockets made there stay there.
-    /// Synchronous: the thread is switched back before anything else can run on it.
+    /// Synchronous: the thread is switched back before anything else can run on it. Enters on the
+    /// calling thread: for threads of their own (benchmarks' timed loops); async code uses `entered`.
     public func withEntered<Result>(_ body: () throws -> Result) throws -> Result {
         let original = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
         guard original >= 0 else {

@@ -58,8 +58,25 @@ public final class NotifySocket: Sendable {
         throw ChildError("\(path) never filled")
     }
 
-    /// The next datagram, or nil when none arrives within `timeout`.
-    public func receive(timeout: Duration = .seconds(2)) -> String? {
+    /// The next datagram, or nil when none arrives within `timeout`. One already queued is taken at
+    /// once; otherwise the wait happens on a thread of its own, never on the cooperative pool.
+    public func receive(timeout: Duration = .seconds(2)) async -> String? {
+        if let queued = receiveNow() { return queued }
+        guard timeout > .zero else { return nil }
+        return await offPool { self.receiveBlocking(timeout: timeout) }
+    }
+
+    /// Every datagram queued now, oldest first.
+    public func drain() -> [String] {
+        var messages: [String] = []
+        while let message = receiveNow() { messages.append(message) }
+        return messages
+    }
+
+    /// A queued datagram, without waiting.
+    func receiveNow() -> String? { receiveBlocking(timeout: .zero) }
+
+    func receiveBlocking(timeout: Duration) -> String? {
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let milliseconds = Int32(
             timeout.components.seconds * 1000 + timeout.components.attoseconds / 1_000_000_000_000_000)
@@ -67,13 +84,6 @@ public final class NotifySocket: Sendable {
         var buffer = [UInt8](repeating: 0, count: 4096)
         let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
         return count >= 0 ? String(decoding: buffer[..<count], as: UTF8.self) : nil
-    }
-
-    /// Every datagram queued now, oldest first.
-    public func drain() -> [String] {
-        var messages: [String] = []
-        while let message = receive(timeout: .zero) { messages.append(message) }
-        return messages
     }
 
     public func close() {

@@ -1,4 +1,5 @@
 import CMacvtapd
+import Foundation
 import Synchronization
 
 #if canImport(Glibc)
@@ -20,7 +21,14 @@ public final class ProbeTap: Sendable {
     private let packetSocket: Mutex<Int32>
     private let closed = Mutex(false)
 
-    /// Creates `mvq<random>` (or `name`), brings it up and opens a packet socket on it.
+    /// `init` on a thread of its own: TUNSETIFF and bringing the link up take RTNL, which a
+    /// namespace being torn down elsewhere can hold for long.
+    public static func make(name: String? = nil) async throws -> ProbeTap {
+        try await offPool { try ProbeTap(name: name) }
+    }
+
+    /// Creates `mvq<random>` (or `name`), brings it up and opens a packet socket on it. Blocks:
+    /// async code uses `make`.
     public init(name: String? = nil) throws {
         let name = name ?? "mvq" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         guard name.utf8.count < Int(IFNAMSIZ) else { throw QEMUFixtureError("tap name '\(name)' is too long") }
@@ -51,16 +59,23 @@ public final class ProbeTap: Sendable {
 
     deinit { close() }
 
+    /// Returns at once: the descriptors are closed on a thread of its own, as closing either
+    /// waits in the kernel (an RCU grace period for the packet socket; the tap's detach and, when
+    /// QEMU holds no copy, the interface's unregistration).
     public func close() {
         let first = closed.withLock { closed in
             defer { closed = true }
             return !closed
         }
         guard first else { return }
-        Glibc.close(fd)
-        packetSocket.withLock { packet in
+        let packet = packetSocket.withLock { packet in
+            defer { packet = -1 }
+            return packet
+        }
+        let tap = fd
+        Thread.detachNewThread {
             Glibc.close(packet)
-            packet = -1
+            Glibc.close(tap)
         }
     }
 
@@ -113,10 +128,11 @@ public final class ProbeTap: Sendable {
         }
     }
 
+    /// Made with protocol 0 and bound with ETH_P_ALL: one made with ETH_P_ALL would be unhooked
+    /// again by the bind, which waits for an RCU grace period (see `PacketSocket`).
     private static func packetSocket(ifindex: Int32, name: String) throws -> Int32 {
         let protocolAll = UInt16(ETH_P_ALL).bigEndian
-        let packet = Glibc.socket(
-            AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Int32(protocolAll))
+        let packet = Glibc.socket(AF_PACKET, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard packet >= 0 else { throw QEMUFixtureError("AF_PACKET socket for \(name) failed: errno \(errno)") }
         var address = sockaddr_ll()
         address.sll_family = UInt16(AF_PACKET)

@@ -206,7 +206,7 @@ public final class Sandbox: Sendable {
     public func frameReachesHub(from lower: String, nic id: String, within timeout: Duration = .seconds(3)) async throws
         -> Bool
     {
-        let socket = try PacketSocket(interface: lower + "p", in: namespace)
+        let socket = try await PacketSocket.open(interface: lower + "p", in: namespace)
         defer { socket.close() }
         return try await probes[id]!.receivesFrame(to: MACAddress(nic(id).mac)!, sentThrough: socket, within: timeout)
     }
@@ -215,14 +215,14 @@ public final class Sandbox: Sendable {
     public func frameLeavesThrough(_ lower: String, nic id: String, within timeout: Duration = .seconds(3)) async throws
         -> Bool
     {
-        let socket = try PacketSocket(interface: lower + "p", in: namespace)
+        let socket = try await PacketSocket.open(interface: lower + "p", in: namespace)
         defer { socket.close() }
         let marker = EthernetFrame.uniqueMarker()
         let frame = EthernetFrame.make(source: MACAddress(nic(id).mac)!.bytes, payload: marker)
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             try probes[id]!.send(frame)
-            let seen = try socket.receive(timeout: .milliseconds(200)) { received in
+            let seen = try await socket.receive(timeout: .milliseconds(200)) { received in
                 received.count >= marker.count
                     && received.indices.dropLast(marker.count - 1).contains {
                         Array(received[$0..<$0 + marker.count]) == marker

@@ -756,7 +756,7 @@ public final class Soak {
         var reached = 0
         for (key, spec) in model.config.bindings {
             let nic = model.nic(key)
-            let socket = try PacketSocket(interface: spec.lower + "p", in: sandbox.namespace)
+            let socket = try await PacketSocket.open(interface: spec.lower + "p", in: sandbox.namespace)
             defer { socket.close() }
             let marker = EthernetFrame.uniqueMarker()
             let frame = EthernetFrame.make(destination: spec.macvtapMAC(of: nic).bytes, payload: marker)

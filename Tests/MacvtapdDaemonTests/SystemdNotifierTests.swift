@@ -10,15 +10,15 @@ import Testing
 
 @Suite struct SystemdNotifierTests {
     @Test(arguments: [false, true])
-    func sendsDatagrams(abstract: Bool) throws {
+    func sendsDatagrams(abstract: Bool) async throws {
         let socket = try NotifySocket(
             path: abstract ? nil : "/tmp/macvtapd-notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         defer { socket.close() }
         let notifier = SystemdNotifier(environment: ["NOTIFY_SOCKET": socket.path])
         notifier.ready(status: "3 binding(s): 3 Attached")
-        #expect(socket.receive() == "READY=1\nSTATUS=3 binding(s): 3 Attached")
+        #expect(await socket.receive() == "READY=1\nSTATUS=3 binding(s): 3 Attached")
         notifier.watchdog()
-        #expect(socket.receive() == "WATCHDOG=1")
+        #expect(await socket.receive() == "WATCHDOG=1")
         #expect(notifier.isDrained)
     }
 
@@ -41,14 +41,15 @@ import Testing
         #expect(!notifier.isDrained)
 
         // Exactly the fillers: the retry may deliver the rest while they are being read.
-        let fillers = (0..<filled).map { _ in socket.receive() }
+        var fillers: [String?] = []
+        for _ in 0..<filled { fillers.append(await socket.receive()) }
         #expect(fillers.allSatisfy { $0 == "X_FILLER=1" })
-        #expect(socket.receive() == "READY=1\nSTATUS=999 binding(s)\nWATCHDOG=1")
+        #expect(await socket.receive() == "READY=1\nSTATUS=999 binding(s)\nWATCHDOG=1")
         #expect(await eventually { notifier.isDrained })
-        #expect(socket.receive(timeout: .milliseconds(100)) == nil, "the dropped STATUS= lines stay dropped")
+        #expect(await socket.receive(timeout: .milliseconds(100)) == nil, "the dropped STATUS= lines stay dropped")
     }
 
-    @Test func stoppingIsNotUndoneByALaterReady() throws {
+    @Test func stoppingIsNotUndoneByALaterReady() async throws {
         let socket = try NotifySocket()
         defer { socket.close() }
         let filled = try socket.fill()
@@ -56,8 +57,8 @@ import Testing
         notifier.reloading()
         notifier.stopping()
         notifier.ready()
-        for _ in 0..<filled { _ = socket.receive() }
-        #expect(socket.receive() == "STOPPING=1")
+        for _ in 0..<filled { _ = await socket.receive() }
+        #expect(await socket.receive() == "STOPPING=1")
     }
 
     @Test func silentWithoutSystemd() {

@@ -47,7 +47,7 @@ extension GuestVMTests {
                 let daemon = try sandbox.startDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
-                let pinger = try sandbox.pinger()
+                let pinger = try await sandbox.makePinger()
                 defer { pinger.close() }
                 try await Self.answers(pinger, within: .seconds(5), "once attached")
 
@@ -101,16 +101,18 @@ extension GuestVMTests {
                 let daemon = try sandbox.startDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
-                let pinger = try sandbox.pinger()
+                let pinger = try await sandbox.makePinger()
                 defer { pinger.close() }
                 try await Self.answers(pinger, within: .seconds(5), "once attached")
                 #expect(try await sandbox.learnedPort(of: Self.nic0.mac) == "up0p")
 
-                let wire = try PacketSocket(interface: "up1p", in: sandbox.namespace)
+                let wire = try await PacketSocket.open(interface: "up1p", in: sandbox.namespace)
                 defer { wire.close() }
                 try sandbox.writeConfig(bindings: [("nic0", "up1")], extra: extra)
                 let moved = ContinuousClock.now
-                let announcement = try wire.receive(timeout: .seconds(1)) { Self.isAnnouncement($0, of: Self.nic0.mac) }
+                let announcement = try await wire.receive(timeout: .seconds(1)) {
+                    Self.isAnnouncement($0, of: Self.nic0.mac)
+                }
                 if announce {
                     let frame = try #require(announcement, "no RARP or gratuitous ARP on up1p: \(daemon.log())")
                     let kind = frame[12] == 0x80 ? "RARP" : "gratuitous ARP"
@@ -165,7 +167,7 @@ extension GuestVMTests {
                 let daemon = try sandbox.startDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 2)
-                let pinger = try sandbox.pinger()
+                let pinger = try await sandbox.makePinger()
                 defer { pinger.close() }
                 try await Self.answers(pinger, within: .seconds(5), "through bond0 once attached")
 
@@ -203,7 +205,7 @@ extension GuestVMTests {
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 #expect(try await sandbox.macvtapMACs() == [Self.nic0.mac])
-                let pinger = try sandbox.pinger()
+                let pinger = try await sandbox.makePinger()
                 defer { pinger.close() }
                 for mac in [first, second] {
                     try await vm.waitForLine("GUEST SETMAC eth0 mac=\(mac)", timeout: .seconds(20))

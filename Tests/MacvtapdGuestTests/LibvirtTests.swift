@@ -35,7 +35,7 @@ import Testing
 
         /// The guest (10.99.0.2) answers an echo from the switch within `timeout`.
         func guestAnswers(within timeout: Duration = .seconds(15)) async throws -> Bool {
-            let pinger = try sandbox.pinger()
+            let pinger = try await sandbox.makePinger()
             defer { pinger.close() }
             return await pinger.firstReplyInBackground(interval: .milliseconds(100), timeout: timeout) != nil
         }

@@ -29,11 +29,13 @@ extension GuestVMTests {
             let names: [String]
             let pingers: [ICMPPinger]
 
-            init(_ hosts: TwoHosts) throws {
+            init(_ hosts: TwoHosts) async throws {
                 names = ["switch", "client on a", "client on b"]
-                pingers = try [hosts.network, hosts.a.client, hosts.b.client].map {
-                    try ICMPPinger(target: LiveMigrationTests.guestAddress, in: $0)
+                var pingers: [ICMPPinger] = []
+                for namespace in [hosts.network, hosts.a.client, hosts.b.client] {
+                    pingers.append(try await ICMPPinger.open(target: LiveMigrationTests.guestAddress, in: namespace))
                 }
+                self.pingers = pingers
             }
 
             func close() { pingers.forEach { $0.close() } }
@@ -64,7 +66,7 @@ extension GuestVMTests {
                 let fdb = try await FDBMonitor(in: hosts.network, logPath: hosts.directory.path + "/fdb.log")
                 let launched = Launched()
                 defer { launched.terminateAll() }
-                let clients = try Clients(hosts)
+                let clients = try await Clients(hosts)
                 defer { clients.close() }
 
                 let first = try await GuestVM.launch(

@@ -11,7 +11,7 @@ func testFrame(to destination: MACAddress, from source: MACAddress, marker: Stri
     return frame
 }
 
-func carries(_ marker: String, atOffset offset: Int) -> ([UInt8]) -> Bool {
+func carries(_ marker: String, atOffset offset: Int) -> @Sendable ([UInt8]) -> Bool {
     { frame in
         frame.count >= offset + 14 + marker.utf8.count && frame[offset + 12] == 0x88 && frame[offset + 13] == 0xB5
             && frame[(offset + 14)...].starts(with: marker.utf8)
@@ -27,7 +27,7 @@ struct MacvtapDataPlaneTests {
         let macvtap = try host.route.createMacvtap(host.macvtap(mode: mode))
         let tap = try host.device.open(macvtap)
         defer { tap.close() }
-        let wire = try PacketSocket(interface: host.veth.peer, in: host.namespace)
+        let wire = try await PacketSocket.open(interface: host.veth.peer, in: host.namespace)
         defer { wire.close() }
         let peerMAC = try #require(try host.route.link(named: host.veth.peer).address)
         let macvtapMAC = try #require(macvtap.address)
@@ -40,15 +40,16 @@ struct MacvtapDataPlaneTests {
             [UInt8](repeating: 0, count: headerSize) + testFrame(to: peerMAC, from: macvtapMAC, marker: outbound)
         let count = try tap.withRawValue { fd in written.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } }
         #expect(count == written.count)
-        let onWire = try wire.receive(timeout: .seconds(3), matching: carries(outbound, atOffset: 0))
+        let onWire = try await wire.receive(timeout: .seconds(3), matching: carries(outbound, atOffset: 0))
         #expect(onWire.map { Array($0.prefix(12)) } == peerMAC.bytes + macvtapMAC.bytes)
 
         // Wire to guest: addressed to the macvtap's MAC, delivered after a vnet header.
         let inbound = "macvtapd-in-\(mode)"
         try wire.send(testFrame(to: macvtapMAC, from: peerMAC, marker: inbound))
-        let delivered = try tap.withRawValue { fd in
-            try PacketSocket.receive(from: fd, timeout: .seconds(3), matching: carries(inbound, atOffset: headerSize))
-        }
+        // The descriptor stays open until the deferred close above.
+        let fd = try tap.withRawValue { $0 }
+        let delivered = try await PacketSocket.receive(
+            from: fd, timeout: .seconds(3), matching: carries(inbound, atOffset: headerSize))
         #expect(delivered.map { Array($0[headerSize..<(headerSize + 12)]) } == macvtapMAC.bytes + peerMAC.bytes)
     }
 }

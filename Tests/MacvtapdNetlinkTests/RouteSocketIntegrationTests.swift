@@ -98,7 +98,7 @@ struct RouteSocketIntegrationTests {
     @Test func theHostSendsNothingFromAnUpMacvtap() async throws {
         let host = try await NetlinkTestHost()
         defer { host.tearDown() }
-        let wire = try PacketSocket(interface: host.veth.peer, in: host.namespace)
+        let wire = try await PacketSocket.open(interface: host.veth.peer, in: host.namespace)
         defer { wire.close() }
         let ours = try host.route.createMacvtap(host.macvtap())
         let foreignMAC = try #require(MACAddress("02:00:5e:00:00:02"))
@@ -107,18 +107,14 @@ struct RouteSocketIntegrationTests {
         try await host.namespace.ip("link", "set", "foreign0", "up")
 
         let oursMAC = try #require(ours.address)
-        let firstFromEither = try await offPool {
-            try wire.receive(timeout: .seconds(10)) { frame in
-                frame.count >= 12
-                    && MACAddress(bytes: frame[6..<12]).map { [oursMAC, foreignMAC].contains($0) } == true
-            }
+        let firstFromEither = try await wire.receive(timeout: .seconds(10)) { frame in
+            frame.count >= 12
+                && MACAddress(bytes: frame[6..<12]).map { [oursMAC, foreignMAC].contains($0) } == true
         }
         let first = try #require(firstFromEither, "the control macvtap sent nothing within 10 s")
         #expect(MACAddress(bytes: first[6..<12]) == foreignMAC, "the host sent from the macvtap macvtapd made")
-        let laterFromOurs = try await offPool {
-            try wire.receive(timeout: .seconds(1)) { frame in
-                frame.count >= 12 && MACAddress(bytes: frame[6..<12]) == oursMAC
-            }
+        let laterFromOurs = try await wire.receive(timeout: .seconds(1)) { frame in
+            frame.count >= 12 && MACAddress(bytes: frame[6..<12]) == oursMAC
         }
         #expect(laterFromOurs == nil, "the host sent from the macvtap macvtapd made")
         #expect(try await host.namespace.ip("-6", "address", "show", "dev", ours.name).isEmpty)

@@ -10,7 +10,7 @@ import Testing
         // Creating a tap takes RTNL: off the cooperative pool, where a busy lock would stall others.
         let probes = [try Probe(), try Probe()]
         defer { for probe in probes { probe.close() } }
-        let taps = try await offPool { [try ProbeTap(), try ProbeTap()] }
+        let taps = [try await ProbeTap.make(), try await ProbeTap.make()]
         defer { for tap in taps { tap.close() } }
         try await withQEMU(QEMUOptions(probes: [(probes[0], 10), (probes[1], 20)])) { _, client in
             var commands: [QMPCommand] = []
@@ -56,7 +56,7 @@ import Testing
     }
 
     @Test func aRefusedCommandFailsAloneAndTheOthersAnswer() async throws {
-        let tap = try await offPool { try ProbeTap() }
+        let tap = try await ProbeTap.make()
         defer { tap.close() }
         try await withQEMU { _, client in
             let replies = try await client.executePipelined([

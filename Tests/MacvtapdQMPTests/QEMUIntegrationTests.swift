@@ -105,7 +105,7 @@ func withQEMU(
     @Test func tapFdPassedWithGetfdCarriesFramesBothWays() async throws {
         let probe = try Probe()
         defer { probe.close() }
-        let tap = try ProbeTap()
+        let tap = try await ProbeTap.make()
         defer { tap.close() }
         let options = QEMUOptions(probes: [(probe, 10)])
         try await withQEMU(options) { _, client in
@@ -141,7 +141,7 @@ func withQEMU(
     }
 
     @Test func refusedTapNetdevDoesNotLeaveTheFdInQEMU() async throws {
-        let tap = try ProbeTap()
+        let tap = try await ProbeTap.make()
         defer { tap.close() }
         try await withQEMU { _, client in
             try await client.addHubPort(id: "taken", hubID: 30, netdev: nil)

@@ -85,7 +85,7 @@ import Testing
 
     /// Frames the switch sends to the guest's MAC through `host`'s port until one reaches `vm`'s hub.
     static func frameReaches(_ vm: VMProcess, from host: TwoHosts.Host, in hosts: TwoHosts) async throws -> Bool {
-        let socket = try PacketSocket(interface: host.switchPort, in: hosts.network)
+        let socket = try await PacketSocket.open(interface: host.switchPort, in: hosts.network)
         defer { socket.close() }
         return try await vm.probe.receivesFrame(to: guestMAC, sentThrough: socket)
     }

@@ -55,7 +55,7 @@ import Testing
             #expect(pci.contains("Bus  0, device  30, function 0"), "slot 0x1e on pcie.0: \(pci)")
 
             // Frames from the host interface reach the NIC's hub.
-            let socket = try PacketSocket(interface: "up0p", in: sandbox.namespace)
+            let socket = try await PacketSocket.open(interface: "up0p", in: sandbox.namespace)
             defer { socket.close() }
             let reached = try await probe.receivesFrame(to: MACAddress("52:54:00:7e:00:01")!, sentThrough: socket)
             #expect(reached, "a frame from up0 reaches the printed hub")

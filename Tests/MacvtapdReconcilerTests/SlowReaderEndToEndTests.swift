@@ -46,7 +46,7 @@ import Testing
             try await Self.flapsAndReload(sandbox, times: 4) { daemon.log() }
 
             // systemd catches up: it hears that the daemon is ready, with the current STATUS=.
-            for _ in 0..<filled { _ = notify.receive() }
+            for _ in 0..<filled { _ = await notify.receive() }
             var heard: [String] = []
             let told = await eventually(within: .seconds(5)) {
                 heard += notify.drain()
