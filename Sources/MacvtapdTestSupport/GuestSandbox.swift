@@ -56,7 +56,7 @@ public final class GuestSandbox: Sendable {
         do {
             directory = try TemporaryDirectory()
         } catch {
-            try? namespace.delete()
+            try? await namespace.remove()
             throw error
         }
         do {
@@ -70,7 +70,7 @@ public final class GuestSandbox: Sendable {
             if let configuration { vm = try await GuestVM.boot(configuration) }
             return GuestSandbox(namespace: namespace, vm: vm, directory: directory, binary: binary)
         } catch {
-            try? namespace.delete()
+            try? await namespace.remove()
             directory.remove()
             throw error
         }
@@ -88,7 +88,7 @@ public final class GuestSandbox: Sendable {
         // The daemon first: one still running would write into the directory removed below.
         for daemon in daemons.withLock({ $0 }) { await daemon.stop() }
         guest?.terminate()
-        try? namespace.delete()
+        try? await namespace.remove()
         directory.remove()
     }
 

@@ -1,4 +1,5 @@
 import CMacvtapd
+import Foundation
 import Glibc
 import Synchronization
 
@@ -18,18 +19,37 @@ public final class NetworkNamespace: Sendable {
         do {
             try await ip("link", "set", "lo", "up")
         } catch {
-            try? delete()
+            try? await remove()
             throw error
         }
     }
 
-    deinit { try? delete() }
+    /// Deleted from the thread that drops the last reference, often one of the cooperative pool's:
+    /// the unmount waits for an RCU grace period, so it happens on a thread of its own.
+    deinit { discard() }
 
     /// Removes the namespace as `ip netns del` does (detach its bind mount, unlink the name),
     /// without a child process: it runs from deinit, on whatever thread dropped the last reference.
     /// Its interfaces go when the last socket and process in it are gone.
+    /// Blocks for an RCU grace period (the unmount): async code uses `remove()`.
     public func delete() throws {
         guard !deleted.exchange(true, ordering: .relaxed) else { return }
+        try Self.delete(path)
+    }
+
+    /// `delete()` on a thread of its own.
+    public func remove() async throws {
+        try await offPool { try self.delete() }
+    }
+
+    /// Deletes from a thread of its own without waiting: for a `defer`, which cannot await.
+    public func discard() {
+        guard !deleted.exchange(true, ordering: .relaxed) else { return }
+        let path = path
+        Thread.detachNewThread { try? Self.delete(path) }
+    }
+
+    private static func delete(_ path: String) throws {
         umount2(path, Int32(MNT_DETACH))
         guard unlink(path) == 0 else {
             throw NetworkNamespaceCommandError(command: ["unlink \(path)"], status: errno, output: "")

@@ -58,7 +58,7 @@ public final class Sandbox: Sendable {
                         additionalMonitors: ["test.qmp"]))
             return try Sandbox(namespace: namespace, qemu: qemu, nics: nics, probes: probes, paused: paused)
         } catch {
-            try? namespace.delete()
+            try? await namespace.remove()
             throw error
         }
     }
@@ -105,7 +105,7 @@ public final class Sandbox: Sendable {
         for child in children.withLock({ $0 }) { await child.stop() }
         await vm.withLock({ $0 })?.terminate()
         for probe in probes.values { probe.close() }
-        try? namespace.delete()
+        try? await namespace.remove()
         directory.remove()
     }
 

@@ -79,7 +79,7 @@ public final class TwoHosts: Sendable {
             a = hosts[0]
             b = hosts[1]
         } catch {
-            for made in created { try? made.delete() }
+            for made in created { try? await made.remove() }
             directory.remove()
             throw error
         }
@@ -102,7 +102,7 @@ public final class TwoHosts: Sendable {
     /// namespaces (their interfaces go with them) and the files.
     public func cleanup() async {
         for daemon in daemons.withLock({ $0 }) { await daemon.stop() }
-        for namespace in [a.namespace, a.client, b.namespace, b.client, network] { try? namespace.delete() }
+        for namespace in [a.namespace, a.client, b.namespace, b.client, network] { try? await namespace.remove() }
         directory.remove()
     }
 

@@ -96,7 +96,7 @@ public enum UdevAnnouncer {
     public static func announce(
         in namespace: NetworkNamespace, action: String, name: String, ifindex: Int32, properties: [String: String],
         sequence: UInt64 = 1
-    ) throws {
+    ) async throws {
         var all = properties
         all["ACTION"] = action
         all["DEVPATH"] = "/devices/virtual/net/\(name)"
@@ -108,10 +108,10 @@ public enum UdevAnnouncer {
         for (key, value) in all.sorted(by: { $0.key < $1.key }) { body += Array("\(key)=\(value)".utf8) + [0] }
 
         let headerSize = 40
-        var message = Array("libudev".utf8) + [0]
+        var header = Array("libudev".utf8) + [0]
         func append32(_ value: UInt32, bigEndian: Bool) {
             let ordered = bigEndian ? value.bigEndian : value
-            withUnsafeBytes(of: ordered) { message += $0 }
+            withUnsafeBytes(of: ordered) { header += $0 }
         }
         append32(0xfeed_cafe, bigEndian: true)
         append32(UInt32(headerSize), bigEndian: false)
@@ -121,9 +121,8 @@ public enum UdevAnnouncer {
         append32(0, bigEndian: false)
         append32(0, bigEndian: false)
         append32(0, bigEndian: false)
-        message += body
-
-        try namespace.withEntered {
+        let message = header + body
+        try await namespace.entered {
             let fd = socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), NETLINK_KOBJECT_UEVENT)
             guard fd >= 0 else { throw UdevViewError("open uevent netlink", errno) }
             defer { close(fd) }

@@ -19,15 +19,30 @@ final class NetlinkTestHost {
         namespace = try await NetworkNamespace(prefix: "mvtdnl")
         do {
             veth = try await namespace.addVethPair("lower0", peer: "peer0")
-            route = try RouteSocket(networkNamespace: namespace.path)
-            sysfs = try NetworkNamespaceSysfs(of: namespace)
+            // Entering the namespace and mounting its sysfs block: on a thread of their own.
+            let namespace = namespace
+            (route, sysfs) = try await offPool {
+                (try RouteSocket(networkNamespace: namespace.path), try NetworkNamespaceSysfs(of: namespace))
+            }
             var template = Array("/tmp/mvtd-run-XXXXXX".utf8CString)
             runtimeDirectory = String(cString: mkdtemp(&template)!) + "/dev"
-            lower = try route.link(named: veth.name)
+            lower = try await route.link(named: veth.name)
         } catch {
-            try? namespace.delete()
+            try? await namespace.remove()
             throw error
         }
+    }
+
+    /// Runs `body` with a fresh host and tears it down afterwards, also when `body` throws.
+    static func with(_ body: (NetlinkTestHost) async throws -> Void) async throws {
+        let host = try await NetlinkTestHost()
+        do {
+            try await body(host)
+        } catch {
+            await host.tearDown()
+            throw error
+        }
+        await host.tearDown()
     }
 
     var device: MacvtapDevice { MacvtapDevice(sysfsRoot: sysfs.path, runtimeDirectory: runtimeDirectory) }
@@ -51,12 +66,16 @@ final class NetlinkTestHost {
         return names
     }
 
-    func tearDown() {
+    /// Unmounting and deleting the namespace wait for RCU grace periods: on a thread of their own.
+    func tearDown() async {
         route.close()
-        sysfs.unmount()
-        rmdir(runtimeDirectory)
-        rmdir(String(runtimeDirectory.dropLast("/dev".count)))
-        #expect(throws: Never.self) { try namespace.delete() }
+        let (sysfs, runtimeDirectory) = (sysfs, runtimeDirectory)
+        await offPool {
+            sysfs.unmount()
+            rmdir(runtimeDirectory)
+            rmdir(String(runtimeDirectory.dropLast("/dev".count)))
+        }
+        await #expect(throws: Never.self) { try await namespace.remove() }
         #expect(!namespace.exists, "namespace \(namespace.name) left behind")
     }
 }

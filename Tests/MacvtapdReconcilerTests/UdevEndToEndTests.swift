@@ -169,7 +169,7 @@ import Testing
 
             let properties = ["ID_PATH": "pci-0000:03:00.0", "ID_NET_NAME_PATH": "enp3s0"]
             try UdevView.writeDatabaseEntry(in: sandbox.udevRunDirectory, ifindex: index, properties: properties)
-            try UdevAnnouncer.announce(
+            try await UdevAnnouncer.announce(
                 in: sandbox.namespace, action: "move", name: "enp3s0", ifindex: index, properties: properties)
             #expect(
                 await DaemonEndToEndTests.until(.seconds(5)) { binding()?.phase == .attached },

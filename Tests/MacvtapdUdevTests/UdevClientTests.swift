@@ -13,7 +13,7 @@ import Testing
 
     @Test func lookupReadsTheNamespaceSysfsAndIsNotInitialisedWithoutADatabaseEntry() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudev")
-        defer { try? namespace.delete() }
+        defer { namespace.discard() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
         try await namespace.ip("link", "add", "udv0", "type", "veth", "peer", "name", "udv0p")
@@ -40,7 +40,7 @@ import Testing
 
     @Test func databaseEntryMakesTheLinkInitialisedWithItsProperties() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudev")
-        defer { try? namespace.delete() }
+        defer { namespace.discard() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
         try await namespace.ip("link", "add", "udv1", "type", "veth", "peer", "name", "udv1p")
@@ -65,7 +65,7 @@ import Testing
 
     @Test func renamedLinkIsFoundUnderItsNewName() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudev")
-        defer { try? namespace.delete() }
+        defer { namespace.discard() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
         try await namespace.ip("link", "add", "eth0", "type", "veth", "peer", "name", "udv2p")

@@ -20,8 +20,8 @@ import Testing
 
     @Test func deliversNetEventsOfItsNamespaceAndStopsCleanly() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudevmon")
-        defer { try? namespace.delete() }
-        let monitor = try namespace.withEntered { try UdevMonitor(source: .kernel) }
+        defer { namespace.discard() }
+        let monitor = try await namespace.entered { try UdevMonitor(source: .kernel) }
         defer { monitor.close() }
         var events = monitor.events.makeAsyncIterator()
 
@@ -46,12 +46,12 @@ import Testing
 
     @Test func udevSourceDeliversWhatUdevdAnnouncesInitialised() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudevmon")
-        defer { try? namespace.delete() }
-        let monitor = try namespace.withEntered { try UdevMonitor(source: .udev) }
+        defer { namespace.discard() }
+        let monitor = try await namespace.entered { try UdevMonitor(source: .udev) }
         defer { monitor.close() }
         var events = monitor.events.makeAsyncIterator()
 
-        try UdevAnnouncer.announce(
+        try await UdevAnnouncer.announce(
             in: namespace, action: "move", name: "enp3s0", ifindex: 7, properties: ["ID_PATH": "pci-0000:03:00.0"])
         let event = await Self.next(&events) { action, _ in action == "move" }
         let device = try #require(event?.1)
@@ -85,11 +85,12 @@ import Testing
 
     @Test func autoIsOffInATestNamespaceEvenWithAControlSocket() async throws {
         let namespace = try await NetworkNamespace(prefix: "mvtudevenv")
-        defer { try? namespace.delete() }
+        defer { namespace.discard() }
         let run = try TemporaryDirectory()
         defer { run.remove() }
         try run.write("control", "")
-        let decision = try namespace.withEntered { UdevEnvironment(mode: .auto, runDirectory: run.path).resolve() }
+        let path = run.path
+        let decision = try await namespace.entered { UdevEnvironment(mode: .auto, runDirectory: path).resolve() }
         #expect(!decision.active)
         #expect(decision.why.contains("udevd's network namespace"), "\(decision.why)")
     }

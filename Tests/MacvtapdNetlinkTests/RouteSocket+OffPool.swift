@@ -1,0 +1,24 @@
+import MacvtapdCore
+import MacvtapdNetlink
+import MacvtapdTestSupport
+
+/// The route socket's requests as the tests make them: each on a thread of its own. A request
+/// waits for RTNL, which the kernel holds while it tears down another test's namespace (a pool
+/// probe saw 250 ms in rtnetlink_rcv_msg and synchronize_rcu on a loaded run); on one of the
+/// cooperative pool's two threads that wait stalls every other test in the process.
+extension RouteSocket {
+    func links() async throws -> [Link] { try await offPool { try self.links() } }
+    func link(index: Int32) async throws -> Link { try await offPool { try self.link(index: index) } }
+    func link(named name: String) async throws -> Link { try await offPool { try self.link(named: name) } }
+    func createMacvtap(_ configuration: MacvtapConfiguration) async throws -> Link {
+        try await offPool { try self.createMacvtap(configuration) }
+    }
+    func deleteLink(index: Int32) async throws { try await offPool { try self.deleteLink(index: index) } }
+    func setAddress(_ address: MACAddress, index: Int32) async throws {
+        try await offPool { try self.setAddress(address, index: index) }
+    }
+    func setAlias(_ alias: String?, index: Int32) async throws {
+        try await offPool { try self.setAlias(alias, index: index) }
+    }
+    func setUp(_ up: Bool, index: Int32) async throws { try await offPool { try self.setUp(up, index: index) } }
+}
