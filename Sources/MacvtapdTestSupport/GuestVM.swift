@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import MacvtapdCore
 import Synchronization
@@ -120,17 +121,25 @@ public final class GuestVM: GuestConsoleReading {
         terminate()
     }
 
-    /// Kills QEMU (the guest is disposable), reaps it and removes the VM's directory. Idempotent.
+    /// Kills QEMU (the guest is disposable) and returns; the reap and the removal of the VM's
+    /// directory follow on a thread of their own: the kernel's teardown of a guest's memory and
+    /// taps takes tens of ms, which on one of the cooperative pool's threads (this is called from
+    /// `defer`s and deinit) stalls every other test. Idempotent.
     public func terminate() {
-        state.withLock { state in
-            if state.running {
-                kill(pid, SIGKILL)
-                state.exitStatus = GuestProcess.reap(pid, blocking: true)
+        let (pid, directory) = (pid, directory)
+        let (killed, consoleFD) = state.withLock { state in
+            defer {
                 state.running = false
-            }
-            if state.consoleFD >= 0 {
-                close(state.consoleFD)
                 state.consoleFD = -1
+            }
+            if state.running { kill(pid, SIGKILL) }
+            return (state.running, state.consoleFD)
+        }
+        guard killed || consoleFD >= 0 else { return }
+        Thread.detachNewThread {
+            if killed { _ = GuestProcess.reap(pid, blocking: true) }
+            if consoleFD >= 0 {
+                close(consoleFD)
                 GuestLeftovers.removeDirectory(directory)
             }
         }

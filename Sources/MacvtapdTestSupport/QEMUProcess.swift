@@ -114,7 +114,9 @@ public final class QEMUProcess: Sendable {
 
         let pid: pid_t
         do {
-            pid = try spawn(arguments, logPath: directory + "/qemu.log")
+            // posix_spawn waits for the child's exec: on a thread of its own.
+            let arguments = arguments
+            pid = try await offPool { try spawn(arguments, logPath: directory + "/qemu.log") }
         } catch {
             removeDirectory(directory)
             throw error
@@ -165,7 +167,9 @@ public final class QEMUProcess: Sendable {
         }
     }
 
-    /// `kill -9`: QEMU vanishes without a QMP goodbye, as on a crash or OOM kill.
+    /// `kill -9`: QEMU vanishes without a QMP goodbye, as on a crash or OOM kill. Waits for the
+    /// reap: async code calls it through `offPool`.
+    @available(*, noasync, message: "waits for QEMU's teardown: call it through offPool")
     public func kill() {
         reaped.withLock { reaped in
             guard !reaped else { return }
@@ -191,7 +195,8 @@ public final class QEMUProcess: Sendable {
     public func terminate(grace: Duration = .seconds(3)) async {
         if isRunning {
             _ = Glibc.kill(pid, SIGTERM)
-            if await !waitForExit(timeout: grace) { kill() }
+            // The reap after SIGKILL waits for the kernel to tear QEMU down (its memory, its taps).
+            if await !waitForExit(timeout: grace) { await offPool { self.kill() } }
         }
         Self.removeDirectory(directory)
     }

@@ -324,7 +324,7 @@ public final class BackgroundProcess: Sendable {
         }
         if let code = reap(blocking: false) { return code }
         kill(pid, SIGKILL)
-        return reap(blocking: true) ?? 128 + SIGKILL
+        return await offPool { self.reap(blocking: true) } ?? 128 + SIGKILL
     }
 
     private func reap(blocking: Bool) -> Int32? {

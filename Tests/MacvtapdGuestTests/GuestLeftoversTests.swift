@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import MacvtapdTestSupport
 import Testing
@@ -5,33 +6,34 @@ import Testing
 @Suite("Leftover guest VMs of dead test processes")
 struct GuestLeftoversTests {
     @Test func stopsTheQEMUOfADeadOwnerAndRemovesItsDirectory() async throws {
-        let directory = try Self.leftoverDirectoryName()
+        // Spawning, waiting and polling /proc block: off the two cooperative threads throughout.
+        let directory = try await offPool { try Self.leftoverDirectoryName() }
         // Stands in for QEMU: a process whose command line names the VM directory.
-        let orphan = try Self.spawn(["/bin/sleep", "30"], argv0: directory + "/qemu")
+        let orphan = try await offPool { try Self.spawn(["/bin/sleep", "30"], argv0: directory + "/qemu") }
         defer {
             kill(orphan, SIGKILL)
-            _ = Self.wait(orphan)
+            Self.reapInBackground(orphan)
         }
-        try Self.createLeftover(directory, qemu: orphan)
+        try await offPool { try Self.createLeftover(directory, qemu: orphan) }
         defer { Self.remove(directory) }
 
         // Another test's first launch in this process may reap it first; the outcome is the same.
         // A scan of /tmp and /proc: off the two cooperative threads every other test shares.
         await offPool { GuestLeftovers.reap() }
 
-        #expect(Self.wait(orphan) & 0x7f == SIGKILL)
+        #expect(await offPool { Self.wait(orphan) } & 0x7f == SIGKILL)
         #expect(access(directory, F_OK) != 0)
     }
 
     @Test func leavesAProcessWhoseCommandLineDoesNotNameTheDirectory() async throws {
-        let directory = try Self.leftoverDirectoryName()
+        let directory = try await offPool { try Self.leftoverDirectoryName() }
         // A recycled pid: the pid file names a process that is not that VM's QEMU.
-        let stranger = try Self.spawn(["/bin/sleep", "30"])
+        let stranger = try await offPool { try Self.spawn(["/bin/sleep", "30"]) }
         defer {
             kill(stranger, SIGKILL)
-            _ = Self.wait(stranger)
+            Self.reapInBackground(stranger)
         }
-        try Self.createLeftover(directory, qemu: stranger)
+        try await offPool { try Self.createLeftover(directory, qemu: stranger) }
         defer { Self.remove(directory) }
 
         // A scan of /tmp and /proc: off the two cooperative threads every other test shares.
@@ -84,6 +86,11 @@ struct GuestLeftoversTests {
         let result = posix_spawn(&pid, arguments[0], nil, nil, argv, nil)
         guard result == 0 else { throw GuestTestFailure("spawn \(arguments[0]): \(String(cString: strerror(result)))") }
         return pid
+    }
+
+    /// For a `defer`: the waitpid after a kill happens on a thread of its own.
+    static func reapInBackground(_ pid: pid_t) {
+        Thread.detachNewThread { _ = wait(pid) }
     }
 
     static func wait(_ pid: pid_t) -> Int32 {

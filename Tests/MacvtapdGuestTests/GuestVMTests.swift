@@ -68,13 +68,13 @@ struct GuestVMTests {
     @Test func carrierFollowsSetLink() async throws {
         let vm = try await GuestVM.boot(GuestConfiguration(nics: [Self.nic0, Self.nic1]))
         defer { vm.terminate() }
-        let qmp = try RawQMP(path: vm.qmpSocketPath)
+        let qmp = try await RawQMP.open(path: vm.qmpSocketPath)
 
         var delays: [Duration] = []
         for _ in 1...3 {
-            try qmp.setLink(Self.nic0.id, up: false)
+            try await qmp.setLink(Self.nic0.id, up: false)
             delays.append(try await vm.waitForCarrier(nic: Self.nic0, up: false, timeout: .seconds(10)))
-            try qmp.setLink(Self.nic0.id, up: true)
+            try await qmp.setLink(Self.nic0.id, up: true)
             delays.append(try await vm.waitForCarrier(nic: Self.nic0, up: true, timeout: .seconds(10)))
         }
         print("guest: set_link -> GUEST CARRIER seen after \(delays.map(\.description).joined(separator: ", "))")
@@ -82,7 +82,7 @@ struct GuestVMTests {
         // Re-asserting the current state (as macvtapd does idempotently) is invisible to the guest,
         // and the other NIC never saw a thing.
         let mark = vm.lines.count
-        try qmp.setLink(Self.nic0.id, up: true)
+        try await qmp.setLink(Self.nic0.id, up: true)
         try await Task.sleep(for: .milliseconds(300))
         let carrierLines = vm.lines.dropFirst(mark).filter { $0.hasPrefix("GUEST CARRIER") }
         #expect(carrierLines.isEmpty)
@@ -94,12 +94,12 @@ struct GuestVMTests {
         let vm = try await GuestVM.launch(GuestConfiguration(nics: [Self.nic0]))
         defer { vm.terminate() }
         let qmp = try await Self.connectWhileBooting(vm)
-        try qmp.setLink(Self.nic0.id, up: false)
+        try await qmp.setLink(Self.nic0.id, up: false)
 
         try await vm.waitUntilReady(timeout: .seconds(90))
         #expect(vm.events.contains(.carrier(interface: "eth0", up: false)))
         #expect(!vm.events.contains(.carrier(interface: "eth0", up: true)))
-        try qmp.setLink(Self.nic0.id, up: true)
+        try await qmp.setLink(Self.nic0.id, up: true)
         try await vm.waitForCarrier(interface: "eth0", up: true)
     }
 
@@ -163,19 +163,19 @@ struct GuestVMTests {
         configuration.pingInterval = .milliseconds(100)
         let vm = try await GuestVM.boot(configuration)
         defer { vm.terminate() }
-        let qmp = try RawQMP(path: vm.qmpSocketPath)
+        let qmp = try await RawQMP.open(path: vm.qmpSocketPath)
         let peer = GuestPeer(mac: MACAddress("02:00:00:9a:00:01")!, ip: GuestFrames.ipv4("10.99.0.1"))
         let ready = vm.lines.count
 
         // Backends come and go at run time on the NIC's hub, exactly where macvtapd attaches taps.
         let first = try HubProbe()
-        try qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: first.port)
+        try await qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: first.port)
         let before = try await peer.serve(first, for: vm, untilPingAfter: -1, timeout: .seconds(10))
 
-        try qmp.detachBackend("backend")
+        try await qmp.detachBackend("backend")
         let swapped = ContinuousClock.now
         let second = try HubProbe()
-        try qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: second.port)
+        try await qmp.attachSocketBackend("backend", hub: Self.nic0.hub, udpPort: second.port)
         let after = try await peer.serve(second, for: vm, untilPingAfter: before, timeout: .seconds(10))
         print("guest: pings answered again \(ContinuousClock.now - swapped) after the swap (seq \(before) -> \(after))")
 
@@ -196,18 +196,18 @@ struct GuestVMTests {
         configuration.addresses = ["bond0": "10.99.0.2/24"]
         let vm = try await GuestVM.boot(configuration)
         defer { vm.terminate() }
-        let qmp = try RawQMP(path: vm.qmpSocketPath)
+        let qmp = try await RawQMP.open(path: vm.qmpSocketPath)
         #expect(vm.events.contains(.bond("bond0", active: "eth0")))
         // Slaves keep their own identity lines: they are reported before being enslaved.
         #expect(vm.nicIdentity("eth1")?.mac == Self.nic1.mac)
 
         var mark = vm.lines.count
-        try qmp.setLink(Self.nic0.id, up: false)
+        try await qmp.setLink(Self.nic0.id, up: false)
         try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth1") }, from: mark)
-        try qmp.setLink(Self.nic0.id, up: true)
+        try await qmp.setLink(Self.nic0.id, up: true)
         try await vm.waitForCarrier(interface: "eth0", up: true)
         mark = vm.lines.count
-        try qmp.setLink(Self.nic1.id, up: false)
+        try await qmp.setLink(Self.nic1.id, up: false)
         try await vm.waitForEvent(matching: { $0 == .bond("bond0", active: "eth0") }, from: mark)
         #expect(vm.carrier("bond0") == true)
     }

@@ -1,4 +1,6 @@
 import Glibc
+import MacvtapdTestSupport
+import Synchronization
 
 struct GuestTestFailure: Error, CustomStringConvertible {
     let description: String
@@ -6,10 +8,15 @@ struct GuestTestFailure: Error, CustomStringConvertible {
 }
 
 /// The few QMP exchanges these tests need, over a plain unix socket, so the guest harness does not
-/// depend on MacvtapdQMP (the real client): greeting, `qmp_capabilities`, then commands.
-final class RawQMP {
+/// depend on MacvtapdQMP (the real client): greeting, `qmp_capabilities`, then commands. Each
+/// exchange waits for QEMU (a loaded TCG guest answers late) on a thread of its own.
+final class RawQMP: Sendable {
     private let fd: Int32
-    private var buffer: [UInt8] = []
+    private let buffer = Mutex<[UInt8]>([])
+
+    static func open(path: String) async throws -> RawQMP {
+        try await offPool { try RawQMP(path: path) }
+    }
 
     init(path: String) throws {
         fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -35,14 +42,18 @@ final class RawQMP {
         guard greeting.contains("\"QMP\"") else {
             throw GuestTestFailure("QMP \(path): unexpected greeting \(greeting)")
         }
-        _ = try execute(#"{"execute": "qmp_capabilities"}"#)
+        _ = try executeBlocking(#"{"execute": "qmp_capabilities"}"#)
     }
 
     deinit { close(fd) }
 
     /// Sends one command and returns its `return` line; events read meanwhile are skipped.
     @discardableResult
-    func execute(_ command: String) throws -> String {
+    func execute(_ command: String) async throws -> String {
+        try await offPool { try self.executeBlocking(command) }
+    }
+
+    private func executeBlocking(_ command: String) throws -> String {
         let bytes = Array((command + "\n").utf8)
         guard write(fd, bytes, bytes.count) == bytes.count else {
             throw GuestTestFailure("QMP write \(command): \(String(cString: strerror(errno)))")
@@ -54,37 +65,38 @@ final class RawQMP {
         }
     }
 
-    func setLink(_ nic: String, up: Bool) throws {
-        try execute(#"{"execute": "set_link", "arguments": {"name": "\#(nic)", "up": \#(up)}}"#)
+    func setLink(_ nic: String, up: Bool) async throws {
+        try await execute(#"{"execute": "set_link", "arguments": {"name": "\#(nic)", "up": \#(up)}}"#)
     }
 
     /// Puts a UDP socket backend on a hub, as macvtapd puts a tap there: the netdev, then its hubport.
-    func attachSocketBackend(_ id: String, hub: Int, udpPort: UInt16) throws {
+    func attachSocketBackend(_ id: String, hub: Int, udpPort: UInt16) async throws {
         let backend = #""type": "socket", "id": "\#(id)", "udp": "127.0.0.1:\#(udpPort)", "localaddr": "127.0.0.1:0""#
-        try execute(#"{"execute": "netdev_add", "arguments": {\#(backend)}}"#)
+        try await execute(#"{"execute": "netdev_add", "arguments": {\#(backend)}}"#)
         let port = #""type": "hubport", "id": "\#(id).port", "hubid": \#(hub), "netdev": "\#(id)""#
-        try execute(#"{"execute": "netdev_add", "arguments": {\#(port)}}"#)
+        try await execute(#"{"execute": "netdev_add", "arguments": {\#(port)}}"#)
     }
 
     /// The swap's first half: hubport first, so the hub never forwards to a half-removed backend.
-    func detachBackend(_ id: String) throws {
-        try execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id).port"}}"#)
-        try execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id)"}}"#)
+    func detachBackend(_ id: String) async throws {
+        try await execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id).port"}}"#)
+        try await execute(#"{"execute": "netdev_del", "arguments": {"id": "\#(id)"}}"#)
     }
 
     private func readLine() throws -> String {
         while true {
-            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
-                let line = String(decoding: buffer[..<newline], as: UTF8.self)
-                buffer.removeSubrange(...newline)
-                return line
+            let line = buffer.withLock { buffer -> String? in
+                guard let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+                defer { buffer.removeSubrange(...newline) }
+                return String(decoding: buffer[..<newline], as: UTF8.self)
             }
+            if let line { return line }
             var chunk = [UInt8](repeating: 0, count: 4096)
             let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             guard count > 0 else {
                 throw GuestTestFailure("QMP read: \(count == 0 ? "closed by QEMU" : String(cString: strerror(errno)))")
             }
-            buffer.append(contentsOf: chunk[..<count])
+            buffer.withLock { $0.append(contentsOf: chunk[..<count]) }
         }
     }
 }

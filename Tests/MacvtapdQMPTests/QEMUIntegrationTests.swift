@@ -195,7 +195,7 @@ func withQEMU(
                 for await _ in client.events { count += 1 }
                 return count
             }
-            qemu.kill()
+            await offPool { qemu.kill() }
             _ = await events.value
             #expect(client.closeReason == "peer closed the connection")
             do {
