@@ -194,6 +194,12 @@ public final class GuestSandbox: Sendable {
     }
 
     /// `macvtapd run` inside the namespace; stop it with `stop()`.
+    /// `startDaemon` with the spawn on a thread of its own: posix_spawn waits for the child's exec,
+    /// which a loaded machine delays (a pool probe saw a spawn wait 250 ms in clone3).
+    public func launchDaemon(_ arguments: [String] = []) async throws -> BackgroundProcess {
+        try await offPool { try self.startDaemon(arguments) }
+    }
+
     public func startDaemon(_ arguments: [String] = []) throws -> BackgroundProcess {
         let daemon = try BackgroundProcess.start(
             "/usr/sbin/ip",

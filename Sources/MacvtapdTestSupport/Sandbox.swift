@@ -173,7 +173,16 @@ public final class Sandbox: Sendable {
         return process
     }
 
+    /// `startDaemon` with the spawn on a thread of its own: posix_spawn waits for the child's exec,
+    /// which a loaded machine delays (a pool probe saw a spawn wait 250 ms in clone3).
+    public func launchDaemon(
+        _ arguments: [String] = [], environment: [String: String] = [:], stderr: Int32? = nil
+    ) async throws -> BackgroundProcess {
+        try await offPool { try self.startDaemon(arguments, environment: environment, stderr: stderr) }
+    }
+
     /// Starts `macvtapd run` in the background inside the namespace; stop it with `stop(daemon:)`.
+    /// Spawns on the calling thread: async code uses `launchDaemon`.
     public func startDaemon(
         _ arguments: [String] = [], environment: [String: String] = [:], stderr: Int32? = nil
     ) throws -> BackgroundProcess {

@@ -125,6 +125,12 @@ public final class TwoHosts: Sendable {
     }
 
     /// `macvtapd run` inside the host's namespace with its files; stopped by `cleanup` at the latest.
+    /// `startDaemon` with the spawn on a thread of its own: posix_spawn waits for the child's exec,
+    /// which a loaded machine delays (a pool probe saw a spawn wait 250 ms in clone3).
+    public func launchDaemon(on host: Host, _ arguments: [String] = []) async throws -> BackgroundProcess {
+        try await offPool { try self.startDaemon(on: host, arguments) }
+    }
+
     public func startDaemon(on host: Host, _ arguments: [String] = []) throws -> BackgroundProcess {
         let daemon = try BackgroundProcess.start(
             "/usr/sbin/ip",

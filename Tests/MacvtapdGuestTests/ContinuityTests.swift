@@ -44,7 +44,7 @@ extension GuestVMTests {
                 let vm = sandbox.vm
                 let before = vm.nicIdentity(Self.nic0)
                 try sandbox.writeConfig(bindings: [("nic0", "up0")])
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 let pinger = try await sandbox.makePinger()
@@ -98,7 +98,7 @@ extension GuestVMTests {
             try await GuestSandbox.with(Self.configuration(), lowers: ["up0", "up1"]) { sandbox in
                 let extra = ["announce: \(announce)"]
                 try sandbox.writeConfig(bindings: [("nic0", "up0")], extra: extra)
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 let pinger = try await sandbox.makePinger()
@@ -138,7 +138,7 @@ extension GuestVMTests {
             try await GuestSandbox.with(Self.configuration(), lowers: ["up0"]) { sandbox in
                 let vm = sandbox.vm
                 try sandbox.writeConfig(bindings: [("nic0", "up0")], link: "up")
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 let mark = vm.lines.count
@@ -164,7 +164,7 @@ extension GuestVMTests {
                 let vm = sandbox.vm
                 // Every slave of an active-backup bond takes the bond's MAC: the macvtaps must follow.
                 try sandbox.writeConfig(bindings: [("nic0", "up0"), ("nic1", "up1")], extra: ["mac: guest"])
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 2)
                 let pinger = try await sandbox.makePinger()
@@ -201,7 +201,7 @@ extension GuestVMTests {
             try await GuestSandbox.with(configuration, lowers: ["up0"]) { sandbox in
                 let vm = sandbox.vm
                 try sandbox.writeConfig(bindings: [("nic0", "up0")], extra: ["mac: guest"])
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 defer { Task { await daemon.stop() } }
                 try await sandbox.waitForPhase(.attached, bindings: 1)
                 #expect(try await sandbox.macvtapMACs() == [Self.nic0.mac])

@@ -76,7 +76,7 @@ import Testing
                 let print = try await ChildProcess.run(
                     sandbox.binary, ["print", "libvirt-xml", name, "-c", sandbox.configPath])
                 guard print.status == 0 else { throw ChildError("print libvirt-xml: \(print.stderr)") }
-                let daemon = try sandbox.startDaemon()
+                let daemon = try await sandbox.launchDaemon()
                 try await body(
                     Rig(sandbox: sandbox, libvirt: libvirt, name: name, fragment: print.stdout, daemon: daemon))
                 await daemon.stop()

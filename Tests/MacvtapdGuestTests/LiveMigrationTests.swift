@@ -61,8 +61,8 @@ extension GuestVMTests {
                     try hosts.writeConfig(
                         TwoHosts.config(vm: "guest", qmp: Self.monitor(on: host), nics: ["nic0"]), on: host)
                 }
-                let daemonA = try hosts.startDaemon(on: hosts.a)
-                let daemonB = try hosts.startDaemon(on: hosts.b)
+                let daemonA = try await hosts.launchDaemon(on: hosts.a)
+                let daemonB = try await hosts.launchDaemon(on: hosts.b)
                 let fdb = try await FDBMonitor(in: hosts.network, logPath: hosts.directory.path + "/fdb.log")
                 let launched = Launched()
                 defer { launched.terminateAll() }

@@ -174,17 +174,17 @@ struct LinkMonitorTests {
             let tap = try host.device.open(macvtap)
             let directory = host.runtimeDirectory
             #expect(openDescriptors(under: directory) == 1)
-            tap.close()
-            tap.close()
+            await tap.closeOffPool()
+            await tap.closeOffPool()
             #expect(openDescriptors(under: directory) == 0)
             #expect(throws: FileDescriptorClosedError.self) { try tap.withRawValue { $0 } }
 
             let taken = try host.device.open(macvtap)
             let raw = try #require(taken.take())
             #expect(taken.take() == nil)
-            taken.close()
+            await taken.closeOffPool()
             #expect(openDescriptors(under: directory) == 1, "taken means the caller owns it now")
-            close(raw)
+            await offPool { _ = close(raw) }
             #expect(openDescriptors(under: directory) == 0)
             #expect(host.runtimeDirectoryEntries().isEmpty)
         }

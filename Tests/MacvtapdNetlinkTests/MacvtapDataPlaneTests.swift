@@ -25,7 +25,7 @@ struct MacvtapDataPlaneTests {
         try await NetlinkTestHost.with { host in
             let macvtap = try await host.route.createMacvtap(host.macvtap(mode: mode))
             let tap = try host.device.open(macvtap)
-            defer { tap.close() }
+            defer { tap.closeInBackground() }
             let wire = try await PacketSocket.open(interface: host.veth.peer, in: host.namespace)
             defer { wire.close() }
             let peerMAC = try #require(try await host.route.link(named: host.veth.peer).address)

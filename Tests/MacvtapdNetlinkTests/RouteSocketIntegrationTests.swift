@@ -65,7 +65,7 @@ struct RouteSocketIntegrationTests {
             // The open queue survives its device; TUNGETIFF is how a dead backend is recognised.
             let dead = #expect(throws: MacvtapDeviceError.self) { try MacvtapDevice.queueFlags(of: tap) }
             #expect(dead?.errno == ENOLINK)
-            tap.close()
+            await tap.closeOffPool()
             #expect(!tap.isOpen)
         }
     }

@@ -47,7 +47,7 @@ import Testing
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0", "up1"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
             // Only apply reloads here: the test changes the file and then asks for it.
-            let daemon = try sandbox.startDaemon(["--no-watch-config"])
+            let daemon = try await sandbox.launchDaemon(["--no-watch-config"])
             #expect(await eventually(within: .seconds(10)) { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             let netdevs = try await Self.ourNetdevs(sandbox)
             let macvtaps = try await sandbox.macvtaps().map(\.name)
@@ -119,7 +119,7 @@ import Testing
     @Test func silentAndMalformedClientsNeverDelayReconciling() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(await eventually(within: .seconds(10)) { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             #expect(try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: daemon.pid) })
 
@@ -194,7 +194,7 @@ import Testing
     @Test func connectionsBeyondTheLimitAreToldBusyAndTheNextCallIsServed() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(try await eventually(within: .seconds(10)) { try await Self.isLive(sandbox, pid: daemon.pid) })
 
             // 16 connections that say nothing hold every slot (the limit, ControlProtocol.Limits).
@@ -221,7 +221,7 @@ import Testing
     @Test func oneDaemonPerRunDirectoryAndAKilledOneNeverBlocksTheNext() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
-            let first = try sandbox.startDaemon()
+            let first = try await sandbox.launchDaemon()
             #expect(await eventually(within: .seconds(10)) { Self.phase(sandbox) == .attached }, "\(first.log())")
             #expect(try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: first.pid) })
 
@@ -239,7 +239,7 @@ import Testing
             #expect(stale.stdout.contains("no daemon is running"), "\(stale.stdout)")
             #expect(stale.stdout.contains("web1/nic0  Attached"))
 
-            let next = try sandbox.startDaemon()
+            let next = try await sandbox.launchDaemon()
             #expect(try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: next.pid) })
             #expect(await next.stop() == 0, "\(next.log())")
         }
@@ -248,7 +248,7 @@ import Testing
     @Test func aHungVMIsNeverNoChangesAndARestartEndsAWaitingApplyClearly() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(Self.config(sandbox, lower: "up0"))
-            let daemon = try sandbox.startDaemon(["--no-watch-config"])
+            let daemon = try await sandbox.launchDaemon(["--no-watch-config"])
             #expect(await eventually(within: .seconds(10)) { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             // A VM whose monitor accepts and never greets: a hung QEMU.
             let ghost = try SilentListener(path: sandbox.directory.path + "/ghost.qmp")
@@ -265,7 +265,7 @@ import Testing
             let apply = Task { try await sandbox.macvtapd("apply") }
             #expect(await eventually(within: .seconds(3)) { daemon.log().contains("apply requested") })
             #expect(await daemon.stop() == 0)
-            let fresh = try sandbox.startDaemon(["--no-watch-config"])
+            let fresh = try await sandbox.launchDaemon(["--no-watch-config"])
             let result = try await apply.value
             #expect(result.status == 1)
             #expect(result.stderr.contains("stopped"), "\(result.stdout)\(result.stderr)")
@@ -285,7 +285,7 @@ import Testing
                         "--control-socket", sandbox.controlSocketPath, "--status-file", sandbox.statusPath,
                     ])
             }
-            let rootOnly = try sandbox.startDaemon()
+            let rootOnly = try await sandbox.launchDaemon()
             #expect(try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: rootOnly.pid) })
             var info = stat()
             #expect(stat(sandbox.controlSocketPath, &info) == 0 && info.st_mode & 0o777 == 0o600)
@@ -295,7 +295,7 @@ import Testing
             #expect(outsider.stderr.contains("--control-group"))
             #expect(await rootOnly.stop() == 0)
 
-            let granted = try sandbox.startDaemon(["--control-group", "65534"])
+            let granted = try await sandbox.launchDaemon(["--control-group", "65534"])
             #expect(try await eventually(within: .seconds(5)) { try await Self.isLive(sandbox, pid: granted.pid) })
             #expect(
                 stat(sandbox.controlSocketPath, &info) == 0 && info.st_mode & 0o777 == 0o660 && info.st_gid == 65534)

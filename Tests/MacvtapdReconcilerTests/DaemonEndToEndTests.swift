@@ -35,7 +35,7 @@ import Testing
     @Test func hundredFlapsReattachEveryTimeWithoutLeaks() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             #expect(try await sandbox.frameReachesHub(from: "up0", nic: "nic0"))
             let baselineFDs = Self.openFDs(daemon.pid)
@@ -69,7 +69,7 @@ import Testing
     @Test func restartedQEMUIsReattached() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(await Self.until { Self.phase(sandbox) == .attached })
             try await sandbox.restartQEMU()
             #expect(
@@ -84,14 +84,14 @@ import Testing
     @Test func killedDaemonIsAdoptedByTheNextOne() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
-            let first = try sandbox.startDaemon()
+            let first = try await sandbox.launchDaemon()
             #expect(await Self.until { Self.phase(sandbox) == .attached })
             let before = try await Self.ourNetdevs(sandbox)
             await first.stop(signal: SIGKILL)
 
             let plan = try await sandbox.macvtapd("plan", ["--detailed-exitcode"])
             #expect(plan.status == 0, "a fresh macvtapd plans nothing: \(plan.stdout)")
-            let second = try sandbox.startDaemon()
+            let second = try await sandbox.launchDaemon()
             try await Task.sleep(for: .milliseconds(500))
             #expect(try await Self.ourNetdevs(sandbox) == before, "adopted, nothing replaced")
             #expect(try await sandbox.macvtaps().count == 1)
@@ -102,7 +102,7 @@ import Testing
     @Test func invalidConfigWhileRunningKeepsFlowingAndTheFixIsApplied() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0", "up1"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(await Self.until { Self.phase(sandbox) == .attached })
 
             try sandbox.writeConfig("version: 1\nvms:\n  web1:\n    qmp: relative\n")
@@ -121,7 +121,7 @@ import Testing
     @Test func sighupReloadsAndMetricsAreWritten() async throws {
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0", "up1"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
-            let daemon = try sandbox.startDaemon(["--no-watch-config"])
+            let daemon = try await sandbox.launchDaemon(["--no-watch-config"])
             #expect(await Self.until { Self.phase(sandbox) == .attached })
             try sandbox.writeConfig(bindings: [("nic0", "up1")])
             try await Task.sleep(for: .milliseconds(300))
@@ -149,7 +149,7 @@ import Testing
                 yaml += "  vm\(vm):\n    qmp: \(sandbox.directory.path)/vm\(vm).qmp\n    nics: {n0: {host: up0}}\n"
             }
             try sandbox.writeConfig(yaml)
-            let daemon = try sandbox.startDaemon(["--no-watch-config"])
+            let daemon = try await sandbox.launchDaemon(["--no-watch-config"])
             let metricsPath = sandbox.directory.path + "/macvtapd.prom"
             func reloads() -> Int {
                 let metrics = (try? String(contentsOfFile: metricsPath, encoding: .utf8)) ?? ""
@@ -193,7 +193,7 @@ import Testing
         try await Sandbox.with(nics: [Self.nic0], lowers: ["up0"]) { sandbox in
             try sandbox.writeConfig(bindings: [("nic0", "up0")])
             // Link events off: only the resync can notice anything.
-            let daemon = try sandbox.startDaemon(["--no-events", "--resync", "1"])
+            let daemon = try await sandbox.launchDaemon(["--no-events", "--resync", "1"])
             #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             let attached = try await Self.ourNetdevs(sandbox)
             #expect(attached.count == 2)
@@ -248,7 +248,7 @@ import Testing
                       nic0: {host: up0}
                 """)
             let start = ContinuousClock.now
-            let daemon = try sandbox.startDaemon()
+            let daemon = try await sandbox.launchDaemon()
             #expect(await Self.until { Self.phase(sandbox) == .attached }, "\(daemon.log())")
             #expect(ContinuousClock.now - start < .seconds(3), "web1 did not wait for the wedged VM")
             #expect(await Self.until { Self.phase(sandbox, "wedged") == .vmUnreachable })

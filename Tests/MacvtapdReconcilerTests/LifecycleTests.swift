@@ -110,7 +110,7 @@ import Testing
                 let vm = try await launch(true, nil, nil)
                 try hosts.writeConfig(
                     TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
-                let daemon = try hosts.startDaemon(on: hosts.a)
+                let daemon = try await hosts.launchDaemon(on: hosts.a)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
                 #expect(try await vm.runState() == "prelaunch", "macvtapd never starts the CPUs")
                 #expect(try await vm.ourNetdevs().count == 2)
@@ -135,8 +135,8 @@ import Testing
                 let yaml = { (qmp: String) in TwoHosts.config(vm: "web1", qmp: qmp, nics: ["nic0"]) }
                 try hosts.writeConfig(yaml(source.qemu.qmpSocketPath), on: hosts.a)
                 try hosts.writeConfig(yaml(destination.qemu.qmpSocketPath), on: hosts.b)
-                let daemonA = try hosts.startDaemon(on: hosts.a)
-                var daemonB = try hosts.startDaemon(on: hosts.b)
+                let daemonA = try await hosts.launchDaemon(on: hosts.a)
+                var daemonB = try await hosts.launchDaemon(on: hosts.b)
 
                 // Before handover: the destination is ready but holds its macvtap down.
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemonA.log())")
@@ -148,7 +148,7 @@ import Testing
 
                 // A restarted destination daemon adopts what it made: no second macvtap, no second backend.
                 await daemonB.stop()
-                daemonB = try hosts.startDaemon(on: hosts.b, ["--log-level", "debug"])
+                daemonB = try await hosts.launchDaemon(on: hosts.b, ["--log-level", "debug"])
                 // The restarted daemon's own word, not the status file its predecessor left: it has
                 // observed the VM (the session is up, a reconcile ran), so it follows the handover.
                 #expect(
@@ -193,8 +193,8 @@ import Testing
                     TwoHosts.config(vm: "web1", qmp: source.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
                 try hosts.writeConfig(
                     TwoHosts.config(vm: "web1", qmp: destination.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.b)
-                let daemonA = try hosts.startDaemon(on: hosts.a)
-                let daemonB = try hosts.startDaemon(on: hosts.b)
+                let daemonA = try await hosts.launchDaemon(on: hosts.a)
+                let daemonB = try await hosts.launchDaemon(on: hosts.b)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .migrating }, "\(daemonB.log())")
                 #expect(await Self.macvtaps(hosts, hosts.b).count == 1)
 
@@ -218,14 +218,14 @@ import Testing
                 let vm = try await launch(false, nil, nil)
                 try hosts.writeConfig(
                     TwoHosts.config(vm: "web1", qmp: vm.qemu.qmpSocketPath, nics: ["nic0"]), on: hosts.a)
-                var daemon = try hosts.startDaemon(on: hosts.a)
+                var daemon = try await hosts.launchDaemon(on: hosts.a)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemon.log())")
                 await daemon.stop()
 
                 // QEMU quits while no daemon watches: the macvtap stays, up, holding the guest's MAC.
                 await vm.stop()
                 #expect(await Self.macvtaps(hosts, hosts.a).count == 1)
-                daemon = try hosts.startDaemon(on: hosts.a)
+                daemon = try await hosts.launchDaemon(on: hosts.a)
                 #expect(await Self.until { await Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemon.log())")
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning })
                 let notRunningLines = daemon.log().split(separator: "\n").filter { $0.contains("is not running here") }
@@ -240,12 +240,12 @@ import Testing
 
     /// Writes the same binding on both hosts, each pointing at its own fixed monitor path, and
     /// starts a daemon on each.
-    static func fleet(_ hosts: TwoHosts) throws -> (a: BackgroundProcess, b: BackgroundProcess) {
+    static func fleet(_ hosts: TwoHosts) async throws -> (a: BackgroundProcess, b: BackgroundProcess) {
         for host in [hosts.a, hosts.b] {
             try hosts.writeConfig(
                 TwoHosts.config(vm: "web1", qmp: monitorPath(hosts, host), nics: ["nic0"]), on: host)
         }
-        return (try hosts.startDaemon(on: hosts.a), try hosts.startDaemon(on: hosts.b))
+        return (try await hosts.launchDaemon(on: hosts.a), try await hosts.launchDaemon(on: hosts.b))
     }
 
     /// `from` hands the running guest to `to`: the destination waits for the incoming migration with
@@ -284,7 +284,7 @@ import Testing
         try await TwoHosts.with { hosts in
             try await Self.withVMs { launch in
                 let first = try await launch(false, nil, Self.monitorPath(hosts, hosts.a))
-                let daemons = try Self.fleet(hosts)
+                let daemons = try await Self.fleet(hosts)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemons.a.log())")
                 #expect(await Self.until { hosts.phase("web1", on: hosts.b) == .vmNotRunning }, "\(daemons.b.log())")
                 #expect(await Self.macvtaps(hosts, hosts.b).isEmpty, "a VM that does not run here costs nothing")
@@ -306,7 +306,7 @@ import Testing
         try await TwoHosts.with { hosts in
             try await Self.withVMs { launch in
                 let first = try await launch(false, nil, Self.monitorPath(hosts, hosts.a))
-                let daemons = try Self.fleet(hosts)
+                let daemons = try await Self.fleet(hosts)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemons.a.log())")
                 #expect(try await Self.frameReaches(first, from: hosts.a, in: hosts))
 
@@ -337,7 +337,7 @@ import Testing
         try await TwoHosts.with { hosts in
             try await Self.withVMs { launch in
                 let source = try await launch(false, nil, Self.monitorPath(hosts, hosts.a))
-                var daemons = try Self.fleet(hosts)
+                var daemons = try await Self.fleet(hosts)
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .attached }, "\(daemons.a.log())")
                 let incoming = hosts.b.directory + "/incoming.sock"
                 let destination = try await launch(false, incoming, Self.monitorPath(hosts, hosts.b))
@@ -351,8 +351,8 @@ import Testing
                 await daemons.a.stop()
                 await daemons.b.stop()
                 daemons = (
-                    try hosts.startDaemon(on: hosts.a, ["--log-level", "debug"]),
-                    try hosts.startDaemon(on: hosts.b, ["--log-level", "debug"])
+                    try await hosts.launchDaemon(on: hosts.a, ["--log-level", "debug"]),
+                    try await hosts.launchDaemon(on: hosts.b, ["--log-level", "debug"])
                 )
                 for (host, daemon) in [(hosts.a, daemons.a), (hosts.b, daemons.b)] {
                     #expect(
@@ -376,7 +376,7 @@ import Testing
                 await source.stop()
                 #expect(await Self.until { await Self.macvtaps(hosts, hosts.a).isEmpty }, "\(daemons.a.log())")
                 await daemons.a.stop()
-                daemons.a = try hosts.startDaemon(on: hosts.a)
+                daemons.a = try await hosts.launchDaemon(on: hosts.a)
                 #expect(await Self.until { daemons.a.log().contains("is not running here") }, "\(daemons.a.log())")
                 #expect(await Self.until { hosts.phase("web1", on: hosts.a) == .vmNotRunning })
                 #expect(await Self.macvtaps(hosts, hosts.a).isEmpty)

@@ -41,7 +41,7 @@ import Testing
             defer { notify.close() }
             // Full before the daemon says anything, as under a busy PID 1; the watchdog pings too.
             let filled = try notify.fill()
-            let daemon = try sandbox.startDaemon(
+            let daemon = try await sandbox.launchDaemon(
                 environment: ["NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "200000"])
             try await Self.flapsAndReload(sandbox, times: 4) { daemon.log() }
 
@@ -76,7 +76,7 @@ import Testing
             #expect(errno == EAGAIN)
             // The daemon's end blocks, as a pipe's usually does.
             _ = fcntl(writer, F_SETFL, 0)
-            let daemon = try sandbox.startDaemon(["--log-level", "debug"], stderr: writer)
+            let daemon = try await sandbox.launchDaemon(["--log-level", "debug"], stderr: writer)
             close(writer)
             try await Self.flapsAndReload(sandbox, times: 4) { "" }
 
