@@ -56,6 +56,9 @@ final class PoolProbeRecorder: Sendable {
         var histogram = [Int](repeating: 0, count: PoolProbeRecorder.buckets.count)
         var late: [Late] = []
         var poolThreads: Set<Int32> = []
+        /// Each pool thread's time on a CPU and waiting for one (ns, /proc/.../schedstat) when
+        /// the current tick began: tells a thread that computes from one that cannot get a CPU.
+        var schedstat: [Int32: (run: Int64, wait: Int64)] = [:]
         /// What the watchdog saw on the pool threads of the current tick.
         var seen: [String] = []
         /// How often each syscall was seen on a pool thread during a late wake.
@@ -102,6 +105,7 @@ final class PoolProbeRecorder: Sendable {
             if lateness > (state.worst?.lateness ?? 0) { state.worst = late }
             if lateness > Self.listed && state.late.count < 500 { state.late.append(late) }
             state.seen = []
+            for tid in state.poolThreads { state.schedstat[tid] = Self.schedstat(tid) }
         }
     }
 
@@ -114,8 +118,10 @@ final class PoolProbeRecorder: Sendable {
         let threshold = lastLook > due ? lastLook + 200_000_000 : due + Self.inspected
         guard now >= threshold else { return }
         inspectedDue.store(now, ordering: .relaxed)
-        let threads = state.withLock { $0.poolThreads }
-        let seen = threads.sorted().map { tid in "+\(milliseconds(now - due)) ms tid \(tid) " + Self.describe(tid) }
+        let (threads, before) = state.withLock { ($0.poolThreads, $0.schedstat) }
+        let seen = threads.sorted().map { tid in
+            "+\(milliseconds(now - due)) ms tid \(tid) " + Self.describe(tid) + Self.cpu(tid, since: before[tid])
+        }
         state.withLock { state in
             guard self.due.load(ordering: .relaxed) == due else { return }
             state.seen += seen
@@ -124,6 +130,19 @@ final class PoolProbeRecorder: Sendable {
                 state.tally[call.split(separator: "(").first.map(String.init) ?? call, default: 0] += 1
             }
         }
+    }
+
+    static func schedstat(_ tid: Int32) -> (run: Int64, wait: Int64) {
+        let fields = readProc("/proc/self/task/\(tid)/schedstat").split(separator: " ").compactMap { Int64($0) }
+        return fields.count >= 2 ? (fields[0], fields[1]) : (0, 0)
+    }
+
+    /// ", this tick: on a CPU X ms, waiting for one Y ms".
+    static func cpu(_ tid: Int32, since before: (run: Int64, wait: Int64)?) -> String {
+        guard let before else { return "" }
+        let now = schedstat(tid)
+        return ", this tick on a CPU \(milliseconds(now.run - before.run)) ms, waiting for one"
+            + " \(milliseconds(now.wait - before.wait)) ms"
     }
 
     /// The syscall a thread sits in (with the argument that says most about who made it) and the

@@ -171,12 +171,23 @@ public final class QEMUProcess: Sendable {
     /// reap: async code calls it through `offPool`.
     @available(*, noasync, message: "waits for QEMU's teardown: call it through offPool")
     public func kill() {
-        reaped.withLock { reaped in
-            guard !reaped else { return }
-            _ = Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-            reaped = true
+        let signalled = reaped.withLock { reaped in
+            if !reaped { _ = Glibc.kill(pid, SIGKILL) }
+            return !reaped
+        }
+        guard signalled else { return }
+        // Polled outside the lock: a blocking waitpid under it would make every `isRunning` (the
+        // pool's tasks poll it) wait for the kernel's teardown of QEMU too.
+        while true {
+            let gone = reaped.withLock { reaped in
+                guard !reaped else { return true }
+                var status: Int32 = 0
+                let result = waitpid(pid, &status, WNOHANG)
+                if result == pid || (result < 0 && errno == ECHILD) { reaped = true }
+                return reaped
+            }
+            if gone { return }
+            usleep(1000)
         }
     }
 

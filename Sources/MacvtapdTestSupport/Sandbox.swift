@@ -333,7 +333,12 @@ public final class BackgroundProcess: Sendable {
         }
         if let code = reap(blocking: false) { return code }
         kill(pid, SIGKILL)
-        return await offPool { self.reap(blocking: true) } ?? 128 + SIGKILL
+        // Polled, not a blocking waitpid: that would hold `exitStatus` for as long as the kernel
+        // takes to tear the process down, and every other caller of `reap` would wait behind it.
+        while true {
+            if let code = reap(blocking: false) { return code }
+            try? await Task.sleep(for: .milliseconds(5))
+        }
     }
 
     private func reap(blocking: Bool) -> Int32? {
