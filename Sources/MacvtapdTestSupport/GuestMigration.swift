@@ -252,7 +252,7 @@ final class TimestampedMonitor: Sendable {
 
     /// Starts the monitor and gives it time to subscribe before returning.
     init(_ arguments: [String], logPath: String) async throws {
-        process = try BackgroundProcess.start("/usr/sbin/ip", arguments, logPath: logPath)
+        process = try await BackgroundProcess.launch("/usr/sbin/ip", arguments, logPath: logPath)
         try await Task.sleep(for: .milliseconds(200))
     }
 

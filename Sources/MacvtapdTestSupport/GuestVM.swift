@@ -52,10 +52,17 @@ public final class GuestVM: GuestConsoleReading {
             if boots { await GuestBootGate.shared.release() }
             throw .system(operation: "mkdtemp \(GuestLeftovers.directoryTemplate)", errno: errno)
         }
+        // The spawn waits for QEMU's exec: on a thread of its own.
+        let path = String(cString: directory)
+        let made = await offPool {
+            Result { () throws(GuestVMError) -> GuestVM in
+                try GuestVM(configuration: configuration, image: image, directory: path)
+            }
+        }
         let vm: GuestVM
-        do {
-            vm = try GuestVM(configuration: configuration, image: image, directory: String(cString: directory))
-        } catch {
+        switch made {
+        case .success(let launched): vm = launched
+        case .failure(let error):
             if boots { await GuestBootGate.shared.release() }
             throw error
         }

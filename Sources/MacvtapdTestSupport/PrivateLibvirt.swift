@@ -34,7 +34,7 @@ public final class PrivateLibvirt: Sendable {
             let chown = try await ChildProcess.run("/bin/chown", ["-R", "\(user):\(user)", home.path])
             guard chown.status == 0 else { throw ChildError("chown \(home.path): \(chown.stderr)") }
             chmod(home.path, 0o755)
-            let daemon = try BackgroundProcess.start(
+            let daemon = try await BackgroundProcess.launch(
                 "/usr/bin/setpriv", asUser(home.path) + ["/usr/sbin/libvirtd"], logPath: home.path + ".libvirtd.log")
             let libvirt = PrivateLibvirt(home: home, daemon: daemon)
             let ready = try await eventually(within: .seconds(20)) { try await libvirt.virsh(["version"]).status == 0 }

@@ -275,8 +275,18 @@ public final class BackgroundProcess: Sendable {
     public let logPath: String
     private let exitStatus = Mutex<Int32?>(nil)
 
+    /// `start` with the spawn on a thread of its own: posix_spawn waits for the child's exec.
+    public static func launch(
+        _ executable: String, _ arguments: [String], logPath: String, environment: [String: String] = [:],
+        stderr: Int32? = nil
+    ) async throws -> BackgroundProcess {
+        try await offPool {
+            try start(executable, arguments, logPath: logPath, environment: environment, stderr: stderr)
+        }
+    }
+
     /// Standard output (and standard error, unless `stderr` names another fd) go to `logPath`;
-    /// `environment` is added to this process's.
+    /// `environment` is added to this process's. Spawns on the calling thread: async code uses `launch`.
     public static func start(
         _ executable: String, _ arguments: [String], logPath: String, environment: [String: String] = [:],
         stderr: Int32? = nil

@@ -34,7 +34,7 @@ public final class TestUdevd: Sendable {
             "cp \"$1\" /etc/udev/rules.d/50-test.rules",
             "exec \(executable) --resolve-names=never --children-max=2",
         ].joined(separator: " && ")
-        let process = try BackgroundProcess.start(
+        let process = try await BackgroundProcess.launch(
             "/usr/sbin/ip",
             ["netns", "exec", sandbox.namespace.name, "/bin/sh", "-c", script, sandbox.udevRunDirectory, rulesFile],
             logPath: sandbox.directory.path + "/udevd.log")

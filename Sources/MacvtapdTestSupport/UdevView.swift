@@ -170,9 +170,9 @@ public enum UdevAnnouncer {
 
 extension Sandbox {
     /// `macvtapd run` as `startDaemon` starts it, with `udevRunDirectory` at `/run/udev` and `--udev on`.
-    public func startDaemonWithUdev(_ arguments: [String] = []) throws -> BackgroundProcess {
+    public func startDaemonWithUdev(_ arguments: [String] = []) async throws -> BackgroundProcess {
         try FileManager.default.createDirectory(atPath: udevRunDirectory, withIntermediateDirectories: true)
-        return try BackgroundProcess.start(
+        return try await BackgroundProcess.launch(
             "/usr/sbin/ip",
             [
                 "netns", "exec", namespace.name, "/bin/sh", "-c", Self.privateUdevScript, udevRunDirectory, binary,

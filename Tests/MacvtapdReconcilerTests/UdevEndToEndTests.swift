@@ -148,7 +148,7 @@ import Testing
         try await Sandbox.with(nics: [Self.nic0], lowers: []) { sandbox in
             try Self.config(sandbox, [("nic0", "{path: \"pci-0000:03:00.0\"}")])
             // Only events can wake it: the periodic resync is an hour away.
-            let daemon = try sandbox.startDaemonWithUdev(["--resync", "3600"])
+            let daemon = try await sandbox.startDaemonWithUdev(["--resync", "3600"])
             defer { Task { await daemon.stop() } }
             func binding() -> BindingStatus? { (try? sandbox.status())?.bindings.first }
             #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
@@ -202,7 +202,7 @@ import Testing
             let udevd = try await TestUdevd.start(in: sandbox, rules: Self.rules)
             defer { Task { await udevd.stop() } }
             try UdevEndToEndTests.config(sandbox, [("nic0", "{path: \"pci-0000:03:00.0\"}")])
-            let daemon = try sandbox.startDaemonWithUdev(["--resync", "3600"])
+            let daemon = try await sandbox.startDaemonWithUdev(["--resync", "3600"])
             defer { Task { await daemon.stop() } }
             func binding() -> BindingStatus? { (try? sandbox.status())?.bindings.first }
             #expect(await DaemonEndToEndTests.until { binding()?.phase == .hostMissing }, "\(daemon.log())")
