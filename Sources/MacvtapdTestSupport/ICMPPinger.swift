@@ -18,6 +18,7 @@ public final class ICMPPinger: Sendable {
 
     /// A raw ICMP socket made inside `namespace` (it stays there) for echoes to the IPv4 `target`.
     /// Enters the namespace on the calling thread: async code uses `open`.
+    @available(*, noasync, message: "enters the namespace on a cooperative pool thread: use ICMPPinger.open")
     public init(target: String, in namespace: NetworkNamespace) throws {
         var parsed = in_addr()
         guard inet_pton(AF_INET, target, &parsed) == 1 else { throw ICMPPingerError("parse address \(target)", 0) }

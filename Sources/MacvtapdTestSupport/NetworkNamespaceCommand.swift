@@ -23,6 +23,7 @@ public enum NetworkNamespaceCommand {
     /// `run` waiting on the calling thread: only for benchmarks' timed loops and synchronous code
     /// that owns its thread.
     @discardableResult
+    @available(*, noasync, message: "waits for the child on a cooperative pool thread: use run")
     public static func runBlocking(_ arguments: [String]) throws -> String {
         let (status, output) = try runReturningStatusBlocking(arguments)
         guard status == 0 else {

@@ -162,6 +162,7 @@ public final class Sandbox: Sendable {
     /// its output in `<log>` in the sandbox directory.
     /// `environment` adds variables (e.g. NOTIFY_SOCKET); `stderr`, when given, is the fd the child's
     /// standard error goes to instead of the log (e.g. a pipe nobody reads).
+    @available(*, noasync, message: "posix_spawn waits for the exec on a cooperative pool thread: use launch")
     public func start(
         _ command: String, _ arguments: [String] = [], log: String, environment: [String: String] = [:],
         stderr: Int32? = nil
@@ -171,6 +172,16 @@ public final class Sandbox: Sendable {
             environment: environment, stderr: stderr)
         children.withLock { $0.append(process) }
         return process
+    }
+
+    /// `start` with the spawn on a thread of its own.
+    public func launch(
+        _ command: String, _ arguments: [String] = [], log: String, environment: [String: String] = [:],
+        stderr: Int32? = nil
+    ) async throws -> BackgroundProcess {
+        try await offPool {
+            try self.start(command, arguments, log: log, environment: environment, stderr: stderr)
+        }
     }
 
     /// `startDaemon` with the spawn on a thread of its own: posix_spawn waits for the child's exec,

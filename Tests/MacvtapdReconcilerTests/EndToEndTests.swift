@@ -143,7 +143,7 @@ import Testing
             for (round, delay) in [0, 3, 6, 10, 15, 25, 40, 60].enumerated() {
                 let swap = round % 2 == 0
                 try sandbox.writeConfig(bindings: [("nic0", swap ? "up1" : "up0"), ("nic1", swap ? "up0" : "up1")])
-                let apply = try sandbox.start("apply", log: "apply.log")
+                let apply = try await sandbox.launch("apply", log: "apply.log")
                 try await Task.sleep(for: .milliseconds(delay))
                 await apply.stop(signal: SIGKILL)
             }
