@@ -171,7 +171,7 @@ struct LinkMonitorTests {
     @Test func tapDescriptorIsClosedExactlyOnceAndCanBeTaken() async throws {
         try await NetlinkTestHost.with { host in
             let macvtap = try await host.route.createMacvtap(host.macvtap())
-            let tap = try host.device.open(macvtap)
+            let tap = try await host.device.open(macvtap)
             let directory = host.runtimeDirectory
             #expect(openDescriptors(under: directory) == 1)
             await tap.closeOffPool()
@@ -179,7 +179,7 @@ struct LinkMonitorTests {
             #expect(openDescriptors(under: directory) == 0)
             #expect(throws: FileDescriptorClosedError.self) { try tap.withRawValue { $0 } }
 
-            let taken = try host.device.open(macvtap)
+            let taken = try await host.device.open(macvtap)
             let raw = try #require(taken.take())
             #expect(taken.take() == nil)
             await taken.closeOffPool()

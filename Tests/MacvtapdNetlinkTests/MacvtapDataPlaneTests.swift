@@ -24,13 +24,13 @@ struct MacvtapDataPlaneTests {
     func framesFlowBothWaysBetweenTapAndLowerPeer(mode: MacvtapMode) async throws {
         try await NetlinkTestHost.with { host in
             let macvtap = try await host.route.createMacvtap(host.macvtap(mode: mode))
-            let tap = try host.device.open(macvtap)
+            let tap = try await host.device.open(macvtap)
             defer { tap.closeInBackground() }
             let wire = try await PacketSocket.open(interface: host.veth.peer, in: host.namespace)
             defer { wire.close() }
             let peerMAC = try #require(try await host.route.link(named: host.veth.peer).address)
             let macvtapMAC = try #require(macvtap.address)
-            let headerSize = try MacvtapDevice.vnetHeaderSize(of: tap)
+            let headerSize = try await MacvtapDevice.vnetHeaderSize(of: tap)
             #expect(headerSize == 10, "struct virtio_net_hdr until QEMU asks for the mergeable-buffers size")
 
             // Guest to wire: virtio_net_hdr (all zero: no offloads) then the frame.

@@ -32,3 +32,17 @@ extension FileDescriptor {
     /// For a `defer`, which cannot await: closes without waiting.
     func closeInBackground() { Thread.detachNewThread { self.close() } }
 }
+
+/// Opening a macvtap's queue and asking it for its flags take RTNL in the kernel (tap_open,
+/// tap_ioctl): the probe saw pool threads wait there too.
+extension MacvtapDevice {
+    func open(_ link: Link) async throws -> FileDescriptor { try await offPool { try self.open(link) } }
+
+    static func vnetHeaderSize(of descriptor: FileDescriptor) async throws -> Int {
+        try await offPool { try vnetHeaderSize(of: descriptor) }
+    }
+
+    static func queueFlags(of descriptor: FileDescriptor) async throws -> QueueFlags {
+        try await offPool { try queueFlags(of: descriptor) }
+    }
+}

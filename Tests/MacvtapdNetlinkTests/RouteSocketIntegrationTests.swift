@@ -49,12 +49,13 @@ struct RouteSocketIntegrationTests {
             #expect(created.address == (mode == .passthru ? host.lower.address : MACAddress("02:00:5e:00:00:01")))
             #expect(try await host.route.link(index: created.index) == created)
 
-            let tap = try host.device.open(created)
+            let tap = try await host.device.open(created)
             #expect(host.runtimeDirectoryEntries().isEmpty, "device node unlinked right after open")
-            let flags = try MacvtapDevice.queueFlags(of: tap)
+            let flags = try await MacvtapDevice.queueFlags(of: tap)
             #expect(flags.isSuperset(of: [.tap, .noPacketInformation, .vnetHeader]))
             #expect(!flags.contains(.multiQueue))
-            #expect(try MacvtapDevice.vnetHeaderSize(of: tap) == 10)
+            let headerSize = try await MacvtapDevice.vnetHeaderSize(of: tap)
+            #expect(headerSize == 10)
             let status = try tap.withRawValue { fcntl($0, F_GETFL) }
             #expect(status & O_NONBLOCK != 0)
             #expect(try tap.withRawValue { fcntl($0, F_GETFD) } & FD_CLOEXEC != 0)
@@ -63,7 +64,7 @@ struct RouteSocketIntegrationTests {
             let gone = await #expect(throws: NetlinkError.self) { try await host.route.link(index: created.index) }
             #expect(gone?.isNoSuchDevice == true)
             // The open queue survives its device; TUNGETIFF is how a dead backend is recognised.
-            let dead = #expect(throws: MacvtapDeviceError.self) { try MacvtapDevice.queueFlags(of: tap) }
+            let dead = await #expect(throws: MacvtapDeviceError.self) { try await MacvtapDevice.queueFlags(of: tap) }
             #expect(dead?.errno == ENOLINK)
             await tap.closeOffPool()
             #expect(!tap.isOpen)
