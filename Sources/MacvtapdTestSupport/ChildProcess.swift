@@ -22,11 +22,7 @@ public enum ChildProcess {
     /// on a thread of its own: a blocking wait on one of the few cooperative threads would stall
     /// every other test running in parallel.
     public static func run(_ executable: String, _ arguments: [String]) async throws -> ChildResult {
-        try await withCheckedThrowingContinuation { continuation in
-            Thread.detachNewThread {
-                continuation.resume(with: Result { try runBlocking(executable, arguments) })
-            }
-        }
+        try await offPool { try runBlocking(executable, arguments) }
     }
 
     /// GNU time, a small C program, between the test runner and the child. `ru_maxrss` of a child

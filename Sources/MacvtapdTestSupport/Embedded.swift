@@ -15,7 +15,7 @@ public final class EmbeddedHost: HostDriver {
     public let state = Mutex(State())
 
     public init(lowers: [String]) {
-        PoolProbe.startIfEnabled()
+        poolThreadEntersFixture()
         state.withLock { state in
             for (offset, name) in lowers.enumerated() {
                 let mac = MACAddress(bytes: [2, 0, 0, 0, 0, UInt8(offset + 1)])

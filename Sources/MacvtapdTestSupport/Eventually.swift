@@ -4,7 +4,7 @@
 public func waitUntil(
     timeout: Duration, every interval: Duration = .milliseconds(5), _ condition: () async throws -> Bool
 ) async rethrows -> ContinuousClock.Instant? {
-    PoolProbe.startIfEnabled()
+    poolThreadEntersFixture()
     let deadline = ContinuousClock.now + timeout
     while ContinuousClock.now < deadline {
         if try await condition() { return ContinuousClock.now }

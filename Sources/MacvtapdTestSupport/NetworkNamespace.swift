@@ -13,7 +13,7 @@ public final class NetworkNamespace: Sendable {
     public var path: String { "/run/netns/\(name)" }
 
     public init(prefix: String = "mvtd") async throws {
-        PoolProbe.startIfEnabled()
+        poolThreadEntersFixture()
         name = "\(prefix)-\(getpid())-\(NetworkNamespace.counter.add(1, ordering: .relaxed).newValue)"
         try await NetworkNamespaceCommand.run(["ip", "netns", "add", name])
         do {

@@ -5,16 +5,22 @@ import Foundation
 /// a test that blocks one of them stalls every other test running in parallel, and timing tests
 /// (a controller that must retry within 100 ms) then fail for reasons of their own.
 public func offPool<Value: Sendable>(_ body: @escaping @Sendable () throws -> Value) async throws -> Value {
-    PoolProbe.startIfEnabled()
+    poolThreadEntersFixture()
     return try await withCheckedThrowingContinuation { continuation in
-        Thread.detachNewThread { continuation.resume(with: Result { try body() }) }
+        Thread.detachNewThread {
+            PoolPriority.resetCurrentThread()
+            continuation.resume(with: Result { try body() })
+        }
     }
 }
 
 /// `offPool` for work that cannot fail.
 public func offPool<Value: Sendable>(_ body: @escaping @Sendable () -> Value) async -> Value {
-    PoolProbe.startIfEnabled()
+    poolThreadEntersFixture()
     return await withCheckedContinuation { continuation in
-        Thread.detachNewThread { continuation.resume(returning: body()) }
+        Thread.detachNewThread {
+            PoolPriority.resetCurrentThread()
+            continuation.resume(returning: body())
+        }
     }
 }
