@@ -29,9 +29,8 @@ public final class NetworkNamespace: Sendable {
     deinit { discard() }
 
     /// Removes the namespace as `ip netns del` does (detach its bind mount, unlink the name),
-    /// without a child process: it runs from deinit, on whatever thread dropped the last reference.
-    /// Its interfaces go when the last socket and process in it are gone.
-    /// Blocks for an RCU grace period (the unmount): async code uses `remove()`.
+    /// without a child process. Its interfaces go when the last socket and process in it are gone.
+    /// Blocks for an RCU grace period (the unmount): async code uses `remove()`, a `defer` `discard()`.
     public func delete() throws {
         guard !deleted.exchange(true, ordering: .relaxed) else { return }
         try Self.delete(path)
