@@ -8,7 +8,12 @@ public final class NetworkNamespaceSysfs: Sendable {
     private let mounted = Atomic<Bool>(true)
 
     public init(of namespace: NetworkNamespace) throws {
-        var template = Array("/tmp/mvtd-sysfs-XXXXXX".utf8CString)
+        // Under a directory of their own, not directly in /tmp: removing a directory that is still a
+        // mount point in another mount namespace (an `ip netns exec` child's copy) waits for an RCU
+        // grace period with its parent locked, and every mkdtemp and rmdir in that parent waits too
+        // (the pool probe saw both pool threads stuck in rmdir and mkdir in /tmp).
+        mkdir(Self.parent, 0o755)
+        var template = Array((Self.parent + "/XXXXXX").utf8CString)
         guard let made = mkdtemp(&template) else {
             throw NetworkNamespaceCommandError(command: ["mkdtemp"], status: errno, output: "")
         }
@@ -25,6 +30,8 @@ public final class NetworkNamespaceSysfs: Sendable {
         }
         self.path = path
     }
+
+    static let parent = "/tmp/mvtd-sysfs"
 
     deinit { unmount() }
 

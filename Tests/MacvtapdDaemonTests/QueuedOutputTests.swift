@@ -13,6 +13,9 @@ import Testing
     static func fullPipe() throws -> (reader: Int32, writer: Int32, filled: Int) {
         var ends: [Int32] = [0, 0]
         guard pipe(&ends) == 0 else { throw ChildError("pipe: errno \(errno)") }
+        // Close-on-exec: a child spawned meanwhile by a parallel test (the soak's daemon) would
+        // otherwise hold both ends for its whole life (the soak counts its descriptors).
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         _ = fcntl(ends[1], F_SETFL, O_NONBLOCK)
         var filled = 0
         let filler = [UInt8](repeating: UInt8(ascii: "x"), count: 512)
