@@ -116,6 +116,8 @@ public final class Soak {
     /// Where the running daemon's lines begin in the log, and whether it said it handles signals.
     var logOffsetAtStart = 0
     var daemonReady = false
+    /// How the running daemon's notify socket is read; none: started without NOTIFY_SOCKET.
+    var daemonNotifyMode = SoakNotifyMode.none
     /// When the running daemon started (seconds since the epoch, as the status file counts).
     var daemonStartedAt: Double = 0
     var report: Report
@@ -542,8 +544,10 @@ public final class Soak {
 
     // MARK: - Daemon
 
-    func startDaemon() throws {
-        let mode = random.pick(SoakNotifyMode.allCases)
+    /// Starts the daemon, its notify socket read as `notifyMode` (by default a random mode).
+    func startDaemon(notifyMode: SoakNotifyMode? = nil) throws {
+        let mode = notifyMode ?? random.pick(SoakNotifyMode.allCases)
+        daemonNotifyMode = mode
         try notify.prepare(mode)
         let environment =
             mode == .none ? [:] : ["NOTIFY_SOCKET": notify.socket.path, "WATCHDOG_USEC": "1000000"]
@@ -851,7 +855,8 @@ public final class Soak {
         let backends = try await backendIDs()
         let macvtaps = try await SoakLink.all(in: sandbox.namespace).filter { $0.owner != nil }.map(\.ifindex).sorted()
         try await stopDaemon(signal: SIGTERM)
-        try startDaemon()
+        // The same notify mode, so both daemons hold a notify socket or neither does.
+        try startDaemon(notifyMode: daemonNotifyMode)
         let restarted = ContinuousClock.now
         guard let fresh = self.daemon, let adopted = await converge(since: restarted) else { return }
         report.restartConvergence.append(adopted)
@@ -869,6 +874,8 @@ public final class Soak {
         try await Task.sleep(for: .milliseconds(200))
         let freshFDs = await SoakProcess.settledFDs(fresh.pid)
         let freshRSS = SoakProcess.residentMiB(fresh.pid)
+        // One more is the monitor-socket watch (inotify), made only by a daemon that waited for a
+        // VM's socket to appear.
         if fdsAfter > freshFDs + 1 {
             fail("the soaked daemon held \(fdsAfter) descriptors, a fresh one \(freshFDs)")
         }
