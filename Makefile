@@ -94,9 +94,14 @@ format:
 clean:
 	rm -rf .build $(RELEASE_SCRATCH) .build-fuzz .build-tsan .build-asan
 
+# swiftc keeps an object file whose LLVM IR did not change (.swift_modhash) whatever the codegen
+# flags, so objects made before a change of RELEASE_FLAGS (-function-sections) are removed first.
 release:
+	@if [ "$$(cat $(RELEASE_SCRATCH)/release-flags 2>/dev/null)" != "$(RELEASE_FLAGS)" ]; then \
+		find $(RELEASE_SCRATCH) -path '*/release/*.build/*.o' -delete 2>/dev/null || true; fi
 	$(SWIFT) build $(RELEASE_FLAGS) --product macvtapd
 	$(SWIFT) build $(RELEASE_FLAGS) --product generate-manual
+	@echo "$(RELEASE_FLAGS)" >$(RELEASE_SCRATCH)/release-flags
 
 # Man pages by swift-argument-parser's generate-manual (the tool its generate-manual plugin runs),
 # pointed at the very binary being installed; completions from that binary. Neither can drift
