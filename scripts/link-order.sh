@@ -2,16 +2,18 @@
 # Remakes packaging/macvtapd.order, the link order of the release binary (Makefile
 # RELEASE_LINK_FLAGS): the functions that macvtapd's processes run, one mangled name a line, which
 # lld places next to each other at the start of .text. The kernel maps a binary's code in 64 KiB
-# windows around each page a process touches (fault-around), and the 1 MiB or so of functions a
-# daemon runs lie scattered over 11 MB of code (the Swift runtime, FoundationEssentials, our
-# modules), so about 7 MiB of it was resident in every process; grouped, about 2 MiB is.
+# windows around each page a process touches (fault-around), and the 1.6 MB of functions that
+# macvtapd's processes run lay scattered over 11 MB of code (the Swift runtime, FoundationEssentials,
+# our modules): an empty daemon had 8.5 MiB of code resident, 4.6 MiB with the order (the standard
+# library's internal functions share one section that no order can move; README, "Benchmarks").
 #
 # The order changes only where code lies, never what it does: a function missing from the list (new
 # code, a renamed symbol) is linked after the listed ones as before, and a listed name that no longer
 # exists is skipped. Remake it when the daemon's code paths changed much (the README's RSS rows say
 # how much it matters).
 #
-# Usage: scripts/link-order.sh BINARY [BENCH]  (as root; BINARY: a release build, `make release`)
+# Usage: scripts/link-order.sh BINARY [BENCH]  (as root, with valgrind installed; BINARY: a release
+# build, `make release`, whose names the order then uses: profile the flags the order is for)
 #   Runs BINARY's short commands, an empty daemon, and with BENCH (.build/release/macvtapd-bench)
 #   the scale bench's daemons at 1,000 bindings, all under valgrind's callgrind, which records
 #   every function that ran, and writes the union of their names to packaging/macvtapd.order.
