@@ -210,7 +210,7 @@ final class QMPVMConnection: VMConnection {
                 commands.append(
                     QMPCommand(
                         "netdev_add",
-                        arguments: ["type": "tap", "id": .string(ids.tap), "fd": .string(ids.fdName), "vhost": false]))
+                        arguments: ["type": "tap", "id": .string(ids.tap), "fd": .string(ids.fdName)]))
                 commands.append(
                     QMPCommand(
                         "netdev_add",
