@@ -125,9 +125,11 @@ struct ReconnectBench: AsyncParsableCommand {
             for _ in 0..<flaps {
                 try await sandbox.deleteLower("up0")
                 guard
-                    try await waitUntil(timeout: .seconds(10), every: .milliseconds(1), {
-                        backendIDs(try await qmp.networkInfo(), nic: "nic0").isEmpty
-                    }) != nil
+                    try await waitUntil(
+                        timeout: .seconds(10), every: .milliseconds(1),
+                        {
+                            backendIDs(try await qmp.networkInfo(), nic: "nic0").isEmpty
+                        }) != nil
                 else { throw ChildError("not detached: \(daemon.log())") }
                 try await sandbox.namespace.exec(["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
                 let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
