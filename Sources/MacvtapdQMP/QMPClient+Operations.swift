@@ -97,10 +97,11 @@ extension QMPClient {
 
     // MARK: Netdevs
 
-    /// `netdev_add type=tap id=<id> fd=<fdName> vhost=off`: a tap backend on an fd passed with `getfd`.
+    /// `netdev_add type=tap id=<id> fd=<fdName>`: a tap backend on an fd passed with `getfd`; vhost
+    /// is off, QEMU's default (not sent: QEMU reads its monitor a byte at a time).
     public func addTapNetdev(id: String, fdName: String) async throws {
         try await execute(
-            "netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName), "vhost": false])
+            "netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName)])
     }
 
     /// `getfd` + `netdev_add` tap; if the netdev is refused, the named fd is closed in QEMU again

@@ -45,13 +45,21 @@ public final class QMPClient: Sendable {
         self.connection = connection
     }
 
-    /// Connects, reads the greeting and leaves capabilities negotiation mode.
+    /// Connects, reads the greeting and leaves capabilities negotiation mode. `qmp_capabilities`
+    /// is written at once, without waiting for the greeting: QEMU greets a client as it accepts
+    /// it and reads its commands afterwards, so the greeting and the reply arrive in one round
+    /// trip instead of two. A greeting that is not a QMP greeting still fails the connect.
     public static func connect(to path: String, configuration: Configuration = Configuration()) async throws
         -> QMPClient
     {
         let connection = try QMPConnection(
             path: path, maximumLineLength: configuration.maximumLineLength,
             eventBufferLimit: configuration.eventBufferLimit)
+        // Twice the connect timeout: a missing greeting must be reported as such, first.
+        let capabilities = Task {
+            try await connection.execute(
+                command: "qmp_capabilities", arguments: nil, passing: nil, timeout: configuration.connectTimeout * 2)
+        }
         do {
             let message: JSONValue
             do {
@@ -62,10 +70,10 @@ public final class QMPClient: Sendable {
             guard let greeting = QMPGreeting(message: message) else {
                 throw QMPError.invalidGreeting(path: path, line: "\(message)")
             }
-            _ = try await connection.execute(
-                command: "qmp_capabilities", arguments: nil, passing: nil, timeout: configuration.connectTimeout)
+            _ = try await capabilities.value
             return QMPClient(path: path, greeting: greeting, configuration: configuration, connection: connection)
         } catch {
+            capabilities.cancel()
             await connection.close()
             throw error
         }

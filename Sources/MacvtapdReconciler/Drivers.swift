@@ -25,6 +25,20 @@ extension VMConnection {
         try await observe(vm: vm)
     }
 
+    /// One announce after another, for connections that cannot send them as one command; the
+    /// first failure is thrown once every NIC was tried.
+    public func announce(nics: [String]) async throws {
+        var failure: (any Error)?
+        for nic in nics {
+            do {
+                try await announce(nic: nic)
+            } catch {
+                failure = failure ?? error
+            }
+        }
+        if let failure { throw failure }
+    }
+
     /// One step after another, stopping at the first failure (not at an announce's, which is
     /// advisory unless the NIC is gone).
     public func perform(_ steps: [VMStep]) async throws -> [Result<Void, any Error>] {
@@ -92,6 +106,9 @@ public protocol VMConnection: AnyObject, Sendable {
     func setLink(nic: String, up: Bool) async throws
     /// announce-self for one NIC: the guest's gratuitous ARPs and QEMU's RARPs on its current path.
     func announce(nic: String) async throws
+    /// announce-self for several NICs at once (one command where the connection allows it). QEMU
+    /// 7.2 does not check the names: a NIC that is gone is skipped, not an error.
+    func announce(nics: [String]) async throws
     /// Several steps of one binding, in order, each with its own result; a connection that can
     /// sends them in one exchange (QMP pipelining). A step that was not sent because an earlier one
     /// failed says so (`VMStepNotAttempted`).

@@ -218,6 +218,25 @@ public struct Executor: Sendable {
         return succeeded
     }
 
+    /// The announces of several bindings of one VM in one command (see `VMConnection.announce(nics:)`),
+    /// logged for each binding as its own announce would be. Advisory, as a binding's own
+    /// announce is: the guests are connected either way.
+    public func announce(_ keys: [BindingKey], connection: any VMConnection) async {
+        let clock = ContinuousClock()
+        let start = clock.now
+        var result = "ok"
+        var level = Logger.Level.info
+        do {
+            try await connection.announce(nics: keys.map(\.nic))
+        } catch {
+            result = "failed, carrying on: \(error)"
+            level = .warning
+        }
+        for key in keys {
+            log(key, .announce(vm: key.vm, nic: key.nic), result, clock.now - start, level: level)
+        }
+    }
+
     private func fail(_ outcome: inout BindingOutcome, _ action: Action, _ error: any Error, _ duration: Duration) {
         let stale = error is StaleObservation
         log(

@@ -35,6 +35,16 @@ enum ProcessStats {
         }
     }
 
+    /// User and system (kernel) CPU seconds the process (all its threads) used so far.
+    static func cpuTimes(_ pid: pid_t) -> (user: Double, system: Double) {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return (0, 0) }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        return ((Double(fields[11]) ?? 0) / tick, (Double(fields[12]) ?? 0) / tick)
+    }
+
     /// `/proc/PID/status` of a running process; zeros when it is gone.
     static func memory(_ pid: pid_t) -> Memory {
         var memory = Memory(resident: 0, peak: 0, anonymous: 0, file: 0)
@@ -51,6 +61,73 @@ enum ProcessStats {
             }
         }
         return memory
+    }
+}
+
+/// The whole machine's CPU time from /proc/stat, in seconds summed over all cores: what the
+/// processes and the kernel spent (busy, including interrupts) and what no one used (idle,
+/// including I/O wait).
+struct MachineCPU {
+    var busy: Double
+    var idle: Double
+
+    static func now() -> MachineCPU {
+        guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu ") })
+        else { return MachineCPU(busy: 0, idle: 0) }
+        // user nice system idle iowait irq softirq steal (guest time is counted in user already).
+        let ticks = line.split(separator: " ").dropFirst().prefix(8).map { Double($0) ?? 0 }
+        let tick = Double(sysconf(Int32(_SC_CLK_TCK)))
+        guard ticks.count == 8 else { return MachineCPU(busy: 0, idle: 0) }
+        let idle = ticks[3] + ticks[4]
+        return MachineCPU(busy: (ticks.reduce(0, +) - idle) / tick, idle: idle / tick)
+    }
+
+    static func - (after: MachineCPU, before: MachineCPU) -> MachineCPU {
+        MachineCPU(busy: after.busy - before.busy, idle: after.idle - before.idle)
+    }
+}
+
+/// Where a stretch of wall time went, machine-wide: the daemon's user and kernel CPU, the QEMUs'
+/// CPU, everything else that ran, and idle time (nobody runnable: waiting on RTNL, on QMP replies
+/// or on I/O).
+struct CPUBreakdown {
+    var wall: Double
+    var machine: MachineCPU
+    var daemonUser: Double
+    var daemonSystem: Double
+    var qemu: Double
+
+    struct Snapshot {
+        var machine: MachineCPU
+        var daemon: (user: Double, system: Double)
+        var qemu: Double
+
+        static func now(daemon: pid_t?, qemus: [pid_t]) -> Snapshot {
+            Snapshot(
+                machine: .now(), daemon: daemon.map(ProcessStats.cpuTimes) ?? (0, 0),
+                qemu: qemus.reduce(0) { $0 + ProcessStats.cpuSeconds($1) })
+        }
+    }
+
+    /// `before` taken with no daemon yet (its CPU counts from zero).
+    init(from before: Snapshot, to after: Snapshot, wall: Duration) {
+        self.wall = wall.seconds
+        machine = after.machine - before.machine
+        daemonUser = after.daemon.user - before.daemon.user
+        daemonSystem = after.daemon.system - before.daemon.system
+        qemu = after.qemu - before.qemu
+    }
+
+    var other: Double { max(0, machine.busy - daemonUser - daemonSystem - qemu) }
+
+    /// `wall 2.61 s × 2 cores = 5.22 s: daemon 0.41 user + 0.70 kernel, QEMUs 3.02, other 0.60, idle 0.49`
+    func described(cores: Int, qemus: Int, bindings: Int) -> String {
+        String(
+            format: "wall %.2f s x %d cores = %.2f CPU-s: daemon %.2f user + %.2f kernel, %d QEMUs %.2f (%.2f ms "
+                + "per binding), other %.2f, idle %.2f",
+            wall, cores, machine.busy + machine.idle, daemonUser, daemonSystem, qemus, qemu,
+            qemu * 1000 / Double(max(1, bindings)), other, machine.idle)
     }
 }
 

@@ -31,6 +31,14 @@ extension ScaleBench {
            6's window; a daemon with `vms: {}` 2 s after its control socket appeared. The short
            commands' peaks come from GNU time between the bench and the command (it forks the
            command from its own small image, so the bench's memory is not counted).
+        10. machine-wide, from /proc/stat and /proc/PID/stat: over the converge (spawn to all
+           Attached) and over the median flap's return (the bench's `ip link add` to all
+           Attached), the wall time times the cores, split into the daemon's user and kernel CPU
+           (its kernel time includes creating the macvtaps and opening their taps), the QEMUs'
+           CPU (QEMU 7.2 reads its monitor a byte per main-loop pass), everything else that ran
+           (the bench itself, `ip`, kernel threads, other work on the machine) and idle time (no
+           one runnable: waits on RTNL, on QMP replies, or timers). The daemons' tap nodes are
+           made under /dev (devtmpfs), as with the default --device-dir.
         """
     }
 }
