@@ -108,10 +108,13 @@ extension Controller {
         case .unreachable(let observed):
             return observed
         case .live(let connection):
+            let generation = session.generation
             do {
                 let observed = try await connection.observe(
                     vm: vm, guestMACOf: desired.vms[vm]?.guestMACNICs ?? [])
-                if sessions[vm]?.connection === connection { sessions[vm]?.observed(observed) }
+                if sessions[vm]?.connection === connection {
+                    sessions[vm]?.observed(observed, askedAtGeneration: generation)
+                }
                 return observed
             } catch {
                 await dropConnection(vm: vm, because: error)

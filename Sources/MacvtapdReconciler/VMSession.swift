@@ -19,6 +19,10 @@ struct VMSession {
     var hasObservation: Bool { cache != nil }
     /// When the last RESUME arrived, until the reconcile that follows it: the handover clock.
     private(set) var resumedAt: ContinuousClock.Instant?
+    /// Counts what made the cache stale (events, reconnects, failures). An observation asked at
+    /// one count and answered at another may predate what happened meanwhile: a NIC_RX_FILTER_CHANGED
+    /// (QEMU sends no other until asked again) or a RESUME; it must not become the cache.
+    private(set) var generation = 0
 
     init(qmp: String, task: Task<Void, Never>) {
         self.qmp = qmp
@@ -51,7 +55,7 @@ struct VMSession {
     mutating func connected(_ connection: any VMConnection) {
         self.connection = connection
         connectError = nil
-        cache = nil
+        invalidate()
     }
 
     /// Returns whether the reason changed (worth a log line and a reconcile).
@@ -63,7 +67,7 @@ struct VMSession {
     /// The session ended (QEMU quit, or we closed it). Until the reconnect that follows at once
     /// says otherwise, the VM is in doubt, not gone: nothing is torn down on doubt.
     mutating func closed(_ ended: any VMConnection, why: VMConnectError) {
-        cache = nil
+        invalidate()
         guard connection === ended else { return }
         connection = nil
         connectError = why
@@ -71,7 +75,7 @@ struct VMSession {
 
     /// Drops the connection after a failed command; returns it for closing.
     mutating func drop(because error: any Error) -> (any VMConnection)? {
-        cache = nil
+        invalidate()
         defer { connection = nil }
         if connection != nil { connectError = .unresponsive("\(error)") }
         return connection
@@ -81,6 +85,7 @@ struct VMSession {
     /// the cache, so the macvtap comes up without a round trip to QEMU first. Anything else (STOP
     /// may mean paused or finish-migrate; a NIC's filter or a device changed) is observed afresh.
     mutating func handle(event: String, at instant: ContinuousClock.Instant) {
+        generation += 1
         if event == "RESUME", cache != nil {
             cache?.runState = .running
             resumedAt = instant
@@ -90,7 +95,10 @@ struct VMSession {
         }
     }
 
-    mutating func observed(_ vm: ObservedVM) {
+    /// Caches what the monitor answered to a question asked at `generation`, unless something
+    /// made the cache stale since: then the next reconcile asks again.
+    mutating func observed(_ vm: ObservedVM, askedAtGeneration asked: Int) {
+        guard asked == generation else { return }
         cache = vm
         askedAt = .now
     }
@@ -104,7 +112,7 @@ struct VMSession {
     /// (what QEMU holds is then unknown).
     mutating func follow(_ outcome: BindingOutcome) {
         guard outcome.succeeded, var cached = cache else {
-            cache = nil
+            invalidate()
             return
         }
         let detached = Set(outcome.detachedBackends)
@@ -113,5 +121,10 @@ struct VMSession {
         cache = cached
     }
 
-    mutating func forget() { cache = nil }
+    mutating func forget() { invalidate() }
+
+    private mutating func invalidate() {
+        cache = nil
+        generation += 1
+    }
 }

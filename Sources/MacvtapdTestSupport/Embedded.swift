@@ -137,6 +137,9 @@ public final class EmbeddedVM: VMConnection {
         public var observeDelay: Duration = .zero
         /// Observe answers after this long, like a busy QEMU: a window for events to arrive in.
         public var observeLatency: Duration = .zero
+        /// Observe answers with the state as it was when asked, this long later: a reply in transit
+        /// while QEMU moves on (an event sent meanwhile arrives before it).
+        public var replyDelay: Duration = .zero
         /// set_link takes this long, widening the window in which events race a reconcile.
         public var setLinkDelay: Duration = .zero
         /// When the last set_link began, before its delay: a bound on when the steps before it ended.
@@ -172,19 +175,23 @@ public final class EmbeddedVM: VMConnection {
         }
         let latency = state.withLock { $0.observeLatency }
         if latency > .zero { try await Task.sleep(for: latency) }
-        return state.withLock { state in
-            state.observations += 1
-            var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
-            for (id, hub) in state.netdevs {
-                guard let (ids, part) = Ownership.parseBackendID(id) else { continue }
-                var backend = backends[ids] ?? ObservedBackend(ids: ids, hasTap: false, hasPort: false, hub: nil)
-                if part == .tap { backend.hasTap = true } else { backend.hasPort = true; backend.hub = hub }
-                backends[ids] = backend
-            }
-            return ObservedVM(
-                name: vm, reachability: .reachable, runState: state.runState, nics: state.nics,
-                backends: Array(backends.values))
+        let (answer, replyDelay) = state.withLock { state in (Self.answer(vm, &state), state.replyDelay) }
+        if replyDelay > .zero { try await Task.sleep(for: replyDelay) }
+        return answer
+    }
+
+    private static func answer(_ vm: String, _ state: inout State) -> ObservedVM {
+        state.observations += 1
+        var backends: [Ownership.BackendIDs: ObservedBackend] = [:]
+        for (id, hub) in state.netdevs {
+            guard let (ids, part) = Ownership.parseBackendID(id) else { continue }
+            var backend = backends[ids] ?? ObservedBackend(ids: ids, hasTap: false, hasPort: false, hub: nil)
+            if part == .tap { backend.hasTap = true } else { backend.hasPort = true; backend.hub = hub }
+            backends[ids] = backend
         }
+        return ObservedVM(
+            name: vm, reachability: .reachable, runState: state.runState, nics: state.nics,
+            backends: Array(backends.values))
     }
 
     public func attachBackend(_ ids: Ownership.BackendIDs, fd: Int32, hub: Int) async throws {

@@ -365,6 +365,32 @@ import Testing
         }
     }
 
+    /// An answer asked before an event and received after it predates the event: it must not
+    /// become the cached observation, or the reconcile the event asked for plans from it. Here the
+    /// RESUME of a migration: cached as still incoming, the macvtap stayed down until a resync.
+    @Test func anAnswerInTransitDuringAnEventIsNotCachedOverIt() async {
+        let world = Fixture()
+        world.web1.state.withLock { $0.runState = .inmigrate }
+        let controller = world.controller()
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .migrating })
+            let asked = world.web1.observations
+            world.web1.state.withLock { $0.replyDelay = .milliseconds(300) }
+            // Any other event drops the cache, so the reconcile it starts asks QEMU.
+            world.web1.send(event: "NIC_RX_FILTER_CHANGED")
+            #expect(await eventually { world.web1.observations > asked })
+            // QEMU resumes the guest while its answer (still incoming) is on the way.
+            world.web1.state.withLock {
+                $0.runState = .running
+                $0.replyDelay = .zero
+            }
+            world.web1.send(event: "RESUME")
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(Self.macvtap(world, "web1")?.adminUp == true)
+        }
+    }
+
     @Test func migrationSourceTakesTheMacvtapDownAndKeepsTheBackend() async throws {
         let world = Fixture()
         let controller = world.controller()
