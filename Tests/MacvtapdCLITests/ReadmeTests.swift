@@ -18,7 +18,7 @@ struct ReadmeTests {
         "--flaps": "macvtapd-bench scale", "--repeats": "macvtapd-bench scale", "--macvtapd": "macvtapd-bench scale",
         // What the libvirt section says the tests do.
         "--paused": "virsh start", "--system": "useradd", "--starts": "macvtapd-bench libvirt",
-        "--baseline-flaps": "macvtapd-bench reconnect",
+        "--baseline-flaps": "macvtapd-bench reconnect", "--cycles": "macvtapd-bench netlink",
     ]
 
     @Test func everyFlagInTheReadmeExists() async throws {
