@@ -33,6 +33,9 @@ let package = Package(
         // Model, planner and plan rendering: no I/O, no sockets.
         .target(name: "MacvtapdCore", swiftSettings: strict),
 
+        // Threads of their own for the loops that block on a socket (QMP readers, monitors, servers).
+        .target(name: "MacvtapdThreads", swiftSettings: strict),
+
         // YAML file or conf.d directory -> DesiredState, with located diagnostics.
         .target(
             name: "MacvtapdConfig",
@@ -41,23 +44,28 @@ let package = Package(
         ),
 
         // rtnetlink client, macvtap lifecycle and the tap character device.
-        .target(name: "MacvtapdNetlink", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
+        .target(
+            name: "MacvtapdNetlink", dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdThreads"],
+            swiftSettings: strict),
 
         // udev client: a net device's properties and initialisation, and udev's "net" events.
-        .target(name: "MacvtapdUdev", dependencies: ["CUdev"], swiftSettings: strict),
+        .target(name: "MacvtapdUdev", dependencies: ["CUdev", "MacvtapdThreads"], swiftSettings: strict),
 
         // QMP client: commands, events, fd passing, `info network` parsing.
-        .target(name: "MacvtapdQMP", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
+        .target(
+            name: "MacvtapdQMP", dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdThreads"], swiftSettings: strict),
 
         // The daemon's control socket (varlink over a unix socket): the wire types, a poll-based server
         // on a thread of its own, the CLI's client, and the one-daemon-per-run-directory lock.
-        .target(name: "MacvtapdControl", dependencies: ["CMacvtapd", "MacvtapdCore"], swiftSettings: strict),
+        .target(
+            name: "MacvtapdControl", dependencies: ["CMacvtapd", "MacvtapdCore", "MacvtapdThreads"],
+            swiftSettings: strict),
 
         // Observers, executor and controller: the only place that joins the clients to the core.
         .target(
             name: "MacvtapdReconciler",
             dependencies: [
-                "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP", "MacvtapdUdev",
+                "MacvtapdCore", "MacvtapdConfig", "MacvtapdNetlink", "MacvtapdQMP", "MacvtapdUdev", "MacvtapdThreads",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -69,7 +77,7 @@ let package = Package(
             name: "MacvtapdDaemon",
             dependencies: [
                 "CMacvtapd", "MacvtapdCore", "MacvtapdConfig", "MacvtapdReconciler", "MacvtapdControl",
-                .product(name: "Logging", package: "swift-log"),
+                "MacvtapdThreads", .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),

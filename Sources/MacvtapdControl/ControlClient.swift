@@ -1,3 +1,5 @@
+import MacvtapdThreads
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -107,27 +109,11 @@ public enum ControlClient {
 public enum OffThread {
     public static func run<T: Sendable, E: Error>(_ body: @escaping @Sendable () throws(E) -> T) async throws(E) -> T {
         let result: Result<T, E> = await withCheckedContinuation { continuation in
-            let work = Work { continuation.resume(returning: Result(catching: body)) }
-            let box = Unmanaged.passRetained(work)
-            var thread = pthread_t()
-            let started = pthread_create(
-                &thread, nil,
-                { raw in
-                    Unmanaged<Work>.fromOpaque(raw!).takeRetainedValue().body()
-                    return nil
-                }, box.toOpaque())
-            if started == 0 {
-                pthread_detach(thread)
-            } else {
-                box.release()
+            let started = NativeThread.detach { continuation.resume(returning: Result(catching: body)) }
+            if case .failure = started {
                 continuation.resume(returning: Result(catching: body))
             }
         }
         return try result.get()
-    }
-
-    private final class Work: Sendable {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
     }
 }

@@ -1,4 +1,5 @@
 import CMacvtapd
+import MacvtapdThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -33,21 +34,14 @@ public final class ControlServer: Sendable {
             UnixSocket.setNonBlocking(fd)
         }
         loop = ServerLoop(endpoint: endpoint, limits: limits, handler: handler, wake: (fds[0], fds[1]))
-        let box = Unmanaged.passRetained(loop)
-        var thread = pthread_t()
-        let result = pthread_create(
-            &thread, nil,
-            { raw in
-                let loop = Unmanaged<ServerLoop>.fromOpaque(raw!).takeRetainedValue()
-                loop.run()
-                return nil
-            }, box.toOpaque())
-        guard result == 0 else {
-            box.release()
+        let loop = self.loop
+        switch NativeThread.start({ loop.run() }) {
+        case .success(let thread):
+            self.thread.withLock { $0 = thread }
+        case .failure(let error):
             loop.closePipe()
-            throw ControlSetupError("cannot start the control socket thread: \(errnoText(result))")
+            throw ControlSetupError("cannot start the control socket thread: \(errnoText(error.errno))")
         }
-        self.thread.withLock { $0 = thread }
     }
 
     /// Stops serving: open connections are closed (a client waiting for a reply sees the end of

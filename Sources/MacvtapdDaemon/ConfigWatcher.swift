@@ -1,4 +1,5 @@
 import MacvtapdReconciler
+import MacvtapdThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -78,20 +79,7 @@ public final class ConfigWatcher: Sendable {
     deinit { close() }
 
     private static func spawn(_ loop: WatchLoop) -> pthread_t? {
-        let box = Unmanaged.passRetained(loop)
-        var thread = pthread_t()
-        let result = pthread_create(
-            &thread, nil,
-            { raw in
-                let loop = Unmanaged<WatchLoop>.fromOpaque(raw!).takeRetainedValue()
-                loop.run()
-                return nil
-            }, box.toOpaque())
-        if result != 0 {
-            box.release()
-            return nil
-        }
-        return thread
+        try? NativeThread.start { loop.run() }.get()
     }
 }
 

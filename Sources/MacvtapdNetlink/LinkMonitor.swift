@@ -1,5 +1,6 @@
 import CMacvtapd
 import Glibc
+import MacvtapdThreads
 import Synchronization
 
 /// RTNLGRP_LINK notifications as an `AsyncStream`. A dedicated thread reads the socket so no
@@ -70,22 +71,15 @@ public final class LinkMonitor: Sendable {
     package func startReading() throws {
         try thread.withLock { thread in
             guard case .notStarted = thread else { return }
-            var created = pthread_t()
-            let context = Unmanaged.passRetained(reader).toOpaque()
-            let result = pthread_create(
-                &created, nil,
-                { context in
-                    let reader = Unmanaged<LinkMonitorReader>.fromOpaque(context!).takeRetainedValue()
-                    reader.run()
-                    return nil
-                }, context)
-            guard result == 0 else {
-                Unmanaged<LinkMonitorReader>.fromOpaque(context).release()
+            let reader = self.reader
+            switch NativeThread.start({ reader.run() }) {
+            case .success(let created):
+                thread = .running(created)
+            case .failure(let error):
                 thread = .stopped
                 reader.finish()
-                throw NetlinkError(operation: "start link monitor thread", interface: nil, errno: result)
+                throw NetlinkError(operation: "start link monitor thread", interface: nil, errno: error.errno)
             }
-            thread = .running(created)
         }
     }
 

@@ -1,4 +1,5 @@
 import CMacvtapd
+import MacvtapdThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -319,17 +320,7 @@ final class QMPConnection: Sendable {
     // MARK: Reader
 
     private func startReader() throws(QMPError) {
-        let context = Unmanaged.passRetained(self).toOpaque()
-        var thread = pthread_t()
-        let result = pthread_create(
-            &thread, nil,
-            { raw in
-                let connection = Unmanaged<QMPConnection>.fromOpaque(raw!).takeRetainedValue()
-                connection.readLoop()
-                return nil
-            }, context)
-        guard result == 0 else {
-            Unmanaged<QMPConnection>.fromOpaque(context).release()
+        if case .failure(let error) = NativeThread.detach({ [self] in readLoop() }) {
             writeSide.withLock { fd in
                 Glibc.close(fd)
                 fd = -1
@@ -340,9 +331,8 @@ final class QMPConnection: Sendable {
                 Glibc.close(wakeWrite)
             }
             eventSink.finish()
-            throw .connectFailed(path: path, errno: result)
+            throw .connectFailed(path: path, errno: error.errno)
         }
-        pthread_detach(thread)
     }
 
     private func readLoop() {

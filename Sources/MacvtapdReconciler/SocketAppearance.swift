@@ -1,3 +1,4 @@
+import MacvtapdThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -34,23 +35,12 @@ final class SocketAppearance: Sendable {
         let fd = inotify_init1(Int32(IN_CLOEXEC))
         inotify = fd
         guard fd >= 0 else { return }
-        var thread = pthread_t()
         // The shared instance lives as long as the process, and so does its reader thread.
-        let box = Unmanaged.passRetained(self)
-        let started = pthread_create(
-            &thread, nil,
-            { argument in
-                let watcher = Unmanaged<SocketAppearance>.fromOpaque(argument!).takeRetainedValue()
-                watcher.readEvents()
-                return nil
-            }, box.toOpaque())
-        guard started == 0 else {
+        guard case .success = NativeThread.detach({ [self] in readEvents() }) else {
             // Nobody reads the events: watch nothing, so every wait lasts its whole time.
-            box.release()
             state.withLock { $0.unusable = true }
             return
         }
-        pthread_detach(thread)
     }
 
     /// Returns true when `path` is created or moved into place (QEMU unlinks a stale socket before

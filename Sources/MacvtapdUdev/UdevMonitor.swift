@@ -1,5 +1,6 @@
 import CUdev
 import Glibc
+import MacvtapdThreads
 import Synchronization
 
 /// One message from the udev monitor.
@@ -40,21 +41,13 @@ public final class UdevMonitor: Sendable {
         events = stream
         self.reader = reader
 
-        var created = pthread_t()
-        let context = Unmanaged.passRetained(reader).toOpaque()
-        let result = pthread_create(
-            &created, nil,
-            { context in
-                let reader = Unmanaged<UdevMonitorReader>.fromOpaque(context!).takeRetainedValue()
-                reader.run()
-                return nil
-            }, context)
-        guard result == 0 else {
-            Unmanaged<UdevMonitorReader>.fromOpaque(context).release()
+        switch NativeThread.start({ reader.run() }) {
+        case .success(let created):
+            thread = Mutex(created)
+        case .failure(let error):
             reader.finish()
-            throw UdevError(operation: "start the udev monitor thread", errno: result)
+            throw UdevError(operation: "start the udev monitor thread", errno: error.errno)
         }
-        thread = Mutex(created)
     }
 
     deinit { close() }
