@@ -87,7 +87,7 @@ extension QMPClient {
 
     /// `getfd`: hands `fd` to QEMU under `name` (QEMU gets its own copy; the caller still owns `fd`).
     public func getfd(name: String, fd: Int32) async throws {
-        try await execute("getfd", arguments: ["fdname": .string(name)], passing: fd)
+        try await execute(.getfd(name: name, fd: fd))
     }
 
     /// `closefd`: drops a named fd QEMU holds that no netdev took.
@@ -97,11 +97,9 @@ extension QMPClient {
 
     // MARK: Netdevs
 
-    /// `netdev_add type=tap id=<id> fd=<fdName>`: a tap backend on an fd passed with `getfd`; vhost
-    /// is off, QEMU's default (not sent: QEMU reads its monitor a byte at a time).
+    /// `netdev_add type=tap id=<id> fd=<fdName>`: a tap backend on an fd passed with `getfd`.
     public func addTapNetdev(id: String, fdName: String) async throws {
-        try await execute(
-            "netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName)])
+        try await execute(.addTapNetdev(id: id, fdName: fdName))
     }
 
     /// `getfd` + `netdev_add` tap; if the netdev is refused, the named fd is closed in QEMU again
@@ -119,19 +117,17 @@ extension QMPClient {
 
     /// `netdev_add type=hubport id=<id> hubid=<hubID> [netdev=<netdev>]`.
     public func addHubPort(id: String, hubID: Int, netdev: String?) async throws {
-        var arguments: [String: JSONValue] = ["type": "hubport", "id": .string(id), "hubid": .int(Int64(hubID))]
-        if let netdev { arguments["netdev"] = .string(netdev) }
-        try await execute("netdev_add", arguments: .object(arguments))
+        try await execute(.addHubPort(id: id, hubID: hubID, netdev: netdev))
     }
 
     /// `netdev_del`. A missing id fails with class `DeviceNotFound`.
     public func deleteNetdev(id: String) async throws {
-        try await execute("netdev_del", arguments: ["id": .string(id)])
+        try await execute(.deleteNetdev(id: id))
     }
 
     /// `set_link`: the guest NIC's carrier. QEMU does not report it back; callers track what they set.
     public func setLink(name: String, up: Bool) async throws {
-        try await execute("set_link", arguments: ["name": .string(name), "up": .bool(up)])
+        try await execute(.setLink(name: name, up: up))
     }
 
     // MARK: QOM and devices
@@ -197,7 +193,7 @@ extension QMPClient {
     /// `announce-self`: gratuitous ARPs from the guest (virtio announce) and RARPs from QEMU, so
     /// switches learn the NIC's new path right after a backend swap.
     public func announceSelf(_ parameters: AnnounceParameters = AnnounceParameters()) async throws {
-        try await execute("announce-self", arguments: parameters.arguments)
+        try await execute(.announceSelf(parameters))
     }
 
     /// `query-rx-filter` for one NIC. Also re-arms that NIC's `NIC_RX_FILTER_CHANGED` event.

@@ -10,6 +10,41 @@ public struct QMPCommand: Sendable {
         self.arguments = arguments
         self.fd = fd
     }
+
+    // The commands macvtapd sends, each spelled once for `execute` and `executePipelined` alike.
+
+    /// `getfd`: `fd` travels with the command (QEMU gets its own copy) and is named `name`.
+    public static func getfd(name: String, fd: Int32) -> QMPCommand {
+        QMPCommand("getfd", arguments: ["fdname": .string(name)], passing: fd)
+    }
+
+    /// `netdev_add type=tap id=<id> fd=<fdName>`; vhost is off, QEMU's default (not sent: QEMU
+    /// reads its monitor a byte at a time).
+    public static func addTapNetdev(id: String, fdName: String) -> QMPCommand {
+        QMPCommand("netdev_add", arguments: ["type": "tap", "id": .string(id), "fd": .string(fdName)])
+    }
+
+    /// `netdev_add type=hubport id=<id> hubid=<hubID> [netdev=<netdev>]`.
+    public static func addHubPort(id: String, hubID: Int, netdev: String?) -> QMPCommand {
+        var arguments: [String: JSONValue] = ["type": "hubport", "id": .string(id), "hubid": .int(Int64(hubID))]
+        if let netdev { arguments["netdev"] = .string(netdev) }
+        return QMPCommand("netdev_add", arguments: .object(arguments))
+    }
+
+    /// `netdev_del`.
+    public static func deleteNetdev(id: String) -> QMPCommand {
+        QMPCommand("netdev_del", arguments: ["id": .string(id)])
+    }
+
+    /// `set_link`.
+    public static func setLink(name: String, up: Bool) -> QMPCommand {
+        QMPCommand("set_link", arguments: ["name": .string(name), "up": .bool(up)])
+    }
+
+    /// `announce-self`.
+    public static func announceSelf(_ parameters: AnnounceParameters) -> QMPCommand {
+        QMPCommand("announce-self", arguments: parameters.arguments)
+    }
 }
 
 extension QMPClient {

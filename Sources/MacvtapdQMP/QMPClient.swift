@@ -92,6 +92,12 @@ public final class QMPClient: Sendable {
             command: command, arguments: arguments, passing: fd, timeout: timeout ?? configuration.commandTimeout)
     }
 
+    /// `execute` of a command spelled as a `QMPCommand`.
+    @discardableResult
+    public func execute(_ command: QMPCommand, timeout: Duration? = nil) async throws -> JSONValue {
+        try await execute(command.name, arguments: command.arguments, passing: command.fd, timeout: timeout)
+    }
+
     /// Ends the connection: waiting commands fail, the event stream finishes, the socket is closed
     /// when this returns.
     public func close() async {

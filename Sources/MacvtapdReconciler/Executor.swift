@@ -246,11 +246,6 @@ public struct Executor: Sendable {
         outcome.failure = ActionFailure(action: action, error: "\(error)", isStale: stale)
     }
 
-    private func require(_ connection: (any VMConnection)?, vm: String) throws -> any VMConnection {
-        guard let connection else { throw ExecutorError("no QMP session with VM \(vm)") }
-        return connection
-    }
-
     private func log(
         _ key: BindingKey, _ action: Action, _ result: String, _ duration: Duration, level: Logger.Level = .info
     ) {

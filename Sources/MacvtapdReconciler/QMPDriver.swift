@@ -189,7 +189,7 @@ final class QMPVMConnection: VMConnection {
     /// in case the first frames are lost while the path settles.
     func announce(nic: String) async throws {
         do {
-            try await client.announceSelf(AnnounceParameters(interfaces: [nic], id: "mvtd.\(nic).announce"))
+            try await client.announceSelf(Self.announcement(of: [nic]))
         } catch let error as QMPError where error.qemuErrorClass == "DeviceNotFound" {
             throw StaleObservation("\(error)")
         }
@@ -200,8 +200,13 @@ final class QMPVMConnection: VMConnection {
     /// (3.5 KB). A later announce of that first NIC alone restarts the timer for it alone: the
     /// others keep the round already sent, and lose only its repeats.
     func announce(nics: [String]) async throws {
-        guard let first = nics.first else { return }
-        try await client.announceSelf(AnnounceParameters(interfaces: nics, id: "mvtd.\(first).announce"))
+        guard !nics.isEmpty else { return }
+        try await client.announceSelf(Self.announcement(of: nics))
+    }
+
+    /// An announce-self of `nics` on the first one's named timer (`mvtd.<nic>.announce`).
+    private static func announcement(of nics: [String]) -> AnnounceParameters {
+        AnnounceParameters(interfaces: nics, id: "mvtd.\(nics[0]).announce")
     }
 
     /// Every step in one pipelined exchange: getfd (the fd on its own sendmsg), netdev_add tap,
@@ -215,30 +220,19 @@ final class QMPVMConnection: VMConnection {
             let first = commands.count
             switch step {
             case .attach(let ids, let fd, let hub):
-                commands.append(QMPCommand("getfd", arguments: ["fdname": .string(ids.fdName)], passing: fd))
-                commands.append(
-                    QMPCommand(
-                        "netdev_add",
-                        arguments: ["type": "tap", "id": .string(ids.tap), "fd": .string(ids.fdName)]))
-                commands.append(
-                    QMPCommand(
-                        "netdev_add",
-                        arguments: [
-                            "type": "hubport", "id": .string(ids.port), "hubid": .int(Int64(hub)),
-                            "netdev": .string(ids.tap),
-                        ]))
+                commands += [
+                    .getfd(name: ids.fdName, fd: fd), .addTapNetdev(id: ids.tap, fdName: ids.fdName),
+                    .addHubPort(id: ids.port, hubID: hub, netdev: ids.tap),
+                ]
             case .detach(let backend):
                 for (present, id) in [(backend.hasPort, backend.ids.port), (backend.hasTap, backend.ids.tap)]
                 where present {
-                    commands.append(QMPCommand("netdev_del", arguments: ["id": .string(id)]))
+                    commands.append(.deleteNetdev(id: id))
                 }
             case .setLink(let nic, let up):
-                commands.append(QMPCommand("set_link", arguments: ["name": .string(nic), "up": .bool(up)]))
+                commands.append(.setLink(name: nic, up: up))
             case .announce(let nic):
-                commands.append(
-                    QMPCommand(
-                        "announce-self",
-                        arguments: AnnounceParameters(interfaces: [nic], id: "mvtd.\(nic).announce").arguments))
+                commands.append(.announceSelf(Self.announcement(of: [nic])))
             }
             ranges.append(first..<commands.count)
         }

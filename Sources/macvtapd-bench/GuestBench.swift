@@ -118,10 +118,7 @@ struct GuestBench: AsyncParsableCommand {
             try await sandbox.deleteLower("up0")
             try await guest.waitForCarrier(nic: nic, up: false)
             try await sandbox.addLower("up0", carrier: !carrierLater)
-            var start = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                if case .added(let link) = event { return link.name == "up0" }
-                return false
-            }
+            var start = try await notifications.added("up0")
             var rarp: Task<ContinuousClock.Instant?, Never>?
             if carrierLater {
                 try await sandbox.waitForPhase(.noCarrier, bindings: 1)

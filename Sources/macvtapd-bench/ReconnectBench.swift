@@ -119,10 +119,7 @@ struct ReconnectBench: AsyncParsableCommand {
                 try await sandbox.namespace.exec([
                     "sh", "-c", "ip link add up0 type veth peer name up0p && ip link set up0p up && ip link set up0 up",
                 ])
-                let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                    if case .added(let link) = event { return link.name == "up0" }
-                    return false
-                }
+                let added = try await notifications.added("up0")
                 let attached = try await waitUntil(timeout: .seconds(10), every: .milliseconds(1)) {
                     backendIDs(try await qmp.networkInfo(), nic: "nic0").count == 2
                 }
@@ -130,8 +127,7 @@ struct ReconnectBench: AsyncParsableCommand {
                 samples.attached.append(attached - added)
                 let frame = try await firstFrame(sandbox: sandbox, nic: nic)
                 samples.frame.append(frame - added)
-                // Let the daemon settle (guest link up, status written) before the next flap.
-                _ = await waitUntil(timeout: .seconds(5)) { (try? sandbox.status())?.bindings.first?.guestLink == true }
+                await settled(sandbox)
             }
             // The same return with nothing of the bench's own holding RTNL meanwhile: the lower is
             // made in one request (down, its peer down: no carrier yet, so the guest carrier is set
@@ -146,17 +142,14 @@ struct ReconnectBench: AsyncParsableCommand {
                         }) != nil
                 else { throw ChildError("not detached: \(daemon.log())") }
                 try await sandbox.namespace.exec(["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
-                let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                    if case .added(let link) = event { return link.name == "up0" }
-                    return false
-                }
+                let added = try await notifications.added("up0")
                 let attached = try await waitUntil(timeout: .seconds(10), every: .milliseconds(1)) {
                     backendIDs(try await qmp.networkInfo(), nic: "nic0").count == 2
                 }
                 guard let attached else { throw ChildError("not reattached: \(daemon.log())") }
                 samples.attachedAlone.append(attached - added)
                 try await sandbox.namespace.exec(["sh", "-c", "ip link set up0p up && ip link set up0 up"])
-                _ = await waitUntil(timeout: .seconds(5)) { (try? sandbox.status())?.bindings.first?.guestLink == true }
+                await settled(sandbox)
             }
             for _ in 0..<flaps {
                 samples.recorded.append(
@@ -183,14 +176,8 @@ struct ReconnectBench: AsyncParsableCommand {
                 { (try? sandbox.status())?.bindings.first?.phase == .hostMissing }) != nil
         else { throw ChildError("not detached: \(daemon.log())") }
         try await sandbox.namespace.exec(["ip", "link", "add", "up0", "type", "veth", "peer", "name", "up0p"])
-        let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-            if case .added(let link) = event { return link.name == "up0" }
-            return false
-        }
-        let sinceAdded = ContinuousClock.now - added
-        let addedWall =
-            Date().timeIntervalSince1970 - Double(sinceAdded.components.seconds)
-            - Double(sinceAdded.components.attoseconds) / 1e18
+        let added = try await notifications.added("up0")
+        let addedWall = Date().timeIntervalSince1970 - (ContinuousClock.now - added).seconds
         let deadline = ContinuousClock.now + .seconds(10)
         var recorded: Duration?
         while recorded == nil, ContinuousClock.now < deadline {
@@ -204,8 +191,13 @@ struct ReconnectBench: AsyncParsableCommand {
         }
         guard let recorded else { throw ChildError("no attach recorded: \(daemon.log())") }
         try await sandbox.namespace.exec(["sh", "-c", "ip link set up0p up && ip link set up0 up"])
-        _ = await waitUntil(timeout: .seconds(5)) { (try? sandbox.status())?.bindings.first?.guestLink == true }
+        await settled(sandbox)
         return recorded
+    }
+
+    /// Lets the daemon settle (guest link up, status written) before the next flap.
+    func settled(_ sandbox: Sandbox) async {
+        _ = await waitUntil(timeout: .seconds(5)) { (try? sandbox.status())?.bindings.first?.guestLink == true }
     }
 
     /// Sends a marked frame into the lower's peer every millisecond until the probe sees one.
@@ -249,6 +241,14 @@ final class LinkNotifications: Sendable {
     }
 
     deinit { task.cancel() }
+
+    /// The receive time of the next RTM_NEWLINK that announces a new link named `name`.
+    func added(_ name: String, timeout: Duration = .seconds(5)) async throws -> ContinuousClock.Instant {
+        try await next(timeout: timeout) { (event: LinkEvent) in
+            if case .added(let link) = event { return link.name == name }
+            return false
+        }
+    }
 
     /// The receive time of the next event, after those already returned, that `matching` accepts.
     func next(timeout: Duration, matching: (LinkEvent) -> Bool) async throws -> ContinuousClock.Instant {

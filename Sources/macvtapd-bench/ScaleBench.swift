@@ -333,10 +333,7 @@ struct ScaleBench: AsyncParsableCommand {
             let before = snapshot()
             let adding = ContinuousClock.now
             try await addLowers([lower], in: namespace)
-            let added = try await notifications.next(timeout: .seconds(5)) { (event: LinkEvent) in
-                if case .added(let link) = event { return link.name == lower }
-                return false
-            }
+            let added = try await notifications.added(lower)
             guard let done = await waitUntil(timeout: .seconds(60), every: .milliseconds(2), { attached() == expected })
             else { throw ChildError("bindings of \(lower) not reattached: \(attached()) attached") }
             samples.append(done - added)

@@ -24,6 +24,13 @@ import Testing
                 nics: ["nic0": NICBinding(key: .init(vm: "db1", nic: "nic0"), host: .name("eth1"))]),
         ])
 
+        /// `controller(resync:)` with the fixture's desired state already given to it.
+        func desiredController(resync: Duration = .seconds(60)) async -> Controller {
+            let controller = controller(resync: resync)
+            await controller.setDesired(desired, config: nil)
+            return controller
+        }
+
         func controller(resync: Duration = .seconds(60)) -> Controller {
             Controller(
                 host: host, connector: EmbeddedConnector(vms: ["web1": web1, "db1": db1]), store: nil,
@@ -49,8 +56,7 @@ import Testing
 
     @Test func convergesThenFollowsLinkEvents() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             #expect(world.web1.link("nic0") == true)
@@ -75,8 +81,7 @@ import Testing
     @Test func linkDeletedWhileItsReconcileRunsIsNotResurrectedInTheCache() async throws {
         let world = Fixture()
         world.web1.state.withLock { $0.setLinkDelay = .milliseconds(300) }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             // The backend is attached and set_link is still running when the lower goes away.
             #expect(await eventually { world.web1.netdevIDs.count == 2 })
@@ -95,8 +100,7 @@ import Testing
     /// event) is back after at most `observeSpread` resyncs.
     @Test func backendRemovedBehindOurBackIsRepairedWithinObserveSpreadResyncs() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { world.web1.netdevIDs.count == 2 && world.db1.netdevIDs.count == 2 })
             // Someone runs netdev_del on our backends: QEMU sends no event for that.
@@ -144,8 +148,7 @@ import Testing
     /// not one more per event.
     @Test func linkEventsDuringAnObservationCostNoSecondPlan() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             _ = await eventually { await controller.snapshot().activity.resyncing == false }
@@ -197,8 +200,7 @@ import Testing
     /// NICs whose guest-set MAC is read) is asked again over QMP: moving web1's NIC costs db1 nothing.
     @Test func aReloadObservesAfreshOnlyVMsWhoseObservationChanged() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "db1") == .attached })
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
@@ -223,8 +225,7 @@ import Testing
 
     @Test func vmRestartIsReattached() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             world.web1.shutDown()
@@ -274,8 +275,7 @@ import Testing
         let world = Fixture()
         // web1's monitor hangs for a minute; db1 must converge and follow events meanwhile.
         world.web1.state.withLock { $0.observeDelay = .seconds(60) }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually(within: .seconds(10)) { await Self.phase(controller, "db1") == .attached })
             world.host.removeLower("eth1")
@@ -287,8 +287,7 @@ import Testing
     @Test func failuresBackOffAndRecover() async throws {
         let world = Fixture()
         world.db1.state.withLock { $0.failAttach = true }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         try await Self.running(controller) {
             #expect(await eventually { await controller.currentStatus().first { $0.vm == "db1" }?.attempts ?? 0 >= 3 })
             let attempts = world.db1.calls.filter { $0.hasPrefix("attach") }.count
@@ -311,8 +310,7 @@ import Testing
     @Test func incomingMigrationHoldsTheMacvtapDownUntilResume() async throws {
         let world = Fixture()
         world.web1.state.withLock { $0.runState = .inmigrate }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .migrating })
             #expect(world.web1.netdevIDs.count == 2, "the backend is ready before handover")
@@ -338,8 +336,7 @@ import Testing
     @Test func handoverShareEndsWhenTheMacvtapIsUpNotAfterTheCarrierAndAnnounce() async throws {
         let world = Fixture()
         world.web1.state.withLock { $0.runState = .inmigrate }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         try await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .migrating })
             world.web1.state.withLock {
@@ -371,8 +368,7 @@ import Testing
     @Test func anAnswerInTransitDuringAnEventIsNotCachedOverIt() async {
         let world = Fixture()
         world.web1.state.withLock { $0.runState = .inmigrate }
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .migrating })
             let asked = world.web1.observations
@@ -393,8 +389,7 @@ import Testing
 
     @Test func migrationSourceTakesTheMacvtapDownAndKeepsTheBackend() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             world.web1.state.withLock { $0.runState = .finishMigrate }
@@ -421,8 +416,7 @@ import Testing
 
     @Test func userPauseChangesNothing() async throws {
         let world = Fixture()
-        let controller = world.controller()
-        await controller.setDesired(world.desired, config: nil)
+        let controller = await world.desiredController()
         try await Self.running(controller) {
             #expect(await eventually { await Self.phase(controller, "web1") == .attached })
             let before = (world.host.operations, world.web1.calls)
