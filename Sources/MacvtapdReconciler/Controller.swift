@@ -112,9 +112,19 @@ public actor Controller {
 
     // MARK: - Inputs
 
-    /// Replaces the desired state (a valid config was loaded) and reconciles every VM it names,
-    /// and every VM it no longer names.
+    /// Replaces the desired state (a valid config was loaded) and reconciles the VMs it concerns
+    /// (`putInForce`).
     public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
+        markDirty(putInForce(desired, config: config))
+    }
+
+    /// Replaces the desired state; returns the VMs to reconcile against it: every VM when it is the
+    /// first, else those whose bindings changed (added, removed, or any setting of theirs but where
+    /// it was declared) and those whose last reconcile left something to do or that are queued or
+    /// being reconciled. A VM whose bindings are as they were and whose last reconcile found
+    /// nothing to do would be planned to the same nothing: reloading a 1,000-binding file to move
+    /// one binding re-plans one VM, not forty. The periodic resync still covers every VM.
+    func putInForce(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) -> Set<String> {
         let previous = self.desired
         let hadDesired = hasDesired
         epoch += 1
@@ -122,19 +132,24 @@ public actor Controller {
         bindings = BindingIndex(desired.bindings)
         hasDesired = true
         // What is observed depends on the config only through the NICs whose guest-set MAC is read:
-        // a VM whose set is unchanged keeps its cached observation, so a reload (an apply of one
-        // changed binding among 1,000) re-plans the others without a QMP round trip each.
+        // a VM whose set is unchanged keeps its cached observation, so a VM re-planned here without
+        // a change of that set (one that had work left) needs no QMP round trip.
         for vm in sessions.keys
         where !hadDesired || previous.vms[vm]?.guestMACNICs != desired.vms[vm]?.guestMACNICs {
             sessions[vm]?.forget()
         }
-        let before = Set(previous.vms.keys)
-        quiet = []
+        let concerned = Set(previous.vms.keys).union(desired.vms.keys)
+        var vms = Set<String>()
+        for vm in concerned {
+            let same = previous.vms[vm].map { before in desired.vms[vm].map { before.plansLike($0) } ?? false } ?? false
+            if !hadDesired || !same || !quiet.contains(vm) || !queue.isIdle(vm) { vms.insert(vm) }
+        }
+        quiet.subtract(vms)
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
-        markDirty(before.union(desired.vms.keys))
         writer.dirty = true
+        return vms
     }
 
     /// A config load failed: keep the last good desired state, and say so in status and metrics.
