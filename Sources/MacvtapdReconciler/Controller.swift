@@ -129,7 +129,8 @@ public actor Controller {
         let hadDesired = hasDesired
         epoch += 1
         self.desired = desired
-        bindings = BindingIndex(desired.bindings)
+        // In any order: `desired.bindings` would sort a thousand bindings for an index of sets.
+        bindings = BindingIndex(desired.vms.values.flatMap { $0.nics.values })
         hasDesired = true
         // What is observed depends on the config only through the NICs whose guest-set MAC is read:
         // a VM whose set is unchanged keeps its cached observation, so a VM re-planned here without
