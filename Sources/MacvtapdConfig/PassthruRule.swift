@@ -28,7 +28,8 @@ struct PassthruRule {
     }
 
     private func message(
-        _ binding: NICBinding, _ first: Claim) -> String {
+        _ binding: NICBinding, _ first: Claim
+    ) -> String {
         let host = "host interface '\(binding.host)'"
         let what =
             "NIC \(binding.key) (mode \(binding.mode.rawValue)) and NIC \(first.key) at \(first.location) "

@@ -166,17 +166,32 @@ extension Controller {
     /// idle, or `timeout` passes; returns what was done.
     public func settle(_ id: Int, timeout: Duration) async -> Settlement {
         let deadline = ContinuousClock.now + timeout
-        // Polling the actor's own state every few milliseconds is cheap and keeps the reconcile
-        // path free of waiter bookkeeping beyond `reconciled`.
-        while pendingVMs(id).isEmpty == false, ContinuousClock.now < deadline, !stopping {
-            try? await Task.sleep(for: .milliseconds(2))
+        // Woken by the reconcile that completes the watch (`settleProgress`), by stop(), or by the
+        // timer: polling the actor every few milliseconds answered up to a poll late, and later
+        // still when the machine was loaded and timers fired late.
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.wakeSettle(id)
         }
+        while pendingVMs(id).isEmpty == false, ContinuousClock.now < deadline, !stopping {
+            await withCheckedContinuation(isolation: self) { settleWaiters[id] = $0 }
+        }
+        timer.cancel()
         let pending = pendingVMs(id)
         let watch = watches.removeValue(forKey: id)
         let outcomes = (watch?.outcomes.values.map { $0 } ?? []).sorted { $0.key < $1.key }
         return Settlement(
             plan: Plan(bindings: outcomes.map(\.plan)), outcomes: outcomes, settled: pending.isEmpty,
             pending: pending.sorted(), untouched: watch?.untouched ?? 0)
+    }
+
+    private func wakeSettle(_ id: Int) {
+        settleWaiters.removeValue(forKey: id)?.resume()
+    }
+
+    /// A reconcile ended or the controller is stopping: wake the applies whose wait is over.
+    func settleProgress() {
+        for id in Array(settleWaiters.keys) where stopping || pendingVMs(id).isEmpty { wakeSettle(id) }
     }
 
     private func pendingVMs(_ id: Int) -> Set<String> {

@@ -91,6 +91,8 @@ public actor Controller {
     /// Outcomes gathered for `apply` callers waiting on the control socket, by watch id.
     var watches: [Int: ApplyWatch] = [:]
     var nextWatch = 0
+    /// `settle` calls waiting for their watch, by watch id.
+    var settleWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
     /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
     var started = false
     private let wakeups: AsyncStream<Void>
@@ -149,7 +151,9 @@ public actor Controller {
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
+        // The config's status and the reload's count are written even when no VM is reconciled.
         writer.dirty = true
+        writeStatusIfChanged()
         return vms
     }
 
@@ -174,6 +178,7 @@ public actor Controller {
 
     public func stop() {
         stopping = true
+        settleProgress()
         wake.yield()
     }
 
@@ -222,6 +227,7 @@ public actor Controller {
     private func reconcile(vm: String) async {
         defer {
             if queue.done(vm) { wake.yield() }
+            if !settleWaiters.isEmpty { settleProgress() }
             writeStatusIfChanged()
             finishResyncIfDrained()
         }

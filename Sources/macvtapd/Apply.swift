@@ -6,6 +6,7 @@ import MacvtapdReconciler
 
 struct Apply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "apply",
         abstract: "Converge the host and VMs to the desired state once.",
         usage: "macvtapd apply [-c <path>] [--dry-run] [--json] [<options>]",
         discussion: """
