@@ -7,22 +7,28 @@ import MacvtapdCore
 /// Host matchers are compared as written: two NICs that reach one interface through different
 /// matchers (a name and a MAC) are only found when the daemon resolves them.
 struct PassthruRule {
-    private var claims: [HostMatcher: [(key: BindingKey, mode: MacvtapMode, location: SourceLocation)]] = [:]
+    private typealias Claim = (key: BindingKey, mode: MacvtapMode, location: SourceLocation)
+    /// Per host matcher, the first NIC that uses it and the first that uses it in passthru mode:
+    /// all a later NIC can conflict with. (Keeping every claim in an array read before each append
+    /// copied the array at every NIC: quadratic in the NICs per host interface.)
+    private var claims: [HostMatcher: (first: Claim, passthru: Claim?)] = [:]
     private(set) var diagnostics: [Diagnostic] = []
 
     mutating func add(_ binding: NICBinding) {
         guard let location = binding.source else { return }
-        let others = claims[binding.host, default: []]
-        let conflict =
-            binding.mode == .passthru ? others.first : others.first { $0.mode == .passthru }
-        if let conflict {
+        let claim: Claim = (binding.key, binding.mode, location)
+        guard let known = claims[binding.host] else {
+            claims[binding.host] = (claim, binding.mode == .passthru ? claim : nil)
+            return
+        }
+        if let conflict = binding.mode == .passthru ? known.first : known.passthru {
             diagnostics.append(Diagnostic(message(binding, conflict), at: location))
         }
-        claims[binding.host, default: []].append((binding.key, binding.mode, location))
+        if binding.mode == .passthru, known.passthru == nil { claims[binding.host]?.passthru = claim }
     }
 
     private func message(
-        _ binding: NICBinding, _ first: (key: BindingKey, mode: MacvtapMode, location: SourceLocation)
+        _ binding: NICBinding, _ first: Claim
     ) -> String {
         let host = "host interface '\(binding.host)'"
         let what =

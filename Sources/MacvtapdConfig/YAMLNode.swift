@@ -51,6 +51,17 @@ enum YAMLScalarType: Equatable {
             self = .string
             return
         }
+        // Every null, bool, int and float of the core schema starts with one of these; any other
+        // plain scalar (an interface name, a socket path, a VM name) is a string, unchecked below.
+        switch text.utf8.first ?? 0 {
+        case 0, UInt8(ascii: "~"), UInt8(ascii: "n"), UInt8(ascii: "N"), UInt8(ascii: "t"), UInt8(ascii: "T"),
+            UInt8(ascii: "f"), UInt8(ascii: "F"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
+            break
+        default:
+            self = .string
+            return
+        }
         switch text {
         case "", "~", "null", "Null", "NULL":
             self = .null

@@ -62,13 +62,14 @@ public enum ControlProtocol {
         method Plan(files: []ConfigFile) -> (daemon: Daemon, plan: object, text: string)
 
         # What an apply did: the plan carried out, the bindings that had actions, those whose VM
-        # did not answer, and whether every VM was reconciled before the wait ran out.
+        # did not answer, whether every VM was reconciled before the wait ran out, and how many
+        # bindings were left alone (their VM's bindings unchanged, nothing left to do).
         type ApplyReport (plan: object, text: string, outcomes: []Outcome, not_applied: []Outcome,
-          waiting: int, settled: bool, pending: []string)
+          waiting: int, settled: bool, pending: []string, untouched: ?int)
 
         # Reloads the daemon's own configuration (config must name it, as an absolute path with
-        # symlinks resolved) and waits, at most timeout_ms, until every binding was reconciled
-        # against it.
+        # symlinks resolved) and waits, at most timeout_ms, until every VM whose bindings changed
+        # or that had work left was reconciled against it.
         method Apply(config: string, timeout_ms: ?int) -> (daemon: Daemon, report: ApplyReport)
 
         # Every binding's status as the daemon holds it now (the status file's format), and what
@@ -292,16 +293,20 @@ public struct ApplyReport: Codable, Sendable {
     public var settled: Bool
     /// The VMs still being reconciled when the wait ran out.
     public var pending: [String]
+    /// Bindings not re-planned: their VM's bindings did not change and its last reconcile found
+    /// nothing to do (nil from a daemon that re-planned every VM).
+    public var untouched: Int?
 
     enum CodingKeys: String, CodingKey {
-        case plan, text, outcomes, waiting, settled, pending
+        case plan, text, outcomes, waiting, settled, pending, untouched
         case notApplied = "not_applied"
     }
 
     public init(
         plan: PlanDocument, text: String, outcomes: [ApplyOutcome], notApplied: [ApplyOutcome], waiting: Int,
-        settled: Bool = true, pending: [String] = []
+        settled: Bool = true, pending: [String] = [], untouched: Int? = nil
     ) {
+        self.untouched = untouched
         self.plan = plan
         self.text = text
         self.outcomes = outcomes

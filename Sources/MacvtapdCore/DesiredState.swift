@@ -186,6 +186,17 @@ public struct VMSpec: Hashable, Sendable {
         self.source = source
     }
 
+    /// The same VM as far as planning goes: the same monitor and the same bindings, every setting
+    /// alike, wherever they were declared (a line added above a VM moves its source, not its plan).
+    public func plansLike(_ other: VMSpec) -> Bool {
+        guard name == other.name, qmp == other.qmp, nics.count == other.nics.count else { return false }
+        return nics.allSatisfy { nic, binding in
+            guard var theirs = other.nics[nic] else { return false }
+            theirs.source = binding.source
+            return theirs == binding
+        }
+    }
+
     /// The NICs whose guest-programmed MAC the observer must read (`mac: guest`).
     public var guestMACNICs: Set<String> { Set(nics.values.filter(\.followsGuestMAC).map(\.key.nic)) }
 }

@@ -106,7 +106,7 @@ struct ControlService: Sendable {
             if await daemon.controller.isStopping { throw ControlError("io.macvtapd.Stopping") }
             let report = ApplyReport(
                 settlement.plan, outcomes: settlement.outcomes, settled: settlement.settled,
-                pending: settlement.pending)
+                pending: settlement.pending, untouched: settlement.untouched)
             return try ControlWire.encodeReply(ApplyReply(daemon: info, report: report))
         }
     }
@@ -131,7 +131,9 @@ struct ControlService: Sendable {
 extension ApplyReport {
     /// The report of an apply, from the plan carried out and its outcomes: the same words from
     /// a one-shot apply and from the daemon.
-    public init(_ plan: Plan, outcomes: [BindingOutcome], settled: Bool = true, pending: [String] = []) {
+    public init(
+        _ plan: Plan, outcomes: [BindingOutcome], settled: Bool = true, pending: [String] = [], untouched: Int? = nil
+    ) {
         let changed = outcomes.filter { !$0.plan.actions.isEmpty }.map { outcome in
             ApplyOutcome(
                 vm: outcome.key.vm, nic: outcome.key.nic, phase: outcome.plan.phase, changed: true,
@@ -144,6 +146,6 @@ extension ApplyReport {
         }
         self.init(
             plan: PlanDocument(plan), text: PlanRenderer.human(plan), outcomes: changed, notApplied: unknown,
-            waiting: plan.count(.waiting), settled: settled, pending: pending)
+            waiting: plan.count(.waiting), settled: settled, pending: pending, untouched: untouched)
     }
 }

@@ -10,6 +10,8 @@ extension Controller {
     struct ApplyWatch {
         let epoch: Int
         let vms: Set<String>
+        /// Desired bindings of the VMs left out of `vms`.
+        let untouched: Int
         /// Per binding: the last outcome with actions, else the last outcome.
         var outcomes: [BindingKey: BindingOutcome] = [:]
     }
@@ -23,6 +25,8 @@ extension Controller {
         public var settled: Bool
         /// VMs not reconciled (or still being reconciled) when the wait ran out.
         public var pending: [String]
+        /// Desired bindings of the VMs the apply did not re-plan: unchanged, with nothing left to do.
+        public var untouched: Int
     }
 
     /// What the daemon is doing now.
@@ -142,38 +146,52 @@ extension Controller {
 
     /// Puts `desired` in force now, as a reload does, with every binding's backoff forgotten (an
     /// operator's apply asks for now), and starts gathering outcomes; returns the watch to pass
-    /// to `settle`.
+    /// to `settle`. The watch covers the VMs the reload reconciles (`putInForce`: those whose
+    /// bindings changed or that had work left) and the VMs holding leftovers with work left; a VM
+    /// whose bindings did not change and whose last reconcile found nothing to do is not re-planned
+    /// before the answer (its bindings are counted as untouched).
     public func apply(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) -> Int {
-        let before = Set(self.desired.vms.keys)
         queue.forgetBackoff()
-        setDesired(desired, config: config)
+        var vms = putInForce(desired, config: config)
+        for vm in allVMs() where !quiet.contains(vm) || !queue.isIdle(vm) { vms.insert(vm) }
         let id = nextWatch
         nextWatch += 1
-        let vms = before.union(desired.vms.keys).union(allOwners())
-        watches[id] = ApplyWatch(epoch: epoch, vms: vms)
+        let untouched = desired.vms.values.reduce(0) { $0 + (vms.contains($1.name) ? 0 : $1.nics.count) }
+        watches[id] = ApplyWatch(epoch: epoch, vms: vms, untouched: untouched)
         markDirty(vms)
         return id
-    }
-
-    private func allOwners() -> Set<String> {
-        Set(statuses.keys.map(\.vm)).union(links.owningVMs)
     }
 
     /// Waits until every VM of the watch finished a reconcile against its desired state and is
     /// idle, or `timeout` passes; returns what was done.
     public func settle(_ id: Int, timeout: Duration) async -> Settlement {
         let deadline = ContinuousClock.now + timeout
-        // Polling the actor's own state every few milliseconds is cheap and keeps the reconcile
-        // path free of waiter bookkeeping beyond `reconciled`.
-        while pendingVMs(id).isEmpty == false, ContinuousClock.now < deadline, !stopping {
-            try? await Task.sleep(for: .milliseconds(2))
+        // Woken by the reconcile that completes the watch (`settleProgress`), by stop(), or by the
+        // timer: polling the actor every few milliseconds answered up to a poll late, and later
+        // still when the machine was loaded and timers fired late.
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            self.wakeSettle(id)
         }
+        while pendingVMs(id).isEmpty == false, ContinuousClock.now < deadline, !stopping {
+            await withCheckedContinuation(isolation: self) { settleWaiters[id] = $0 }
+        }
+        timer.cancel()
         let pending = pendingVMs(id)
         let watch = watches.removeValue(forKey: id)
         let outcomes = (watch?.outcomes.values.map { $0 } ?? []).sorted { $0.key < $1.key }
         return Settlement(
             plan: Plan(bindings: outcomes.map(\.plan)), outcomes: outcomes, settled: pending.isEmpty,
-            pending: pending.sorted())
+            pending: pending.sorted(), untouched: watch?.untouched ?? 0)
+    }
+
+    private func wakeSettle(_ id: Int) {
+        settleWaiters.removeValue(forKey: id)?.resume()
+    }
+
+    /// A reconcile ended or the controller is stopping: wake the applies whose wait is over.
+    func settleProgress() {
+        for id in Array(settleWaiters.keys) where stopping || pendingVMs(id).isEmpty { wakeSettle(id) }
     }
 
     private func pendingVMs(_ id: Int) -> Set<String> {
@@ -185,7 +203,9 @@ extension Controller {
     /// applies waiting for that VM.
     func reconciled(vm: String, epoch: Int, outcomes: [BindingOutcome]) {
         reconciledEpoch[vm] = max(reconciledEpoch[vm] ?? -1, epoch)
-        for id in watches.keys where watches[id]!.vms.contains(vm) && epoch >= watches[id]!.epoch {
+        // The ids are copied out: mutating `watches` while iterating its own keys copied the whole
+        // dictionary, each watch's outcomes with it, once per VM reconciled.
+        for id in Array(watches.keys) where watches[id]!.vms.contains(vm) && epoch >= watches[id]!.epoch {
             for outcome in outcomes where outcome.failure?.isStale != true {
                 let kept = watches[id]!.outcomes[outcome.key]
                 // A follow-up reconcile with nothing to do must not hide what the first one did.

@@ -91,6 +91,8 @@ public actor Controller {
     /// Outcomes gathered for `apply` callers waiting on the control socket, by watch id.
     var watches: [Int: ApplyWatch] = [:]
     var nextWatch = 0
+    /// `settle` calls waiting for their watch, by watch id.
+    var settleWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
     /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
     var started = false
     private let wakeups: AsyncStream<Void>
@@ -112,29 +114,47 @@ public actor Controller {
 
     // MARK: - Inputs
 
-    /// Replaces the desired state (a valid config was loaded) and reconciles every VM it names,
-    /// and every VM it no longer names.
+    /// Replaces the desired state (a valid config was loaded) and reconciles the VMs it concerns
+    /// (`putInForce`).
     public func setDesired(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) {
+        markDirty(putInForce(desired, config: config))
+    }
+
+    /// Replaces the desired state; returns the VMs to reconcile against it: every VM when it is the
+    /// first, else those whose bindings changed (added, removed, or any setting of theirs but where
+    /// it was declared) and those whose last reconcile left something to do or that are queued or
+    /// being reconciled. A VM whose bindings are as they were and whose last reconcile found
+    /// nothing to do would be planned to the same nothing: reloading a 1,000-binding file to move
+    /// one binding re-plans one VM, not forty. The periodic resync still covers every VM.
+    func putInForce(_ desired: DesiredState, config: StatusDocument.ConfigStatus?) -> Set<String> {
         let previous = self.desired
         let hadDesired = hasDesired
         epoch += 1
         self.desired = desired
-        bindings = BindingIndex(desired.bindings)
+        // In any order: `desired.bindings` would sort a thousand bindings for an index of sets.
+        bindings = BindingIndex(desired.vms.values.flatMap { $0.nics.values })
         hasDesired = true
         // What is observed depends on the config only through the NICs whose guest-set MAC is read:
-        // a VM whose set is unchanged keeps its cached observation, so a reload (an apply of one
-        // changed binding among 1,000) re-plans the others without a QMP round trip each.
+        // a VM whose set is unchanged keeps its cached observation, so a VM re-planned here without
+        // a change of that set (one that had work left) needs no QMP round trip.
         for vm in sessions.keys
         where !hadDesired || previous.vms[vm]?.guestMACNICs != desired.vms[vm]?.guestMACNICs {
             sessions[vm]?.forget()
         }
-        let before = Set(previous.vms.keys)
-        quiet = []
+        let concerned = Set(previous.vms.keys).union(desired.vms.keys)
+        var vms = Set<String>()
+        for vm in concerned {
+            let same = previous.vms[vm].map { before in desired.vms[vm].map { before.plansLike($0) } ?? false } ?? false
+            if !hadDesired || !same || !quiet.contains(vm) || !queue.isIdle(vm) { vms.insert(vm) }
+        }
+        quiet.subtract(vms)
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
-        markDirty(before.union(desired.vms.keys))
+        // The config's status and the reload's count are written even when no VM is reconciled.
         writer.dirty = true
+        writeStatusIfChanged()
+        return vms
     }
 
     /// A config load failed: keep the last good desired state, and say so in status and metrics.
@@ -158,6 +178,7 @@ public actor Controller {
 
     public func stop() {
         stopping = true
+        settleProgress()
         wake.yield()
     }
 
@@ -206,6 +227,7 @@ public actor Controller {
     private func reconcile(vm: String) async {
         defer {
             if queue.done(vm) { wake.yield() }
+            if !settleWaiters.isEmpty { settleProgress() }
             writeStatusIfChanged()
             finishResyncIfDrained()
         }

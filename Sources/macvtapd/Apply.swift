@@ -6,6 +6,7 @@ import MacvtapdReconciler
 
 struct Apply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "apply",
         abstract: "Converge the host and VMs to the desired state once.",
         usage: "macvtapd apply [-c <path>] [--dry-run] [--json] [<options>]",
         discussion: """
@@ -14,9 +15,10 @@ struct Apply: AsyncParsableCommand {
             while the others are still applied. Writes the status document (see --status-file).
 
             When a daemon answers on --control-socket, it owns the desired state: if -c names its \
-            configuration, the daemon reloads it now and apply waits (at most --timeout) until every binding \
-            was reconciled against it, then prints the outcomes; any other configuration is refused, naming \
-            the daemon's (two sources of truth would fight). Without a daemon, apply works on its own.
+            configuration, the daemon reloads it now (an invalid one is reported as here and changes nothing) and \
+            apply waits (at most --timeout) until every VM whose bindings changed, or that had work left, was \
+            reconciled against it, then prints the outcomes; any other configuration is refused, naming the \
+            daemon's (two sources of truth would fight). Without a daemon, apply works on its own.
 
             Exit status: 0 every binding applied or waiting for something outside macvtapd (a VM not \
             running on this host, a missing host interface); 1 a step failed, a VM's monitor did not \
@@ -49,8 +51,8 @@ struct Apply: AsyncParsableCommand {
 
     func run() async throws {
         try security.check(config)
-        let (desired, files) = try config.loadDesiredAndFiles(outcome: "nothing was changed")
         if dryRun {
+            let (desired, files) = try config.loadDesiredAndFiles(outcome: "nothing was changed")
             let shown = try await PlanOutput.make(
                 desired: desired, files: files, control: control, options: options, statusFile: statusFile)
             try shown.print(json: json)
@@ -58,12 +60,16 @@ struct Apply: AsyncParsableCommand {
         }
         let report: ApplyReport
         do {
+            // A running daemon validates the file itself as it reloads it (it trusts no client's
+            // validation), and answers an invalid one with the same file:line:column diagnostics
+            // before changing anything: validating it here first would parse it twice.
             if let reply = try await DaemonLink(socket: control.controlSocket).apply(
                 config: config.path, timeout: timeout)
             {
                 print("Applied by \(DaemonLink.describe(reply.daemon)).\n")
                 report = reply.report
             } else {
+                let desired = try config.loadDesired(outcome: "nothing was changed")
                 let reconciler = try options.reconciler(statusFile: statusFile, deviceDirectory: device.deviceDir)
                 let result = try await reconciler.apply(desired, config: .init(path: config.path, valid: true))
                 report = ApplyReport(result.plan, outcomes: result.outcomes)
@@ -81,6 +87,8 @@ struct Apply: AsyncParsableCommand {
                 "macvtapd apply: the running daemon (pid \(error.parameters.pid.map(String.init) ?? "?")) owns the "
                     + "desired state and reads \(own); refusing to apply \(config.path), which two sources of truth "
                     + "would fight over. Change \(own) and run `macvtapd apply -c \(own)`, or stop the daemon.")
+        } else if error.error == "io.macvtapd.ConfigInvalid" {
+            config.reportInvalid(errors: error.parameters.errors ?? [], outcome: "nothing was changed")
         } else {
             printError("macvtapd apply: the daemon refused: \(error)")
         }
@@ -103,6 +111,11 @@ struct Apply: AsyncParsableCommand {
         }
         for binding in report.notApplied {
             Swift.print("\(binding.key): NOT APPLIED: \(binding.message)")
+        }
+        if let untouched = report.untouched, untouched > 0 {
+            Swift.print(
+                "Left alone: \(untouched) binding(s) of VMs whose bindings did not change and that had nothing left "
+                    + "to do (not re-planned; `macvtapd status` shows them).")
         }
         if !report.settled {
             Swift.print(

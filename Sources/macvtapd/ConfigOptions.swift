@@ -36,6 +36,18 @@ struct ConfigOptions: ParsableArguments {
         return result
     }
 
+    /// What `loadDesired` prints for an invalid configuration, from diagnostics made elsewhere (the
+    /// daemon's, as it reloaded the file).
+    func reportInvalid(errors: [String], outcome: String) {
+        for error in errors { printError(error) }
+        if config == nil, access(path, F_OK) != 0 {
+            printError(
+                "note: \(path) is the default configuration path; pass -c/--config PATH to read another file or directory"
+            )
+        }
+        printError("\(path): invalid configuration; \(outcome)")
+    }
+
     /// `loadDesired`, with the files as read and validated: what a plan through the daemon sends, so
     /// the daemon plans exactly what was validated here.
     func loadDesiredAndFiles(outcome: String) throws -> (DesiredState, [ConfigSource]) {

@@ -11,6 +11,7 @@ import MacvtapdReconciler
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Run the daemon: reconcile on link and QMP events, config changes and periodically.",
         usage: "macvtapd run [-c <path>] [--resync <duration>] [<options>]",
         discussion: """

@@ -9,6 +9,7 @@ import MacvtapdReconciler
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Show each binding's phase, reason and last error.",
         usage: "macvtapd status [-c <path>] [--json] [<options>]",
         discussion: """

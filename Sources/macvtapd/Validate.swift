@@ -3,6 +3,7 @@ import MacvtapdConfig
 
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "validate",
         abstract: "Check the desired-state configuration without touching anything.",
         discussion: """
             Reports every problem with its file, line and column.

@@ -103,6 +103,23 @@ import Testing
             #expect(again.status == 0)
             #expect(again.stdout.contains("Apply complete: 0 binding(s) changed"), "idempotent: \(again.stdout)")
 
+            // An invalid file: the daemon validates it as it reloads it, and the CLI reports its
+            // errors with file, line and column, as without a daemon; nothing changes.
+            let settledNetdevs = try await Self.ourNetdevs(sandbox)
+            try sandbox.writeConfig(
+                Self.config(sandbox, lower: "up0").replacingOccurrences(of: "host: up0", with: "hots: up0"))
+            let invalid = try await sandbox.macvtapd("apply")
+            #expect(invalid.status == 1, "\(invalid.stdout)\(invalid.stderr)")
+            #expect(
+                invalid.stderr.contains("\(sandbox.configPath):7:9: error: unknown key 'hots'"), "\(invalid.stderr)")
+            #expect(invalid.stderr.hasSuffix("\(sandbox.configPath): invalid configuration; nothing was changed\n"))
+            #expect(!invalid.stdout.contains("Applied by"), "\(invalid.stdout)")
+            #expect(daemon.log().contains("configuration rejected; the last good desired state stays"))
+            #expect(try await Self.ourNetdevs(sandbox) == settledNetdevs, "an invalid file changes nothing")
+            #expect(try await sandbox.frameReachesHub(from: "up1", nic: "nic0"))
+            #expect(try await Self.isLive(sandbox, pid: daemon.pid))
+            try sandbox.writeConfig(Self.config(sandbox, lower: "up1"))
+
             // No daemon: plan observes directly again (the daemon released the VM's monitor).
             #expect(await daemon.stop() == 0)
             #expect(!FileManager.default.fileExists(atPath: sandbox.controlSocketPath), "socket removed on stop")

@@ -223,6 +223,57 @@ import Testing
         }
     }
 
+    /// An apply re-plans only the VMs whose bindings changed (or that had work left): moving
+    /// web1's NIC reconciles web1 alone and waits for it; db1, quiet and unchanged but for where
+    /// its NIC is declared, is counted as untouched. A failing db1 binding is retried by the next
+    /// apply at once, although its bindings did not change.
+    @Test func anApplyThatMovesOneBindingReconcilesOnlyItsVM() async throws {
+        let world = Fixture()
+        // Backoff long enough that only an apply retries a failed binding within the test.
+        let controller = Controller(
+            host: world.host, connector: EmbeddedConnector(vms: ["web1": world.web1, "db1": world.db1]),
+            store: nil, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }),
+            options: .init(resyncInterval: .seconds(60), backoffBase: .seconds(30), backoffCap: .seconds(30)))
+        await controller.setDesired(world.desired, config: nil)
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            // One resync re-plans what the converge changed: afterwards both VMs are quiet.
+            await controller.resync()
+            #expect(await eventually { await controller.quiet == ["web1", "db1"] })
+            let db1Epoch = await controller.reconciledEpoch["db1"]
+            var moved = world.desired
+            moved.vms["web1"]!.nics["nic0"]!.host = .name("eth1")
+            moved.vms["db1"]!.nics["nic0"]!.source = SourceLocation(file: "a.yaml", line: 12, column: 7)
+            let watch = await controller.apply(moved, config: nil)
+            let settled = await controller.settle(watch, timeout: .seconds(5))
+            #expect(settled.settled)
+            #expect(settled.untouched == 1, "db1's binding")
+            #expect(settled.outcomes.map(\.key) == [BindingKey(vm: "web1", nic: "nic0")])
+            #expect(settled.outcomes.first?.plan.actions.isEmpty == false, "the replace was waited for")
+            let created = settled.outcomes.first?.plan.actions.contains { action in
+                if case .createMacvtap(let spec) = action { return spec.lowerName == "eth1" }
+                return false
+            }
+            #expect(created == true)
+            #expect(world.host.macvtaps.count == 2 && world.web1.netdevIDs.count == 2)
+            #expect(await controller.reconciledEpoch["db1"] == db1Epoch, "db1 was not re-planned")
+
+            // db1's attach fails (a QMP error) after its lower flaps; its backoff is forgotten by an
+            // apply, which re-plans it although none of its bindings changed.
+            world.db1.state.withLock { $0.failAttach = true }
+            world.host.removeLower("eth1")
+            world.host.addLower("eth1")
+            #expect(await eventually { await Self.phase(controller, "db1") == .failed })
+            world.db1.state.withLock { $0.failAttach = false }
+            let retry = await controller.apply(moved, config: nil)
+            let retried = await controller.settle(retry, timeout: .seconds(5))
+            #expect(retried.settled)
+            #expect(retried.outcomes.contains { $0.key.vm == "db1" && $0.failure == nil && !$0.plan.actions.isEmpty })
+            #expect(await Self.phase(controller, "db1") == .attached)
+        }
+    }
+
     @Test func vmRestartIsReattached() async throws {
         let world = Fixture()
         let controller = await world.desiredController()
