@@ -97,16 +97,20 @@ struct CPUBreakdown {
     var daemonUser: Double
     var daemonSystem: Double
     var qemu: Double
+    /// This bench's own process (its polling of the metrics textfile, its link monitor): part of
+    /// `other`.
+    var bench: Double
 
     struct Snapshot {
         var machine: MachineCPU
         var daemon: (user: Double, system: Double)
         var qemu: Double
+        var bench: Double
 
         static func now(daemon: pid_t?, qemus: [pid_t]) -> Snapshot {
             Snapshot(
                 machine: .now(), daemon: daemon.map(ProcessStats.cpuTimes) ?? (0, 0),
-                qemu: qemus.reduce(0) { $0 + ProcessStats.cpuSeconds($1) })
+                qemu: qemus.reduce(0) { $0 + ProcessStats.cpuSeconds($1) }, bench: ProcessStats.cpuSeconds(getpid()))
         }
     }
 
@@ -117,17 +121,19 @@ struct CPUBreakdown {
         daemonUser = after.daemon.user - before.daemon.user
         daemonSystem = after.daemon.system - before.daemon.system
         qemu = after.qemu - before.qemu
+        bench = after.bench - before.bench
     }
 
     var other: Double { max(0, machine.busy - daemonUser - daemonSystem - qemu) }
 
-    /// `wall 2.61 s × 2 cores = 5.22 s: daemon 0.41 user + 0.70 kernel, QEMUs 3.02, other 0.60, idle 0.49`
+    /// `wall 2.61 s × 2 cores = 5.22 s: daemon 0.41 user + 0.70 kernel, QEMUs 3.02, other 0.60 (of which this
+    /// bench 0.05), idle 0.49`
     func described(cores: Int, qemus: Int, bindings: Int) -> String {
         String(
             format: "wall %.2f s x %d cores = %.2f CPU-s: daemon %.2f user + %.2f kernel, %d QEMUs %.2f (%.2f ms "
-                + "per binding), other %.2f, idle %.2f",
+                + "per binding), other %.2f (of which this bench %.2f), idle %.2f",
             wall, cores, machine.busy + machine.idle, daemonUser, daemonSystem, qemus, qemu,
-            qemu * 1000 / Double(max(1, bindings)), other, machine.idle)
+            qemu * 1000 / Double(max(1, bindings)), other, bench, machine.idle)
     }
 }
 
