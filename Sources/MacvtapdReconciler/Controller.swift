@@ -230,8 +230,7 @@ public actor Controller {
         // so the marks they made for this VM need no second plan.
         drainLinkChanges()
         queue.linksSeen(by: vm)
-        let observed = ObservedState(host: links.host(), vms: [vm: observedVM])
-        let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
+        let (plan, executionHost) = plan(vm: vm, observed: observedVM)
         let planned = clock.now
         var due: [BindingPlan] = []
         var rescheduleAt: ContinuousClock.Instant?
@@ -258,7 +257,7 @@ public actor Controller {
             var steps = binding
             let deferAnnounce = batchAnnounces && Self.endsWithAnnounce(binding)
             if deferAnnounce { steps.actions.removeLast() }
-            var outcome = await executor.execute(steps, host: observed.host, connection: connection)
+            var outcome = await executor.execute(steps, host: executionHost, connection: connection)
             outcome.plan = binding
             if deferAnnounce, outcome.succeeded { announcing.append(binding.key) }
             links.follow(outcome)
@@ -300,6 +299,21 @@ public actor Controller {
         }
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
+    }
+
+    /// The VM's plan from the link cache as it is now, and the links the executor will look up
+    /// (the macvtaps it attaches). Not the whole snapshot: held across the execution's awaits, it
+    /// would make every change of the cache meanwhile copy all its links and indexes.
+    private func plan(vm: String, observed: ObservedVM) -> (Plan, ObservedHost) {
+        let host = links.host()
+        let plan = Planner.plan(desired: desired, observed: ObservedState(host: host, vms: [vm: observed]), vms: [vm])
+        var attached: [ObservedLink] = []
+        for binding in plan.bindings {
+            for case .attachBackend(_, _, let macvtap, _) in binding.actions {
+                if let link = host.link(named: macvtap) { attached.append(link) }
+            }
+        }
+        return (plan, ObservedHost(links: attached))
     }
 
     private static func endsWithAnnounce(_ plan: BindingPlan) -> Bool {
