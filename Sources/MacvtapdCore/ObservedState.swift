@@ -60,38 +60,109 @@ public struct ObservedLink: Hashable, Sendable {
 /// for every VM, and linear scans per binding would make that quadratic.
 public struct ObservedHost: Hashable, Sendable {
     public var links: [ObservedLink] {
-        didSet { index = Index(links) }
+        get { storage }
+        set {
+            storage = newValue
+            index = Index(newValue)
+        }
     }
+    private var storage: [ObservedLink]
     private var index: Index
 
     private struct Index: Sendable {
         var byIfindex: [Int32: Int] = [:]
-        var byName: [String: Int] = [:]
+        /// The ifindex of the link with that name (the first one seen, should two share it).
+        var byName: [String: Int32] = [:]
+        /// Each binding's links in ifindex order (the kernel's order of creation).
         var owned: [BindingKey: [ObservedLink]] = [:]
         var ownedByVM: [String: [BindingKey: [ObservedLink]]] = [:]
 
         init(_ links: [ObservedLink]) {
+            byIfindex.reserveCapacity(links.count)
+            byName.reserveCapacity(links.count)
             for (position, link) in links.enumerated() {
                 byIfindex[link.ifindex] = position
-                byName[link.name] = byName[link.name] ?? position
-                if let owner = link.owner {
-                    owned[owner, default: []].append(link)
-                    ownedByVM[owner.vm, default: [:]][owner, default: []].append(link)
-                }
+                if byName[link.name] == nil { byName[link.name] = link.ifindex }
+                if link.owner != nil { own(link) }
             }
+        }
+
+        mutating func own(_ link: ObservedLink) {
+            guard let owner = link.owner else { return }
+            Self.insert(link, into: &owned[owner, default: []])
+            Self.insert(link, into: &ownedByVM[owner.vm, default: [:]][owner, default: []])
+        }
+
+        mutating func disown(_ link: ObservedLink) {
+            guard let owner = link.owner else { return }
+            owned[owner]?.removeAll { $0.ifindex == link.ifindex }
+            if owned[owner]?.isEmpty == true { owned[owner] = nil }
+            ownedByVM[owner.vm]?[owner]?.removeAll { $0.ifindex == link.ifindex }
+            if ownedByVM[owner.vm]?[owner]?.isEmpty == true { ownedByVM[owner.vm]?[owner] = nil }
+            if ownedByVM[owner.vm]?.isEmpty == true { ownedByVM[owner.vm] = nil }
+        }
+
+        private static func insert(_ link: ObservedLink, into links: inout [ObservedLink]) {
+            links.insert(link, at: links.firstIndex { $0.ifindex > link.ifindex } ?? links.endIndex)
         }
     }
 
     public init(links: [ObservedLink] = []) {
-        self.links = links
+        storage = links
         index = Index(links)
+    }
+
+    /// Adds `link`, or replaces the link with its ifindex, and keeps the indexes current: a cache
+    /// that follows link events one at a time costs a few lookups per event, not a rebuild of
+    /// every index over a thousand links.
+    public mutating func update(_ link: ObservedLink) {
+        if let position = index.byIfindex[link.ifindex] {
+            let before = storage[position]
+            storage[position] = link
+            if before.name != link.name {
+                unname(before)
+                if index.byName[link.name] == nil { index.byName[link.name] = link.ifindex }
+            }
+            if before.owner != link.owner || (link.owner != nil && before != link) {
+                index.disown(before)
+                index.own(link)
+            }
+        } else {
+            index.byIfindex[link.ifindex] = storage.count
+            storage.append(link)
+            if index.byName[link.name] == nil { index.byName[link.name] = link.ifindex }
+            index.own(link)
+        }
+    }
+
+    /// Removes the link with `ifindex` (the last link takes its place in `links`); returns it.
+    @discardableResult
+    public mutating func remove(ifindex: Int32) -> ObservedLink? {
+        guard let position = index.byIfindex.removeValue(forKey: ifindex) else { return nil }
+        let removed = storage[position]
+        let last = storage.count - 1
+        if position != last {
+            storage[position] = storage[last]
+            index.byIfindex[storage[position].ifindex] = position
+        }
+        storage.removeLast()
+        unname(removed)
+        index.disown(removed)
+        return removed
+    }
+
+    /// `link`'s name no longer points at it; another link of that name (never two in one namespace
+    /// at one time, but a cache may briefly hold both) takes it over.
+    private mutating func unname(_ link: ObservedLink) {
+        guard index.byName[link.name] == link.ifindex else { return }
+        index.byName[link.name] = storage.first { $0.name == link.name && $0.ifindex != link.ifindex }?.ifindex
     }
 
     public static func == (lhs: ObservedHost, rhs: ObservedHost) -> Bool { lhs.links == rhs.links }
     public func hash(into hasher: inout Hasher) { hasher.combine(links) }
 
-    public func link(ifindex: Int32) -> ObservedLink? { index.byIfindex[ifindex].map { links[$0] } }
-    public func link(named name: String) -> ObservedLink? { index.byName[name].map { links[$0] } }
+    public func link(ifindex: Int32) -> ObservedLink? { index.byIfindex[ifindex].map { storage[$0] } }
+    public func link(named name: String) -> ObservedLink? { index.byName[name].flatMap(link(ifindex:)) }
 
     /// The interfaces a matcher selects, initialised by udev or not. Macvtaps and macvlans are
     /// never lowers by MAC or udev identity: they copy MACs.

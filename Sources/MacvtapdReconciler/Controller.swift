@@ -252,8 +252,7 @@ public actor Controller {
         // so the marks they made for this VM need no second plan.
         drainLinkChanges()
         queue.linksSeen(by: vm)
-        let observed = ObservedState(host: links.host(), vms: [vm: observedVM])
-        let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
+        let (plan, executionHost) = plan(vm: vm, observed: observedVM)
         let planned = clock.now
         var due: [BindingPlan] = []
         var rescheduleAt: ContinuousClock.Instant?
@@ -272,17 +271,28 @@ public actor Controller {
         // (QEMU reads its monitor a byte at a time; 143 of the 530 bytes a binding's attach sent).
         let batchAnnounces = due.count { Self.endsWithAnnounce($0) } > 1
         var announcing: [BindingKey] = []
+        // A VM's bindings run side by side (see `Executor.execute(_:host:connection:)` for a list):
+        // in a flap's return, one VM's three macvtaps are created together and its exchanges go to
+        // QEMU back to back, instead of each binding waiting for the one before.
+        var running: [BindingPlan] = []
+        var deferred: Set<BindingKey> = []
+        for binding in due where !binding.actions.isEmpty {
+            var steps = binding
+            if batchAnnounces && Self.endsWithAnnounce(binding) {
+                steps.actions.removeLast()
+                deferred.insert(binding.key)
+            }
+            running.append(steps)
+        }
+        var results = await executor.execute(running, host: executionHost, connection: connection)[...]
         for binding in due {
             if binding.actions.isEmpty {
                 outcomes.append(BindingOutcome(plan: binding))
                 continue
             }
-            var steps = binding
-            let deferAnnounce = batchAnnounces && Self.endsWithAnnounce(binding)
-            if deferAnnounce { steps.actions.removeLast() }
-            var outcome = await executor.execute(steps, host: observed.host, connection: connection)
+            var outcome = results.removeFirst()
             outcome.plan = binding
-            if deferAnnounce, outcome.succeeded { announcing.append(binding.key) }
+            if deferred.contains(binding.key), outcome.succeeded { announcing.append(binding.key) }
             links.follow(outcome)
             sessions[vm]?.follow(outcome)
             // The share ends when the macvtap is up: the carrier and announce that follow are QMP
@@ -322,6 +332,21 @@ public actor Controller {
         }
         if let rescheduleAt { scheduleRetry(vm: vm, at: rescheduleAt) }
         metrics.reconciled(duration: clock.now - started)
+    }
+
+    /// The VM's plan from the link cache as it is now, and the links the executor will look up
+    /// (the macvtaps it attaches). Not the whole snapshot: held across the execution's awaits, it
+    /// would make every change of the cache meanwhile copy all its links and indexes.
+    private func plan(vm: String, observed: ObservedVM) -> (Plan, ObservedHost) {
+        let host = links.host()
+        let plan = Planner.plan(desired: desired, observed: ObservedState(host: host, vms: [vm: observed]), vms: [vm])
+        var attached: [ObservedLink] = []
+        for binding in plan.bindings {
+            for case .attachBackend(_, _, let macvtap, _) in binding.actions {
+                if let link = host.link(named: macvtap) { attached.append(link) }
+            }
+        }
+        return (plan, ObservedHost(links: attached))
     }
 
     private static func endsWithAnnounce(_ plan: BindingPlan) -> Bool {

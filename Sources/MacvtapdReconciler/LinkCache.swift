@@ -4,22 +4,20 @@ import MacvtapdCore
 /// current by link events and by the executor's own changes, so a link event re-plans without a
 /// dump. Link events decide which VMs to look at again; the planner decides what to do.
 struct LinkCache {
-    private(set) var links: [Int32: ObservedLink] = [:] {
-        didSet { snapshot = nil }
-    }
-    /// `links` as the planner takes them, built once per change of the cache, not per VM.
-    private var snapshot: ObservedHost?
+    /// The links as the planner takes them, kept indexed as events change them one at a time
+    /// (a flap's return brings hundreds of events, between which forty VMs are planned: each
+    /// plan rebuilding the indexes over a thousand links was a seventh of the daemon's CPU).
+    private(set) var current = ObservedHost()
     /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
     /// ifindex in a namespace, so a link our executor created and an event already deleted (while
     /// the reconcile that created it was still running) is never put back into the cache.
     private var deleted: Set<Int32> = []
 
-    mutating func host() -> ObservedHost {
-        if let snapshot { return snapshot }
-        let built = ObservedHost(links: Array(links.values))
-        snapshot = built
-        return built
-    }
+    /// The links now. A value: a reconcile that holds it across a suspension makes the cache's
+    /// next change copy everything, so take it, plan, and let it go.
+    func host() -> ObservedHost { current }
+
+    var links: [ObservedLink] { current.links }
 
     /// Replaces everything with a fresh dump; returns what the cache had wrong: links that are
     /// new or differ (with the cached version) and links that are gone (as cached). A dump that
@@ -27,16 +25,16 @@ struct LinkCache {
     @discardableResult
     mutating func replace(with dump: [ObservedLink]) -> [(before: ObservedLink?, link: ObservedLink)] {
         deleted = []
-        var fresh: [Int32: ObservedLink] = [:]
+        var fresh: Set<Int32> = []
         fresh.reserveCapacity(dump.count)
         var differences: [(before: ObservedLink?, link: ObservedLink)] = []
         for link in dump {
-            fresh[link.ifindex] = link
-            let before = links[link.ifindex]
+            fresh.insert(link.ifindex)
+            let before = current.link(ifindex: link.ifindex)
             if before != link { differences.append((before, link)) }
         }
-        for (ifindex, link) in links where fresh[ifindex] == nil { differences.append((link, link)) }
-        if !differences.isEmpty { links = fresh }
+        for link in current.links where !fresh.contains(link.ifindex) { differences.append((link, link)) }
+        if !differences.isEmpty { current = ObservedHost(links: dump) }
         return differences
     }
 
@@ -48,37 +46,41 @@ struct LinkCache {
             return nil
         case .updated(var link):
             guard !deleted.contains(link.ifindex) else { return nil }
-            let before = links[link.ifindex]
+            let before = current.link(ifindex: link.ifindex)
             // The kernel takes a new macvtap's alias (our mark) in a second request and announces
             // that change only for a link that is up: a macvtap created down (a migration
             // destination) is announced without its mark, possibly after the executor recorded it.
             // Keep the mark until a dump says otherwise.
             if link.alias == nil, link.isMacvtap, let known = before?.alias { link.alias = known }
             // A change that does not touch what the planner reads (e.g. statistics) changes nothing.
-            if before != link { links[link.ifindex] = link }
+            if before != link { current.update(link) }
             return (before, before != link)
         case .removed(let link):
             deleted.insert(link.ifindex)
-            return (links.removeValue(forKey: link.ifindex), true)
+            return (current.remove(ifindex: link.ifindex), true)
         }
     }
 
     /// What the executor did, before the kernel's events about it arrive.
     mutating func follow(_ outcome: BindingOutcome) {
         for link in outcome.createdLinks where !deleted.contains(link.ifindex) {
-            if var announced = links[link.ifindex] {
-                if announced.alias == nil { announced.alias = link.alias }
-                links[link.ifindex] = announced
+            if var announced = current.link(ifindex: link.ifindex) {
+                if announced.alias == nil {
+                    announced.alias = link.alias
+                    current.update(announced)
+                }
             } else {
-                links[link.ifindex] = link
+                current.update(link)
             }
         }
         for index in outcome.deletedLinks {
-            links[index] = nil
+            current.remove(ifindex: index)
             deleted.insert(index)
         }
-        for change in outcome.adminChanges where links[change.ifindex]?.adminUp != change.up {
-            links[change.ifindex]?.adminUp = change.up
+        for change in outcome.adminChanges {
+            guard var link = current.link(ifindex: change.ifindex), link.adminUp != change.up else { continue }
+            link.adminUp = change.up
+            current.update(link)
         }
     }
 
@@ -91,7 +93,7 @@ struct LinkCache {
         // A macvtap is nobody's lower: scanning for its uppers would cost a pass over every link
         // for each of the hundred macvtaps a lower takes with it.
         if !link.isMacvtap {
-            for other in links.values where other.lowerIfindex == link.ifindex {
+            for other in current.links where other.lowerIfindex == link.ifindex {
                 if let owner = other.owner { vms.insert(owner.vm) }
             }
         }
@@ -106,5 +108,5 @@ struct LinkCache {
     }
 
     /// The VMs owning a macvtap of ours.
-    var owningVMs: Set<String> { Set(links.values.compactMap { $0.owner?.vm }) }
+    var owningVMs: Set<String> { Set(current.links.compactMap { $0.owner?.vm }) }
 }

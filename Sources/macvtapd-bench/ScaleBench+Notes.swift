@@ -16,8 +16,10 @@ extension ScaleBench {
            (the link dump starts) to the last VM it marked reconciled, with nothing to change;
            macvtapd at a 5 s resync (six in a row), the baseline at 1 s over its idle window.
         5. `ip link del` of lower l0 (carrying \(total / lowers) bindings), wait until they are
-           detached, `ip link add` it again: from the RTM_NEWLINK of l0 that the bench's own link
-           monitor receives to all Attached; \(flaps) flaps (the baseline: half as many, at least 2).
+           detached (all \(total / lowers) HostMissing, which the daemon records once their dead
+           backends are gone from QEMU), `ip link add` it again: from the RTM_NEWLINK of l0 that the
+           bench's own link monitor receives to all Attached; \(flaps) flaps (the baseline: half as
+           many, at least 2).
         6. the restarted daemon (row 2) at the default 30 s resync, from 1 s after the applies of
            row 3 for \(idleSeconds) s: its CPU time (utime + stime, /proc/PID/stat) over wall time.
         7. the daemon's CPU time over the window in which the six resyncs of row 4 finished (the
@@ -36,7 +38,8 @@ extension ScaleBench {
            Attached), the wall time times the cores, split into the daemon's user and kernel CPU
            (its kernel time includes creating the macvtaps and opening their taps), the QEMUs'
            CPU (QEMU 7.2 reads its monitor a byte per main-loop pass), everything else that ran
-           (the bench itself, `ip`, kernel threads, other work on the machine) and idle time (no
+           (the bench itself, given apart: its polling of the metrics textfile every 2–5 ms and its
+           link monitor; `ip`, kernel threads, other work on the machine) and idle time (no
            one runnable: waits on RTNL, on QMP replies, or timers). The daemons' tap nodes are
            made under /dev (devtmpfs), as with the default --device-dir.
         """

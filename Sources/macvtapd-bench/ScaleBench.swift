@@ -72,6 +72,7 @@ struct ScaleBench: AsyncParsableCommand {
         let config = try directory.write("macvtapd.yaml", yaml)
         let metrics = Self.metricsPath(in: directory)
         func attached() -> Int { Int(metric(metrics, "macvtapd_bindings{phase=\"Attached\"}") ?? 0) }
+        func hostMissing() -> Int { Int(metric(metrics, "macvtapd_bindings{phase=\"HostMissing\"}") ?? 0) }
         func start(_ extra: [String]) throws -> BackgroundProcess {
             try startDaemon(binary: binary, config: config, namespace: namespace, directory: directory, extra: extra)
         }
@@ -130,7 +131,7 @@ struct ScaleBench: AsyncParsableCommand {
         let flapCPUBefore = ProcessStats.cpuSeconds(daemon.pid)
         var flapBreakdowns: [CPUBreakdown] = []
         let flapEvents = try await flap(
-            "l0", count: flaps, expected: total, attached: attached, namespace: namespace,
+            "l0", count: flaps, expected: total, attached: attached, hostMissing: hostMissing, namespace: namespace,
             notifications: notifications,
             around: { CPUBreakdown.Snapshot.now(daemon: daemon.pid, qemus: qemuPIDs) },
             breakdown: { before, wall in
@@ -179,7 +180,8 @@ struct ScaleBench: AsyncParsableCommand {
         daemon = try start(["--no-events", "--resync", "1"])
         _ = await waitUntil(timeout: .seconds(120), every: .milliseconds(5)) { attached() == total }
         let flapPolling = try await flap(
-            "l0", count: max(2, flaps / 2), expected: total, attached: attached, namespace: namespace,
+            "l0", count: max(2, flaps / 2), expected: total, attached: attached, hostMissing: hostMissing,
+            namespace: namespace,
             notifications: notifications)
         let (idlePolling, resyncsPolling) = try await cpuFraction(
             daemon.pid, over: .seconds(baselineIdleSeconds), resyncsIn: metrics)
@@ -318,18 +320,27 @@ struct ScaleBench: AsyncParsableCommand {
     /// Deletes `lower`, waits for its bindings to be detached, adds it back and times from its
     /// RTM_NEWLINK until every binding is attached again.
     func flap(
-        _ lower: String, count: Int, expected: Int, attached: () -> Int, namespace: NetworkNamespace,
+        _ lower: String, count: Int, expected: Int, attached: () -> Int, hostMissing: () -> Int,
+        namespace: NetworkNamespace,
         notifications: LinkNotifications, around snapshot: () -> CPUBreakdown.Snapshot? = { nil },
         breakdown: (CPUBreakdown.Snapshot, Duration) -> Void = { _, _ in }
     ) async throws -> [Duration] {
         var samples: [Duration] = []
         for _ in 0..<count {
             try await namespace.ip("link", "del", lower)
+            // Detached: the lower's bindings are HostMissing, which the daemon records once their
+            // dead backends are gone from QEMU. Not merely "not Attached": NoCarrier comes first
+            // (the lower goes down before it goes), and adding the lower back then measured the
+            // return together with the detaches still under way.
             guard
                 await waitUntil(
-                    timeout: .seconds(60), every: .milliseconds(5), { attached() <= expected - expected / lowers })
+                    timeout: .seconds(60), every: .milliseconds(5),
+                    { attached() <= expected - expected / lowers && hostMissing() >= expected / lowers })
                     != nil
-            else { throw ChildError("bindings of \(lower) not detached: \(attached()) attached") }
+            else {
+                throw ChildError(
+                    "bindings of \(lower) not detached: \(attached()) attached, \(hostMissing()) HostMissing")
+            }
             let before = snapshot()
             let adding = ContinuousClock.now
             try await addLowers([lower], in: namespace)
