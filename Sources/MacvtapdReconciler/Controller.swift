@@ -230,6 +230,7 @@ public actor Controller {
         // so the marks they made for this VM need no second plan.
         drainLinkChanges()
         queue.linksSeen(by: vm)
+        observedVM.guestLinkHeld = sessions[vm]?.linkHeld ?? [:]
         let observed = ObservedState(host: links.host(), vms: [vm: observedVM])
         let plan = Planner.plan(desired: desired, observed: observed, vms: [vm])
         let planned = clock.now
@@ -262,7 +263,7 @@ public actor Controller {
             outcome.plan = binding
             if deferAnnounce, outcome.succeeded { announcing.append(binding.key) }
             links.follow(outcome)
-            sessions[vm]?.follow(outcome)
+            sessions[vm]?.follow(outcome, on: connection)
             // The share ends when the macvtap is up: the carrier and announce that follow are QMP
             // round trips to a QEMU whose freshly resumed guest competes for its main loop.
             if let resumedAt, let upAt = outcome.macvtapUpAt {

@@ -24,9 +24,9 @@ public final class EmbeddedHost: HostDriver {
         }
     }
 
-    public func addLower(_ name: String) {
+    public func addLower(_ name: String, carrier: Bool = true) {
         state.withLock { state in
-            let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth")
+            let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth", carrier: carrier)
             state.links.append(link)
             state.nextIndex += 1
             state.announce(.updated(link))
