@@ -111,6 +111,24 @@ import Testing
         }
     }
 
+    /// A binding's new phase starts when its backend is attached and its carrier set: the announce
+    /// that follows (advisory; it changes nothing the status says) does not delay the record.
+    @Test func theNewPhaseStartsWithTheAttachNotWithTheAnnounceAfterIt() async throws {
+        let world = Fixture()
+        world.web1.state.withLock { $0.announceDelay = .milliseconds(300) }
+        let controller = await world.desiredController()
+        let started = Reconciler.now()
+        try await Self.running(controller) {
+            #expect(await eventually { world.web1.calls.contains("announce nic0") })
+            let announced = Reconciler.now()
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            let since = try #require(await controller.currentStatus().first { $0.vm == "web1" }?.since)
+            #expect(since >= started)
+            #expect(since < announced - 0.2, "since \(since) is not before the 300 ms announce (\(announced))")
+            #expect(world.web1.calls.suffix(2) == ["link nic0 true", "announce nic0"])
+        }
+    }
+
     @Test func linkDeletedWhileItsReconcileRunsIsNotResurrectedInTheCache() async throws {
         let world = Fixture()
         world.web1.state.withLock { $0.setLinkDelay = .milliseconds(300) }
