@@ -248,10 +248,16 @@ public struct ObservedVM: Hashable, Sendable {
     public var backends: [ObservedBackend]
     /// Guest carrier as macvtapd last set it; QEMU cannot be asked (DESIGN.md), so this is our record.
     public var guestLink: [String: Bool]
+    /// The guest carrier a set_link of the current QMP session set, by NIC, while nothing since
+    /// (an event, a reconnect, a failed step) can have changed it: the NIC holds it for certain
+    /// (backends come and go on the hub, the NIC keeps its link), so setting it again is redundant.
+    /// Empty when unknown; a record read back from the status file never counts (a QEMU restarted
+    /// meanwhile starts with its carrier up).
+    public var guestLinkHeld: [String: Bool]
 
     public init(
         name: String, reachability: Reachability, runState: RunState = .unknown, nics: [String: ObservedNIC] = [:],
-        backends: [ObservedBackend] = [], guestLink: [String: Bool] = [:]
+        backends: [ObservedBackend] = [], guestLink: [String: Bool] = [:], guestLinkHeld: [String: Bool] = [:]
     ) {
         self.name = name
         self.reachability = reachability
@@ -259,6 +265,7 @@ public struct ObservedVM: Hashable, Sendable {
         self.nics = nics
         self.backends = backends
         self.guestLink = guestLink
+        self.guestLinkHeld = guestLinkHeld
     }
 
     public static func absent(_ name: String, _ reason: String) -> ObservedVM {

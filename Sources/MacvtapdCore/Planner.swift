@@ -140,7 +140,12 @@ public enum Planner {
 
         let linkUp = binding.link == .up || lower.carrier
         let linkChanges = recordedLink != linkUp
-        if attaching || linkChanges {
+        // A new backend is set to the carrier wanted, unless this QMP session already set the NIC
+        // to it (a lower that returns without carrier after its loss set the guest carrier down):
+        // the NIC keeps its link through backend swaps, and a set_link is 70 bytes QEMU reads a
+        // byte at a time before the attach counts as done.
+        let linkHeld = recordedLink == linkUp && vm.guestLinkHeld[key.nic] == linkUp
+        if (attaching && !linkHeld) || linkChanges {
             actions.append(.setGuestLink(vm: key.vm, nic: key.nic, up: linkUp))
         }
         // The carrier comes up on a new path (a new backend, a macvtap brought up at a migration's

@@ -35,7 +35,10 @@ extension Controller {
             } else if !outcome.plan.actions.isEmpty {
                 queue.succeeded(key)
             }
-            let next = StatusBuilder.status(for: outcome, before: statuses[key], desired: desired, now: now)
+            // A new phase began when its steps were done (`settledAt`), not when the reconcile
+            // got round to recording it after its other bindings and announces.
+            let next = StatusBuilder.status(
+                for: outcome, before: statuses[key], desired: desired, now: min(outcome.settledAt ?? now, now))
             if next != statuses[key] {
                 if next?.phase != statuses[key]?.phase {
                     logger.info(

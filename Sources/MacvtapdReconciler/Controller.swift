@@ -252,6 +252,7 @@ public actor Controller {
         // so the marks they made for this VM need no second plan.
         drainLinkChanges()
         queue.linksSeen(by: vm)
+        observedVM.guestLinkHeld = sessions[vm]?.linkHeld ?? [:]
         let (plan, executionHost) = plan(vm: vm, observed: observedVM)
         let planned = clock.now
         var due: [BindingPlan] = []
@@ -294,7 +295,7 @@ public actor Controller {
             outcome.plan = binding
             if deferred.contains(binding.key), outcome.succeeded { announcing.append(binding.key) }
             links.follow(outcome)
-            sessions[vm]?.follow(outcome)
+            sessions[vm]?.follow(outcome, on: connection)
             // The share ends when the macvtap is up: the carrier and announce that follow are QMP
             // round trips to a QEMU whose freshly resumed guest competes for its main loop.
             if let resumedAt, let upAt = outcome.macvtapUpAt {

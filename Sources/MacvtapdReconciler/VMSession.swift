@@ -23,6 +23,10 @@ struct VMSession {
     /// one count and answered at another may predate what happened meanwhile: a NIC_RX_FILTER_CHANGED
     /// (QEMU sends no other until asked again) or a RESUME; it must not become the cache.
     private(set) var generation = 0
+    /// The guest carrier this session's set_link commands set, by NIC, until anything happens that
+    /// may have changed it since (see `ObservedVM.guestLinkHeld`): a reconnect, a QMP event (a
+    /// migration's RESUME loads the NIC's link from the source), a failed step.
+    private(set) var linkHeld: [String: Bool] = [:]
 
     init(qmp: String, task: Task<Void, Never>) {
         self.qmp = qmp
@@ -86,6 +90,7 @@ struct VMSession {
     /// may mean paused or finish-migrate; a NIC's filter or a device changed) is observed afresh.
     mutating func handle(event: String, at instant: ContinuousClock.Instant) {
         generation += 1
+        linkHeld = [:]
         if event == "RESUME", cache != nil {
             cache?.runState = .running
             resumedAt = instant
@@ -108,12 +113,15 @@ struct VMSession {
         return resumedAt
     }
 
-    /// Applies what the executor did to the cached observation, or drops it when a step failed
-    /// (what QEMU holds is then unknown).
-    mutating func follow(_ outcome: BindingOutcome) {
+    /// Applies what the executor did over `connection` to the cached observation, or drops it when
+    /// a step failed (what QEMU holds is then unknown).
+    mutating func follow(_ outcome: BindingOutcome, on connection: (any VMConnection)?) {
         guard outcome.succeeded, var cached = cache else {
             invalidate()
             return
+        }
+        if let up = outcome.guestLinkSet, let connection, connection === self.connection {
+            linkHeld[outcome.key.nic] = up
         }
         let detached = Set(outcome.detachedBackends)
         cached.backends.removeAll { detached.contains($0.ids) }
@@ -125,6 +133,7 @@ struct VMSession {
 
     private mutating func invalidate() {
         cache = nil
+        linkHeld = [:]
         generation += 1
     }
 }

@@ -24,9 +24,9 @@ public final class EmbeddedHost: HostDriver {
         }
     }
 
-    public func addLower(_ name: String) {
+    public func addLower(_ name: String, carrier: Bool = true) {
         state.withLock { state in
-            let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth")
+            let link = ObservedLink(ifindex: state.nextIndex, name: name, kind: "veth", carrier: carrier)
             state.links.append(link)
             state.nextIndex += 1
             state.announce(.updated(link))
@@ -144,6 +144,8 @@ public final class EmbeddedVM: VMConnection {
         public var setLinkDelay: Duration = .zero
         /// When the last set_link began, before its delay: a bound on when the steps before it ended.
         public var setLinkStartedAt: ContinuousClock.Instant?
+        /// announce-self takes this long; its call is recorded once it returns.
+        public var announceDelay: Duration = .zero
         public var calls: [String] = []
         /// How many times the VM was observed (`query-status` + `info network` in the real thing).
         public var observations = 0
@@ -227,6 +229,8 @@ public final class EmbeddedVM: VMConnection {
     }
 
     public func announce(nic: String) async throws {
+        let delay = state.withLock { $0.announceDelay }
+        if delay > .zero { try await Task.sleep(for: delay) }
         state.withLock { $0.calls.append("announce \(nic)") }
     }
 

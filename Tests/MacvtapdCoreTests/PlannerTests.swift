@@ -217,6 +217,30 @@ let plannerCases: [PlannerCase] = {
             world: returnsWithoutCarrier, phase: .noCarrier, change: .create, reason: "HostPresent",
             actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link down"]))
 
+    var returnsWithoutCarrierHeld = returnsWithoutCarrier
+    returnsWithoutCarrierHeld.vm.guestLinkHeld = ["nic0": false]
+    cases.append(
+        PlannerCase(
+            name: "attach onto a lower without carrier sends no set_link when this session already set it down",
+            world: returnsWithoutCarrierHeld, phase: .noCarrier, change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10"]))
+
+    var returnsWithCarrierHeldDown = returnsWithoutCarrierHeld
+    returnsWithCarrierHeldDown.links[0].carrier = true
+    cases.append(
+        PlannerCase(
+            name: "attach onto a lower with carrier raises a guest link held down",
+            world: returnsWithCarrierHeldDown, phase: .attached, change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link up", "announce"]))
+
+    var heldButRecordedUnknown = returnsWithoutCarrierHeld
+    heldButRecordedUnknown.vm.guestLink = [:]
+    cases.append(
+        PlannerCase(
+            name: "a held link without a record is set again", world: heldButRecordedUnknown, phase: .noCarrier,
+            change: .create, reason: "HostPresent",
+            actions: ["create eth0 bridge 52:54:00:12:34:56", "attach nic0 hub 10", "link down"]))
+
     var returnsWithoutCarrierUp = returnsWithoutCarrier
     returnsWithoutCarrierUp.binding.link = .up
     cases.append(

@@ -78,6 +78,57 @@ import Testing
         }
     }
 
+    /// A lower that returns without carrier after its loss: the guest carrier this QMP session set
+    /// down when the lower went stands (the NIC keeps its link through backend swaps), so the attach
+    /// sends no set_link, 70 bytes QEMU reads one at a time. Once a QMP event may have changed the
+    /// NIC (a migration's RESUME loads its link), the next attach sets the carrier again.
+    @Test func aLowerBackWithoutCarrierIsAttachedWithNoSecondSetLink() async throws {
+        let world = Fixture()
+        let controller = await world.desiredController()
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            world.host.removeLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            #expect(world.web1.calls.last == "link nic0 false")
+
+            var before = world.web1.calls.count
+            world.host.addLower("eth0", carrier: false)
+            #expect(await eventually { await Self.phase(controller, "web1") == .noCarrier })
+            var calls = world.web1.calls.dropFirst(before)
+            #expect(calls.count == 1 && calls.allSatisfy { $0.hasPrefix("attach ") }, "\(calls)")
+            #expect(world.web1.link("nic0") == false)
+
+            let observations = world.web1.observations
+            world.web1.send(event: "NIC_RX_FILTER_CHANGED")
+            #expect(await eventually { world.web1.observations > observations })
+            world.host.removeLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            before = world.web1.calls.count
+            world.host.addLower("eth0", carrier: false)
+            #expect(await eventually { await Self.phase(controller, "web1") == .noCarrier })
+            calls = world.web1.calls.dropFirst(before)
+            #expect(calls.last == "link nic0 false", "after an event the carrier is set again: \(calls)")
+        }
+    }
+
+    /// A binding's new phase starts when its backend is attached and its carrier set: the announce
+    /// that follows (advisory; it changes nothing the status says) does not delay the record.
+    @Test func theNewPhaseStartsWithTheAttachNotWithTheAnnounceAfterIt() async throws {
+        let world = Fixture()
+        world.web1.state.withLock { $0.announceDelay = .milliseconds(300) }
+        let controller = await world.desiredController()
+        let started = Reconciler.now()
+        try await Self.running(controller) {
+            #expect(await eventually { world.web1.calls.contains("announce nic0") })
+            let announced = Reconciler.now()
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            let since = try #require(await controller.currentStatus().first { $0.vm == "web1" }?.since)
+            #expect(since >= started)
+            #expect(since < announced - 0.2, "since \(since) is not before the 300 ms announce (\(announced))")
+            #expect(world.web1.calls.suffix(2) == ["link nic0 true", "announce nic0"])
+        }
+    }
+
     @Test func linkDeletedWhileItsReconcileRunsIsNotResurrectedInTheCache() async throws {
         let world = Fixture()
         world.web1.state.withLock { $0.setLinkDelay = .milliseconds(300) }
