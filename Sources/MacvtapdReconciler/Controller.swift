@@ -151,9 +151,11 @@ public actor Controller {
         self.config = config
         metrics.configReloaded(success: true)
         updateSessions()
-        // The config's status and the reload's count are written even when no VM is reconciled.
+        // The config's status and the reload's count are written even when no VM is reconciled
+        // (otherwise the reconciles write them, after their first outcomes: a restarted daemon's
+        // restored statuses are not rewritten before it has observed anything).
         writer.dirty = true
-        writeStatusIfChanged()
+        if vms.isEmpty { writeStatusIfChanged() }
         return vms
     }
 
