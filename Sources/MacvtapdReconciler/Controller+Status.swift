@@ -43,6 +43,7 @@ extension Controller {
                         metadata: ["binding": "\(key)"])
                 }
                 statuses[key] = next
+                writer.statusChanged(key)
                 writer.dirty = true
             }
         }

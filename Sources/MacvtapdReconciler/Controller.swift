@@ -153,7 +153,10 @@ public actor Controller {
     /// bindings were removed while the daemon was down. A VM that turns out to hold nothing of ours
     /// is forgotten after its first reconcile.
     public func restore(_ document: StatusDocument?) {
-        for binding in document?.bindings ?? [] { statuses[binding.key] = binding }
+        for binding in document?.bindings ?? [] {
+            statuses[binding.key] = binding
+            writer.statusChanged(binding.key)
+        }
     }
 
     public func stop() {

@@ -4,10 +4,15 @@ import MacvtapdCore
 /// current by link events and by the executor's own changes, so a link event re-plans without a
 /// dump. Link events decide which VMs to look at again; the planner decides what to do.
 struct LinkCache {
-    private(set) var links: [Int32: ObservedLink] = [:] {
+    /// The links, in no particular order: the array the planner's snapshot is made of, shared with
+    /// it until the next change, rather than a dictionary of every link beside a copy of it for the
+    /// snapshot (0.45 MiB of the daemon's heap at 1,000 bindings).
+    private var stored: [ObservedLink] = [] {
         didSet { snapshot = nil }
     }
-    /// `links` as the planner takes them, built once per change of the cache, not per VM.
+    /// Where each link is in `stored`, by ifindex.
+    private var positions: [Int32: Int] = [:]
+    /// `stored` as the planner takes them, built once per change of the cache, not per VM.
     private var snapshot: ObservedHost?
     /// Ifindexes the kernel announced as deleted since the last dump. The kernel never reuses an
     /// ifindex in a namespace, so a link our executor created and an event already deleted (while
@@ -16,10 +21,36 @@ struct LinkCache {
 
     mutating func host() -> ObservedHost {
         if let snapshot { return snapshot }
-        let built = ObservedHost(links: Array(links.values))
+        let built = ObservedHost(links: stored)
         snapshot = built
         return built
     }
+
+    /// The cached link with this ifindex.
+    subscript(ifindex: Int32) -> ObservedLink? {
+        get { positions[ifindex].map { stored[$0] } }
+        set {
+            if let position = positions[ifindex] {
+                if let newValue {
+                    stored[position] = newValue
+                } else {
+                    // The last link takes the removed one's place.
+                    let last = stored.removeLast()
+                    positions[ifindex] = nil
+                    if position < stored.count {
+                        stored[position] = last
+                        positions[last.ifindex] = position
+                    }
+                }
+            } else if let newValue {
+                positions[ifindex] = stored.count
+                stored.append(newValue)
+            }
+        }
+    }
+
+    /// Every cached link, in no particular order.
+    var links: [ObservedLink] { stored }
 
     /// Replaces everything with a fresh dump; returns what the cache had wrong: links that are
     /// new or differ (with the cached version) and links that are gone (as cached). A dump that
@@ -27,16 +58,19 @@ struct LinkCache {
     @discardableResult
     mutating func replace(with dump: [ObservedLink]) -> [(before: ObservedLink?, link: ObservedLink)] {
         deleted = []
-        var fresh: [Int32: ObservedLink] = [:]
+        var fresh: [Int32: Int] = [:]
         fresh.reserveCapacity(dump.count)
         var differences: [(before: ObservedLink?, link: ObservedLink)] = []
-        for link in dump {
-            fresh[link.ifindex] = link
-            let before = links[link.ifindex]
+        for (position, link) in dump.enumerated() {
+            fresh[link.ifindex] = position
+            let before = self[link.ifindex]
             if before != link { differences.append((before, link)) }
         }
-        for (ifindex, link) in links where fresh[ifindex] == nil { differences.append((link, link)) }
-        if !differences.isEmpty { links = fresh }
+        for link in stored where fresh[link.ifindex] == nil { differences.append((link, link)) }
+        if !differences.isEmpty {
+            stored = dump
+            positions = fresh
+        }
         return differences
     }
 
@@ -48,37 +82,41 @@ struct LinkCache {
             return nil
         case .updated(var link):
             guard !deleted.contains(link.ifindex) else { return nil }
-            let before = links[link.ifindex]
+            let before = self[link.ifindex]
             // The kernel takes a new macvtap's alias (our mark) in a second request and announces
             // that change only for a link that is up: a macvtap created down (a migration
             // destination) is announced without its mark, possibly after the executor recorded it.
             // Keep the mark until a dump says otherwise.
             if link.alias == nil, link.isMacvtap, let known = before?.alias { link.alias = known }
             // A change that does not touch what the planner reads (e.g. statistics) changes nothing.
-            if before != link { links[link.ifindex] = link }
+            if before != link { self[link.ifindex] = link }
             return (before, before != link)
         case .removed(let link):
             deleted.insert(link.ifindex)
-            return (links.removeValue(forKey: link.ifindex), true)
+            let before = self[link.ifindex]
+            self[link.ifindex] = nil
+            return (before, true)
         }
     }
 
     /// What the executor did, before the kernel's events about it arrive.
     mutating func follow(_ outcome: BindingOutcome) {
         for link in outcome.createdLinks where !deleted.contains(link.ifindex) {
-            if var announced = links[link.ifindex] {
-                if announced.alias == nil { announced.alias = link.alias }
-                links[link.ifindex] = announced
+            if var announced = self[link.ifindex] {
+                if announced.alias == nil {
+                    announced.alias = link.alias
+                    self[link.ifindex] = announced
+                }
             } else {
-                links[link.ifindex] = link
+                self[link.ifindex] = link
             }
         }
         for index in outcome.deletedLinks {
-            links[index] = nil
+            self[index] = nil
             deleted.insert(index)
         }
-        for change in outcome.adminChanges where links[change.ifindex]?.adminUp != change.up {
-            links[change.ifindex]?.adminUp = change.up
+        for change in outcome.adminChanges where self[change.ifindex]?.adminUp != change.up {
+            self[change.ifindex]?.adminUp = change.up
         }
     }
 
@@ -91,7 +129,7 @@ struct LinkCache {
         // A macvtap is nobody's lower: scanning for its uppers would cost a pass over every link
         // for each of the hundred macvtaps a lower takes with it.
         if !link.isMacvtap {
-            for other in links.values where other.lowerIfindex == link.ifindex {
+            for other in stored where other.lowerIfindex == link.ifindex {
                 if let owner = other.owner { vms.insert(owner.vm) }
             }
         }
@@ -106,5 +144,5 @@ struct LinkCache {
     }
 
     /// The VMs owning a macvtap of ours.
-    var owningVMs: Set<String> { Set(links.values.compactMap { $0.owner?.vm }) }
+    var owningVMs: Set<String> { Set(stored.compactMap { $0.owner?.vm }) }
 }
