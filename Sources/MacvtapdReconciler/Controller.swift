@@ -91,6 +91,7 @@ public actor Controller {
     /// Outcomes gathered for `apply` callers waiting on the control socket, by watch id.
     var watches: [Int: ApplyWatch] = [:]
     var nextWatch = 0
+    var drainObserver: (@Sendable () -> Void)?
     /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
     var started = false
     private let wakeups: AsyncStream<Void>
@@ -147,6 +148,12 @@ public actor Controller {
 
     public func setStatusObserver(_ observer: @escaping @Sendable ([BindingStatus]) -> Void) {
         writer.onChange = observer
+    }
+
+    /// Called (on the control loop: it must return at once) whenever the last reconcile in flight
+    /// finished and nothing is queued: a burst of work is over.
+    public func setDrainObserver(_ observer: @escaping @Sendable () -> Void) {
+        drainObserver = observer
     }
 
     /// Adopts what a previous run recorded: guest carrier records and the QMP sockets of VMs whose
@@ -211,6 +218,7 @@ public actor Controller {
             if queue.done(vm) { wake.yield() }
             writeStatusIfChanged()
             finishResyncIfDrained()
+            if queue.isDrained { drainObserver?() }
         }
         // A session whose first connect is still under way knows nothing yet: planning now would
         // flip a restarted daemon's adopted bindings to "unreachable" for an instant. Its outcome
