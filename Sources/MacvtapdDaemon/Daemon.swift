@@ -25,10 +25,14 @@ public final class Daemon: Sendable {
         /// Reject, like an invalid one, a configuration that someone other than root or this user can
         /// change (`ConfigPermissions`); `macvtapd run` sets it unless given --allow-insecure-config.
         public var requireSecureConfig: Bool
+        /// Give malloc's free memory back after each burst of work (`MemoryTrimmer`); `macvtapd run`
+        /// sets it. Off for a daemon inside a larger process (the tests): malloc_trim walks the whole
+        /// process's heaps, and a test runner's are hundreds of MiB that every thread waits on.
+        public var trimMemoryAfterBursts: Bool
 
         public init(
             configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true,
-            control: Control? = nil, requireSecureConfig: Bool = false
+            control: Control? = nil, requireSecureConfig: Bool = false, trimMemoryAfterBursts: Bool = false
         ) {
             self.configPath = configPath
             self.store = store
@@ -36,6 +40,7 @@ public final class Daemon: Sendable {
             self.watchConfig = watchConfig
             self.control = control
             self.requireSecureConfig = requireSecureConfig
+            self.trimMemoryAfterBursts = trimMemoryAfterBursts
         }
     }
 
@@ -82,8 +87,10 @@ public final class Daemon: Sendable {
         await controller.setStatusObserver { bindings in
             notifier.status(Self.summary(bindings))
         }
-        let trimmer = MemoryTrimmer()
-        await controller.setDrainObserver { trimmer.trim() }
+        if settings.trimMemoryAfterBursts {
+            let trimmer = MemoryTrimmer()
+            await controller.setDrainObserver { trimmer.trim() }
+        }
 
         var watcher: ConfigWatcher?
         if settings.watchConfig {

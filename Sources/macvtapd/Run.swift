@@ -107,7 +107,7 @@ struct Run: AsyncParsableCommand {
                 metricsPath: metricsFile.isEmpty ? nil : metricsFile),
             watchConfig: !noWatchConfig,
             control: Daemon.Control(endpoint: endpoint, version: BuildInfo.version),
-            requireSecureConfig: !security.allowInsecureConfig)
+            requireSecureConfig: !security.allowInsecureConfig, trimMemoryAfterBursts: true)
         let daemon = Daemon(settings: settings, host: drivers.host, connector: drivers.connector, logger: logger)
         await daemon.run()
         // The last lines (the stop) are still queued; a reader that never comes back costs a second.
