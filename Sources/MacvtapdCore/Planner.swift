@@ -10,15 +10,14 @@ public enum Planner {
     /// The plan for the bindings and orphans of `vms` only (nil: every VM). The daemon reconciles one
     /// VM at a time; planning the whole host for each would make a resync quadratic.
     public static func plan(desired: DesiredState, observed: ObservedState, vms: Set<String>?) -> Plan {
-        let owned = observed.host.ownedMacvtaps
         let bindings =
             vms.map { names in
                 names.sorted().flatMap { name in desired.vms[name]?.nics.values.sorted { $0.key < $1.key } ?? [] }
             } ?? desired.bindings
         var plans = bindings.map { binding in
-            planBinding(binding, observed: observed, owned: owned[binding.key] ?? [])
+            planBinding(binding, observed: observed, owned: observed.host.ownedMacvtaps(for: binding.key))
         }
-        plans += planOrphans(desired: desired, observed: observed, owned: owned, vms: vms)
+        plans += planOrphans(desired: desired, observed: observed, vms: vms)
         return Plan(bindings: plans)
     }
 
@@ -331,7 +330,7 @@ public enum Planner {
     /// before its macvtap is deleted, so QEMU never keeps a dead fd; when the VM does not answer,
     /// the teardown waits rather than leave QEMU spinning.
     static func planOrphans(
-        desired: DesiredState, observed: ObservedState, owned: [BindingKey: [ObservedLink]], vms: Set<String>?
+        desired: DesiredState, observed: ObservedState, vms: Set<String>?
     ) -> [BindingPlan] {
         var backendsByKey: [BindingKey: [ObservedBackend]] = [:]
         for vm in observed.vms.values where vm.isReachable && vms?.contains(vm.name) ?? true {
@@ -341,10 +340,11 @@ public enum Planner {
             }
         }
         let ownedKeys =
-            vms.map { names in names.flatMap { observed.host.ownedMacvtaps(vm: $0).keys } } ?? Array(owned.keys)
+            vms.map { names in names.flatMap { observed.host.ownedBindings(vm: $0) } }
+            ?? Array(observed.host.ownedBindings)
         let orphanKeys = Set(ownedKeys.filter { desired.binding($0) == nil }).union(backendsByKey.keys)
         return orphanKeys.sorted().map { key in
-            let macvtaps = (owned[key] ?? []).sorted { $0.ifindex < $1.ifindex }
+            let macvtaps = observed.host.ownedMacvtaps(for: key).sorted { $0.ifindex < $1.ifindex }
             if case .unresponsive(let why) = observed.vms[key.vm]?.reachability {
                 return BindingPlan(
                     key: key, isDesired: false, phase: .vmUnreachable,

@@ -25,10 +25,14 @@ public final class Daemon: Sendable {
         /// Reject, like an invalid one, a configuration that someone other than root or this user can
         /// change (`ConfigPermissions`); `macvtapd run` sets it unless given --allow-insecure-config.
         public var requireSecureConfig: Bool
+        /// Give malloc's free memory back after each burst of work (`MemoryTrimmer`); `macvtapd run`
+        /// sets it. Off for a daemon inside a larger process (the tests): malloc_trim walks the whole
+        /// process's heaps, and a test runner's are hundreds of MiB that every thread waits on.
+        public var trimMemoryAfterBursts: Bool
 
         public init(
             configPath: String, store: StatusStore, controller: Controller.Options, watchConfig: Bool = true,
-            control: Control? = nil, requireSecureConfig: Bool = false
+            control: Control? = nil, requireSecureConfig: Bool = false, trimMemoryAfterBursts: Bool = false
         ) {
             self.configPath = configPath
             self.store = store
@@ -36,6 +40,7 @@ public final class Daemon: Sendable {
             self.watchConfig = watchConfig
             self.control = control
             self.requireSecureConfig = requireSecureConfig
+            self.trimMemoryAfterBursts = trimMemoryAfterBursts
         }
     }
 
@@ -81,6 +86,10 @@ public final class Daemon: Sendable {
         // Never waits for systemd (SystemdNotifier): this runs on the control loop.
         await controller.setStatusObserver { bindings in
             notifier.status(Self.summary(bindings))
+        }
+        if settings.trimMemoryAfterBursts {
+            let trimmer = MemoryTrimmer()
+            await controller.setDrainObserver { trimmer.trim() }
         }
 
         var watcher: ConfigWatcher?
@@ -130,7 +139,6 @@ public final class Daemon: Sendable {
             if let interval = notifier.watchdogInterval {
                 group.addTask { await self.keepWatchdogFed(every: interval) }
             }
-            group.addTask { await Self.trimMemoryPeriodically() }
             notifier.ready()
             // The controller returning means stop() was called: end the helpers with it.
             _ = await group.next()
@@ -222,22 +230,31 @@ public final class Daemon: Sendable {
         }
     }
 
-    /// A burst (a converge, an apply of a 1,000-binding file) leaves free memory inside malloc's
-    /// arenas that glibc hands back to the kernel only at the top of a heap; malloc_trim returns
-    /// every free page (1.6 MiB of RSS after ten applies at 1,000 bindings) in 0.2–0.7 ms, so
-    /// twice a minute costs nothing measurable.
-    private static func trimMemoryPeriodically() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(30))
-            malloc_trim(0)
-        }
-    }
-
     /// `3 bindings: 2 Attached, 1 HostMissing`
     static func summary(_ bindings: [BindingStatus]) -> String {
         let counts = Dictionary(grouping: bindings, by: \.phase).mapValues(\.count)
         let parts = Phase.allCases.compactMap { phase in counts[phase].map { "\($0) \(phase.rawValue)" } }
         return "\(bindings.count) binding(s)" + (parts.isEmpty ? "" : ": " + parts.joined(separator: ", "))
+    }
+}
+
+/// Gives malloc's free memory back to the kernel once a burst of work is over. A burst (a converge,
+/// a flap, an apply of a 1,000-binding file) leaves free memory inside malloc's arenas, which glibc
+/// hands back only from the top of a heap; malloc_trim returns every free page (1.7 MiB of RSS
+/// right after converging 1,000 bindings, README "Benchmarks") in 0.2–0.7 ms. It runs when the
+/// controller's work queue has drained (so at least once per resync), on a queue of its own, never
+/// on the cooperative pool the reconciles run on; requests while one is pending coalesce.
+final class MemoryTrimmer: Sendable {
+    private let pending = Atomic<Bool>(false)
+    private let queue = DispatchQueue(label: "macvtapd.malloc-trim", qos: .utility)
+
+    func trim() {
+        guard !pending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        queue.async {
+            // Cleared first: a burst that ends while this trim runs asks for one more.
+            self.pending.store(false, ordering: .releasing)
+            malloc_trim(0)
+        }
     }
 }
 

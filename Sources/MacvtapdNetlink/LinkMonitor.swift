@@ -164,7 +164,7 @@ final class LinkMonitorReader: Sendable {
     func run() {
         defer { finish() }
         var emitter = Emitter(continuation: continuation)
-        var buffer = [UInt8](repeating: 0, count: NetlinkSocket.receiveBufferSize)
+        var buffer = NetlinkSocket.receiveBuffer()
         var polled = [
             pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0),
             pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0),

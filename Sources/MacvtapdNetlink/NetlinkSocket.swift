@@ -42,4 +42,11 @@ enum NetlinkSocket {
 
     /// Kernel rtnetlink datagrams stay well below this (a dump chunk is at most 32 KiB).
     static let receiveBufferSize = 64 * 1024
+
+    /// A receive buffer that is not zero-filled: at this size malloc maps it on its own (the daemon
+    /// sets M_MMAP_THRESHOLD to 64 KiB), so only the pages a datagram was written to become
+    /// resident. An event is a few hundred bytes; zero-filled, each socket's buffer kept 64 KiB.
+    static func receiveBuffer() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: receiveBufferSize) { _, initialized in initialized = receiveBufferSize }
+    }
 }

@@ -37,7 +37,7 @@ public final class RouteSocket: Sendable {
             Glibc.close(fd)
             throw error
         }
-        state = Mutex(State(fd: fd, sequence: 0, buffer: [UInt8](repeating: 0, count: NetlinkSocket.receiveBufferSize)))
+        state = Mutex(State(fd: fd, sequence: 0, buffer: NetlinkSocket.receiveBuffer()))
     }
 
     deinit { close() }

@@ -6,9 +6,7 @@ package struct QMPLineSplitter {
     /// Where the search for the next newline resumes: bytes before it hold none.
     private var scanFrom = 0
 
-    /// Buffer capacity kept between lines; more is released once every line in it was handed on.
-    static let keptCapacity = 16 * 1024
-    /// What the buffer holds room for now.
+    /// What the buffer holds room for now: nothing once every line in it was handed on.
     package var bufferCapacity: Int { buffer.capacity }
 
     package init(maximumLineLength: Int) {
@@ -29,9 +27,10 @@ package struct QMPLineSplitter {
             scanFrom = lineStart
         }
         if lineStart == buffer.count {
-            // Drained: a long reply's room goes back to the allocator instead of staying with this
-            // connection for its life.
-            buffer.removeAll(keepingCapacity: buffer.capacity <= Self.keptCapacity)
+            // Drained: the room goes back to the allocator instead of staying with this connection
+            // for its life (a daemon keeps a reader per VM, idle between replies; kept room was up
+            // to 16 KiB each, the length of a long reply's last read).
+            buffer.removeAll()
         } else if lineStart > 0 {
             buffer.removeFirst(lineStart)
         }

@@ -129,7 +129,10 @@ extension Controller {
     /// is forgotten with its session.
     func forgetIfNothingLeft(vm: String, planned: Set<BindingKey>) {
         let leftovers = statuses.keys.filter { $0.vm == vm && !planned.contains($0) && desired.binding($0) == nil }
-        for key in leftovers { statuses[key] = nil }
+        for key in leftovers {
+            statuses[key] = nil
+            writer.statusChanged(key)
+        }
         if !leftovers.isEmpty { writer.dirty = true }
         if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }
     }

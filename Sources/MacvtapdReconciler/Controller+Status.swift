@@ -46,6 +46,7 @@ extension Controller {
                         metadata: ["binding": "\(key)"])
                 }
                 statuses[key] = next
+                writer.statusChanged(key)
                 writer.dirty = true
             }
         }

@@ -93,6 +93,7 @@ public actor Controller {
     var nextWatch = 0
     /// `settle` calls waiting for their watch, by watch id.
     var settleWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+    var drainObserver: (@Sendable () -> Void)?
     /// The first link dump is in: until then the link cache knows nothing, and a plan would too.
     var started = false
     private let wakeups: AsyncStream<Void>
@@ -171,11 +172,20 @@ public actor Controller {
         writer.onChange = observer
     }
 
+    /// Called (on the control loop: it must return at once) whenever the last reconcile in flight
+    /// finished and nothing is queued: a burst of work is over.
+    public func setDrainObserver(_ observer: @escaping @Sendable () -> Void) {
+        drainObserver = observer
+    }
+
     /// Adopts what a previous run recorded: guest carrier records and the QMP sockets of VMs whose
     /// bindings were removed while the daemon was down. A VM that turns out to hold nothing of ours
     /// is forgotten after its first reconcile.
     public func restore(_ document: StatusDocument?) {
-        for binding in document?.bindings ?? [] { statuses[binding.key] = binding }
+        for binding in document?.bindings ?? [] {
+            statuses[binding.key] = binding
+            writer.statusChanged(binding.key)
+        }
     }
 
     public func stop() {
@@ -232,6 +242,7 @@ public actor Controller {
             if !settleWaiters.isEmpty { settleProgress() }
             writeStatusIfChanged()
             finishResyncIfDrained()
+            if queue.isDrained { drainObserver?() }
         }
         // A session whose first connect is still under way knows nothing yet: planning now would
         // flip a restarted daemon's adopted bindings to "unreachable" for an instant. Its outcome

@@ -26,6 +26,9 @@ struct StatusWriter {
         self.logger = logger
     }
 
+    /// A binding's status changed or went: the next write encodes it afresh.
+    mutating func statusChanged(_ key: BindingKey) { encoder.invalidate(key) }
+
     mutating func write(_ bindings: [BindingStatus], config: StatusDocument.ConfigStatus?, metrics: Metrics) {
         dirty = false
         metrics.phases(bindings.map(\.phase))

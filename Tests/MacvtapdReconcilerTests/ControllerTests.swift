@@ -1,6 +1,7 @@
 import Logging
 import MacvtapdCore
 import MacvtapdTestSupport
+import Synchronization
 import Testing
 
 @testable import MacvtapdReconciler
@@ -126,6 +127,25 @@ import Testing
             #expect(since >= started)
             #expect(since < announced - 0.2, "since \(since) is not before the 300 ms announce (\(announced))")
             #expect(world.web1.calls.suffix(2) == ["link nic0 true", "announce nic0"])
+        }
+    }
+
+    /// The daemon gives malloc's free memory back after each burst of work: the controller says
+    /// when its queue drained, once the reconciles of a burst are done (a converge, a flap).
+    @Test func aDrainedQueueIsReportedAfterEachBurst() async throws {
+        let world = Fixture()
+        let controller = await world.desiredController()
+        let drains = Mutex(0)
+        await controller.setDrainObserver { drains.withLock { $0 += 1 } }
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            #expect(await eventually { await Self.phase(controller, "db1") == .attached })
+            #expect(await eventually { drains.withLock { $0 } > 0 })
+            let afterConverge = drains.withLock { $0 }
+
+            world.host.removeLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            #expect(await eventually { drains.withLock { $0 } > afterConverge })
         }
     }
 
