@@ -73,8 +73,14 @@ extension Controller {
     public func plan(_ candidate: DesiredState) async -> Plan {
         let vms = Set(candidate.vms.keys).union(statuses.keys.map(\.vm)).union(links.owningVMs)
         var sources: [String: PlanSource] = [:]
+        // The carriers this daemon's sessions set, as its own reconciles plan with them: without
+        // them a preview would show a set_link the daemon then skips.
+        var held: [String: [String: Bool]] = [:]
         for vm in vms {
-            sources[vm] = planSource(vm: vm, candidate: candidate)
+            let source = planSource(vm: vm, candidate: candidate)
+            sources[vm] = source
+            if case .connect = source { continue }
+            if let linkHeld = sessions[vm]?.linkHeld, !linkHeld.isEmpty { held[vm] = linkHeld }
         }
         var guestLinks: [BindingKey: Bool] = [:]
         for (key, status) in statuses {
@@ -83,7 +89,7 @@ extension Controller {
         var snapshot = links.host()
         if !options.useLinkEvents, let dump = try? await host.links() { snapshot = ObservedHost(links: dump) }
         return await Self.plan(
-            candidate, host: snapshot, sources: sources, guestLinks: guestLinks, connector: connector)
+            candidate, host: snapshot, sources: sources, guestLinks: guestLinks, held: held, connector: connector)
     }
 
     private func planSource(vm: String, candidate: DesiredState) -> PlanSource {
@@ -107,7 +113,7 @@ extension Controller {
     /// Observes what needs asking (concurrently, off the actor) and plans.
     private nonisolated static func plan(
         _ candidate: DesiredState, host: ObservedHost, sources: [String: PlanSource],
-        guestLinks: [BindingKey: Bool], connector: any VMConnector
+        guestLinks: [BindingKey: Bool], held: [String: [String: Bool]], connector: any VMConnector
     ) async -> Plan {
         let observed = await withTaskGroup(of: ObservedVM.self) { group in
             for (vm, source) in sources {
@@ -139,6 +145,7 @@ extension Controller {
         for (key, up) in guestLinks where vms[key.vm] != nil {
             vms[key.vm]?.guestLink[key.nic] = up
         }
+        for (vm, linkHeld) in held where vms[vm] != nil { vms[vm]?.guestLinkHeld = linkHeld }
         return Planner.plan(desired: candidate, observed: ObservedState(host: host, vms: vms))
     }
 

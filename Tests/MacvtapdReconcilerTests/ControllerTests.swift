@@ -112,6 +112,31 @@ import Testing
         }
     }
 
+    /// A plan through the daemon is what the daemon would do: with the guest carrier its session
+    /// holds down since the lower went, a move to a lower without carrier attaches with no set_link,
+    /// as the daemon's own reconcile does.
+    @Test func aPlanThroughTheDaemonKnowsTheCarrierItsSessionHolds() async throws {
+        let world = Fixture()
+        let controller = await world.desiredController()
+        await Self.running(controller) {
+            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+            world.host.removeLower("eth0")
+            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            world.host.addLower("eth9", carrier: false)
+            var moved = world.desired
+            moved.vms["web1"]?.nics["nic0"]?.host = .name("eth9")
+            let key = BindingKey(vm: "web1", nic: "nic0")
+            // The link cache learns of eth9 from its event.
+            var actions: [Action] = []
+            #expect(
+                await eventually {
+                    actions = await controller.plan(moved).bindings.first { $0.key == key }?.actions ?? []
+                    return actions.contains { if case .attachBackend = $0 { true } else { false } }
+                })
+            #expect(!actions.contains { if case .setGuestLink = $0 { true } else { false } }, "\(actions)")
+        }
+    }
+
     /// A binding's new phase starts when its backend is attached and its carrier set: the announce
     /// that follows (advisory; it changes nothing the status says) does not delay the record.
     @Test func theNewPhaseStartsWithTheAttachNotWithTheAnnounceAfterIt() async throws {
