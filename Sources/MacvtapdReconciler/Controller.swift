@@ -285,28 +285,17 @@ public actor Controller {
         // (QEMU reads its monitor a byte at a time; 143 of the 530 bytes a binding's attach sent).
         let batchAnnounces = due.count { Self.endsWithAnnounce($0) } > 1
         var announcing: [BindingKey] = []
-        // A VM's bindings run side by side (see `Executor.execute(_:host:connection:)` for a list):
-        // in a flap's return, one VM's three macvtaps are created together and its exchanges go to
-        // QEMU back to back, instead of each binding waiting for the one before.
-        var running: [BindingPlan] = []
-        var deferred: Set<BindingKey> = []
-        for binding in due where !binding.actions.isEmpty {
-            var steps = binding
-            if batchAnnounces && Self.endsWithAnnounce(binding) {
-                steps.actions.removeLast()
-                deferred.insert(binding.key)
-            }
-            running.append(steps)
-        }
-        var results = await executor.execute(running, host: executionHost, connection: connection)[...]
         for binding in due {
             if binding.actions.isEmpty {
                 outcomes.append(BindingOutcome(plan: binding))
                 continue
             }
-            var outcome = results.removeFirst()
+            var steps = binding
+            let deferAnnounce = batchAnnounces && Self.endsWithAnnounce(binding)
+            if deferAnnounce { steps.actions.removeLast() }
+            var outcome = await executor.execute(steps, host: executionHost, connection: connection)
             outcome.plan = binding
-            if deferred.contains(binding.key), outcome.succeeded { announcing.append(binding.key) }
+            if deferAnnounce, outcome.succeeded { announcing.append(binding.key) }
             links.follow(outcome)
             sessions[vm]?.follow(outcome, on: connection)
             // The share ends when the macvtap is up: the carrier and announce that follow are QMP

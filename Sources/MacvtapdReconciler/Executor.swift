@@ -44,9 +44,8 @@ public struct ActionFailure: Error, Sendable, CustomStringConvertible {
     public var description: String { "\(action.summary): \(error)" }
 }
 
-/// Carries out plans. Bindings of different VMs run concurrently; so do the bindings of one VM
-/// the daemon reconciles (`execute(_:host:connection:)` with a list), each binding's steps in
-/// order. A failure stops only the binding it happened in.
+/// Carries out plans. Bindings of different VMs run concurrently; the bindings of one VM run in
+/// order on its single QMP session. A failure stops only the binding it happened in.
 public struct Executor: Sendable {
     public var host: any HostDriver
     public var logger: Logger
@@ -76,30 +75,6 @@ public struct Executor: Sendable {
             return all
         }
         return (outcomes + unchanged).sorted { $0.key < $1.key }
-    }
-
-    /// Several bindings of one VM at once: each binding's steps in order, as the single-binding
-    /// `execute` runs them, and the bindings side by side. Their host steps queue on the host
-    /// workers together (with other VMs') instead of one binding's after another's QMP exchange,
-    /// and their exchanges reach QEMU back to back, each in one piece (the session writes a
-    /// pipeline whole). The bindings touch nothing of each other's: their own macvtap, NIC, hub
-    /// and netdev ids. Outcomes in the order of `plans`.
-    public func execute(_ plans: [BindingPlan], host observed: ObservedHost, connection: (any VMConnection)?) async
-        -> [BindingOutcome]
-    {
-        if plans.count < 2 {
-            var outcomes: [BindingOutcome] = []
-            for plan in plans { outcomes.append(await execute(plan, host: observed, connection: connection)) }
-            return outcomes
-        }
-        return await withTaskGroup(of: (Int, BindingOutcome).self) { group in
-            for (position, plan) in plans.enumerated() {
-                group.addTask { (position, await execute(plan, host: observed, connection: connection)) }
-            }
-            var outcomes = plans.map { BindingOutcome(plan: $0) }
-            for await (position, outcome) in group { outcomes[position] = outcome }
-            return outcomes
-        }
     }
 
     public func execute(_ plan: BindingPlan, host observed: ObservedHost, connection: (any VMConnection)?) async
