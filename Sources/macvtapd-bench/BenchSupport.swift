@@ -152,11 +152,30 @@ struct CPUBreakdown {
     }
 }
 
-/// Reads one sample from a Prometheus textfile the daemon writes.
+/// Reads one sample from a Prometheus textfile the daemon writes: the file's bytes searched for
+/// the line, without a String of the whole file or an array of its lines. The scale bench reads
+/// it every 2–5 ms while it measures, on the cores the daemon and the QEMUs it measures use
+/// (that way it took 0.05 CPU-s of a 0.38 s flap's return).
 func metric(_ path: String, _ name: String) -> Double? {
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-        return Double(line.dropFirst(name.count + 1))
+    let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+    guard descriptor >= 0 else { return nil }
+    defer { close(descriptor) }
+    var text: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        if count < 0, errno == EINTR { continue }
+        guard count > 0 else { break }
+        text += chunk[..<count]
+    }
+    let prefix = Array((name + " ").utf8)
+    var lineStart = 0
+    while lineStart < text.count {
+        let lineEnd = text[lineStart...].firstIndex(of: UInt8(ascii: "\n")) ?? text.count
+        if lineEnd - lineStart > prefix.count, text[lineStart..<(lineStart + prefix.count)].elementsEqual(prefix) {
+            return Double(String(decoding: text[(lineStart + prefix.count)..<lineEnd], as: UTF8.self))
+        }
+        lineStart = lineEnd + 1
     }
     return nil
 }
