@@ -20,19 +20,25 @@ enum ProcessStats {
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
-    /// Seconds the process's threads have run on a CPU, from each thread's schedstat (nanoseconds):
-    /// utime + stime come in clock ticks (10 ms), a third of an idle minute's 30 ms. A thread that
-    /// exited is not counted.
-    static func runSeconds(_ pid: pid_t) -> Double {
-        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return 0 }
-        var nanoseconds = 0.0
+    /// Seconds each of the process's threads has run on a CPU, by thread id, from its schedstat
+    /// (nanoseconds): utime + stime come in clock ticks (10 ms), a third of an idle minute's 30 ms.
+    static func runSeconds(_ pid: pid_t) -> [Int: Double] {
+        guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task") else { return [:] }
+        var seconds: [Int: Double] = [:]
         for task in tasks {
-            guard let line = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
+            guard let tid = Int(task),
+                let line = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/schedstat", encoding: .utf8),
                 let first = line.split(separator: " ").first, let value = Double(first)
             else { continue }
-            nanoseconds += value
+            seconds[tid] = value / 1e9
         }
-        return nanoseconds / 1e9
+        return seconds
+    }
+
+    /// The CPU seconds the threads alive at `after` ran since `before` (a thread born in between
+    /// counts whole; one that exited in between is not counted).
+    static func runSeconds(from before: [Int: Double], to after: [Int: Double]) -> Double {
+        after.reduce(0) { sum, thread in sum + max(0, thread.value - (before[thread.key] ?? 0)) }
     }
 
     /// A process's memory as `ps` and the kernel report it, in MiB, read at one moment.

@@ -22,8 +22,8 @@ extension ScaleBench {
            many, at least 2).
         6. the restarted daemon (row 2) at the default 30 s resync, from 1 s after the applies of
            row 3 for \(idleSeconds) s: the time its threads ran on a CPU (the sum of
-           /proc/PID/task/*/schedstat, nanoseconds; a thread that exits in the window loses its
-           share) over wall time; in brackets its utime + stime (/proc/PID/stat), counted in 10 ms
+           /proc/PID/task/*/schedstat, nanoseconds, of the threads alive at its end; a thread
+           that exits in the window loses its share) over wall time; in brackets its utime + stime (/proc/PID/stat), counted in 10 ms
            clock ticks: one tick over 60 s is 0.017 %.
         7. the daemon's CPU time over the window in which the six resyncs of row 4 finished (the
            first starts after the converge settled), divided by six: each resync's own CPU plus the

@@ -379,7 +379,8 @@ struct ScaleBench: AsyncParsableCommand {
         }
         let wall = (ContinuousClock.now - start).seconds
         return (
-            (ProcessStats.runSeconds(pid) - runBefore) / wall, (ProcessStats.cpuSeconds(pid) - before) / wall, resyncs
+            ProcessStats.runSeconds(from: runBefore, to: ProcessStats.runSeconds(pid)) / wall,
+            (ProcessStats.cpuSeconds(pid) - before) / wall, resyncs
         )
     }
 }
