@@ -23,6 +23,8 @@ public enum Planner {
 
     // MARK: - One desired binding
 
+    /// `owned`: the binding's macvtaps in ifindex order (`ObservedHost.ownedMacvtaps(for:)`), the
+    /// order they are deleted in and the first one kept.
     static func planBinding(_ binding: NICBinding, observed: ObservedState, owned: [ObservedLink]) -> BindingPlan {
         let key = binding.key
         func waiting(_ phase: Phase, _ code: String, _ message: String) -> BindingPlan {
@@ -188,9 +190,7 @@ public enum Planner {
     /// here, or moved away). Nothing holds the macvtaps' fds, and an up macvtap would keep the
     /// guest's MAC in its lower's table, so co-located VMs could never reach the guest elsewhere.
     static func planNotRunning(_ key: BindingKey, owned: [ObservedLink], why: String) -> BindingPlan {
-        let actions = owned.sorted { $0.ifindex < $1.ifindex }.map {
-            Action.deleteMacvtap(ifindex: $0.ifindex, name: $0.name)
-        }
+        let actions = owned.map { Action.deleteMacvtap(ifindex: $0.ifindex, name: $0.name) }
         let message = "VM \(key.vm) is not running on this host (\(why))"
         var plan = BindingPlan(
             key: key, phase: .vmNotRunning,
@@ -344,7 +344,7 @@ public enum Planner {
             ?? Array(observed.host.ownedBindings)
         let orphanKeys = Set(ownedKeys.filter { desired.binding($0) == nil }).union(backendsByKey.keys)
         return orphanKeys.sorted().map { key in
-            let macvtaps = observed.host.ownedMacvtaps(for: key).sorted { $0.ifindex < $1.ifindex }
+            let macvtaps = observed.host.ownedMacvtaps(for: key)
             if case .unresponsive(let why) = observed.vms[key.vm]?.reachability {
                 return BindingPlan(
                     key: key, isDesired: false, phase: .vmUnreachable,

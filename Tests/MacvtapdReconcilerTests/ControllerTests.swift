@@ -79,6 +79,13 @@ import Testing
         }
     }
 
+    /// web1 attached, then its lower eth0 deleted: web1 waits for it (HostMissing).
+    static func attachedThenLowerLost(_ world: Fixture, _ controller: Controller) async {
+        #expect(await eventually { await Self.phase(controller, "web1") == .attached })
+        world.host.removeLower("eth0")
+        #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+    }
+
     /// A lower that returns without carrier after its loss: the guest carrier this QMP session set
     /// down when the lower went stands (the NIC keeps its link through backend swaps), so the attach
     /// sends no set_link, 70 bytes QEMU reads one at a time. Once a QMP event may have changed the
@@ -87,9 +94,7 @@ import Testing
         let world = Fixture()
         let controller = await world.desiredController()
         await Self.running(controller) {
-            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
-            world.host.removeLower("eth0")
-            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            await Self.attachedThenLowerLost(world, controller)
             #expect(world.web1.calls.last == "link nic0 false")
 
             var before = world.web1.calls.count
@@ -119,9 +124,7 @@ import Testing
         let world = Fixture()
         let controller = await world.desiredController()
         await Self.running(controller) {
-            #expect(await eventually { await Self.phase(controller, "web1") == .attached })
-            world.host.removeLower("eth0")
-            #expect(await eventually { await Self.phase(controller, "web1") == .hostMissing })
+            await Self.attachedThenLowerLost(world, controller)
             world.host.addLower("eth9", carrier: false)
             var moved = world.desired
             moved.vms["web1"]?.nics["nic0"]?.host = .name("eth9")
