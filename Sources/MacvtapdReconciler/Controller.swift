@@ -282,8 +282,9 @@ public actor Controller {
         var outcomes: [BindingOutcome] = []
         // Bindings that end with an announce (those attached or whose carrier returned) announce
         // together once the pass is through: one announce-self for the VM instead of one per NIC
-        // (QEMU reads its monitor a byte at a time; 143 of the 530 bytes a binding's attach sent).
-        let batchAnnounces = due.count { Self.endsWithAnnounce($0) } > 1
+        // (QEMU reads its monitor a byte at a time; 143 of the 530 bytes a binding's attach sent),
+        // and after the steps that make a binding's new phase true, which its record does not wait
+        // for (advisory: it changes nothing the status says).
         var announcing: [BindingKey] = []
         for binding in due {
             if binding.actions.isEmpty {
@@ -291,7 +292,7 @@ public actor Controller {
                 continue
             }
             var steps = binding
-            let deferAnnounce = batchAnnounces && Self.endsWithAnnounce(binding)
+            let deferAnnounce = Self.endsWithAnnounce(binding)
             if deferAnnounce { steps.actions.removeLast() }
             var outcome = await executor.execute(steps, host: executionHost, connection: connection)
             outcome.plan = binding

@@ -25,9 +25,9 @@ public struct BindingOutcome: Sendable {
     /// Backends this run attached and detached, so a cache of the VM can follow.
     public var attachedBackends: [ObservedBackend] = []
     public var detachedBackends: [Ownership.BackendIDs] = []
-    /// Wall-clock time (as `Reconciler.now()`) when the binding's steps were done, but for a last
-    /// announce (advisory, it changes nothing the status says): when its new phase began. Nil when
-    /// a step failed.
+    /// Wall-clock time (as `Reconciler.now()`) when the binding's steps were done: when its new
+    /// phase began (the daemon sends a last announce after, `announce(_:connection:)`). Nil when a
+    /// step failed.
     public var settledAt: Double?
 
     public var key: BindingKey { plan.key }
@@ -90,24 +90,12 @@ public struct Executor: Sendable {
             if actions[index].vm != nil {
                 var end = index
                 while end < actions.count, actions[end].vm != nil { end += 1 }
-                var run = Array(actions[index..<end])
+                let run = Array(actions[index..<end])
                 index = end
-                // A last announce goes once the rest is answered: the binding's new state (backend
-                // attached, carrier set) is a fact then, and its 140 bytes need not delay the record.
-                var announce: [Action] = []
-                if run.count > 1, end == actions.count, case .announce = run.last { announce = [run.removeLast()] }
                 let ok = await perform(
                     run, key: plan.key, connection: connection, observed: observed, created: created,
                     outcome: &outcome)
                 if !ok { return outcome }
-                if !announce.isEmpty {
-                    outcome.settledAt = Reconciler.now()
-                    let announced = await perform(
-                        announce, key: plan.key, connection: connection, observed: observed, created: created,
-                        outcome: &outcome)
-                    if !announced { outcome.settledAt = nil }
-                    return outcome
-                }
                 continue
             }
             let action = actions[index]
