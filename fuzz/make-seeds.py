@@ -48,17 +48,17 @@ def qmp():
     info_network = "hub 10\\r\\n \\\\ P1: T1: index=0,type=tap,fd=12\\r\\n"
     streams = {
         "greeting": [GREETING],
-        "session": [GREETING, '{"return": {}, "id": 1}', '{"return": {"status": "running", "running": true}, "id": 2}',
+        "session": [GREETING, '{"return": {}}', '{"return": {"status": "running", "running": true}}',
                     '{"timestamp": {"seconds": 1700000000, "microseconds": 5}, "event": "STOP"}',
-                    '{"return": "' + info_network + '", "id": 3}',
-                    '{"error": {"class": "GenericError", "desc": "Duplicate ID \'T1\' for netdev"}, "id": 4}'],
+                    '{"return": "' + info_network + '"}',
+                    '{"error": {"class": "GenericError", "desc": "Duplicate ID \'T1\' for netdev"}}'],
         "events": [GREETING, '{"event": "NIC_RX_FILTER_CHANGED", "data": {"name": "nic0", "path": "/machine/peripheral/nic0/virtio-backend"}, "timestamp": {"seconds": 1, "microseconds": 2}}',
                    '{"event": "DEVICE_DELETED", "data": {"device": "nic1"}, "timestamp": {"seconds": 1, "microseconds": 3}}',
                    '{"event": "SHUTDOWN", "data": {"guest": false, "reason": "host-signal"}}'],
         "late-and-odd": [GREETING, '{"return": {}, "id": 99}', '{"return": {}}', '{"id": 1}', '[1, 2.5e3, -0, null]',
                          '{"return": ["\\u00e9\\ud83d\\ude00", true, false]}'],
-        "qom": [GREETING, '{"return": [{"name": "type", "type": "string"}, {"name": "mac", "type": "str"}], "id": 1}',
-                '{"return": "52:54:00:12:34:56", "id": 2}'],
+        "qom": [GREETING, '{"return": [{"name": "type", "type": "string"}, {"name": "mac", "type": "str"}]}',
+                '{"return": "52:54:00:12:34:56"}'],
     }
     for name, lines in streams.items():
         for chunk in (0, 6, 255):

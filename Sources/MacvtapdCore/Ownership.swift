@@ -35,21 +35,38 @@ public enum Ownership {
     public struct BackendIDs: Hashable, Sendable, Codable {
         public var nic: String
         public var ifindex: Int32
+        /// How the ids are spelt. New backends get the short spelling; a backend added by an older
+        /// macvtapd keeps the long one, and is recognised, adopted and detached by its own ids.
+        public var spelling: Spelling
 
-        public init(nic: String, ifindex: Int32) {
+        public init(nic: String, ifindex: Int32, spelling: Spelling = .short) {
             self.nic = nic
             self.ifindex = ifindex
+            self.spelling = spelling
         }
 
-        /// `mvtd.nic0.tap42`: the tap netdev holding the macvtap fd.
-        public var tap: String { "\(qemuPrefix).\(nic).tap\(ifindex)" }
-        /// `mvtd.nic0.port42`: the hubport joining that tap to the NIC's hub.
-        public var port: String { "\(qemuPrefix).\(nic).port\(ifindex)" }
-        /// `mvtd.nic0.fd`: the getfd name; one per NIC, a later getfd replaces an earlier one.
+        /// `mvtd.nic0.t42` (long: `mvtd.nic0.tap42`): the tap netdev holding the macvtap fd.
+        public var tap: String { "\(qemuPrefix).\(nic).\(spelling.tap)\(ifindex)" }
+        /// `mvtd.nic0.p42` (long: `mvtd.nic0.port42`): the hubport joining that tap to the NIC's hub.
+        public var port: String { "\(qemuPrefix).\(nic).\(spelling.port)\(ifindex)" }
+        /// `mvtd.nic0`: the getfd name; one per NIC, a later getfd replaces an earlier one.
         public var fdName: String { Ownership.fdName(nic: nic) }
     }
 
-    public static func fdName(nic: String) -> String { "\(qemuPrefix).\(nic).fd" }
+    /// The word before the ifindex in a backend's netdev ids. QEMU reads its monitor a byte per
+    /// main-loop pass and an attach names the tap twice and the port once: the short words save
+    /// 7 bytes an attach. Releases before it wrote the long words.
+    public enum Spelling: String, Hashable, Sendable, Codable, CaseIterable {
+        case short
+        case long
+
+        var tap: String { self == .short ? "t" : "tap" }
+        var port: String { self == .short ? "p" : "port" }
+    }
+
+    /// `mvtd.<nic>` (releases before the short spelling used `mvtd.<nic>.fd`): getfd names are a
+    /// namespace of their own, apart from netdev ids, and nothing parses them.
+    public static func fdName(nic: String) -> String { "\(qemuPrefix).\(nic)" }
 
     /// What a QEMU netdev id says about itself, when it is one of ours.
     public enum BackendPart: Hashable, Sendable {
@@ -57,19 +74,27 @@ public enum Ownership {
         case port
     }
 
-    /// Parses `mvtd.<nic>.tap<ifindex>` / `mvtd.<nic>.port<ifindex>`; nil for ids we do not own.
+    /// Parses `mvtd.<nic>.t<ifindex>` / `mvtd.<nic>.p<ifindex>`, and the long spelling
+    /// `mvtd.<nic>.tap<ifindex>` / `mvtd.<nic>.port<ifindex>`; nil for ids we do not own.
     public static func parseBackendID(_ id: String) -> (ids: BackendIDs, part: BackendPart)? {
         let prefix = qemuPrefix + "."
         guard id.hasPrefix(prefix), let lastDot = id.lastIndex(of: ".") else { return nil }
-        let nic = String(id[id.index(id.startIndex, offsetBy: prefix.count)..<lastDot])
+        let nicStart = id.index(id.startIndex, offsetBy: prefix.count)
+        // `mvtd.x`: the only dot is the prefix's, there is no NIC part.
+        guard nicStart <= lastDot else { return nil }
+        let nic = String(id[nicStart..<lastDot])
         let suffix = id[id.index(after: lastDot)...]
         guard !nic.isEmpty else { return nil }
-        for (word, part) in [("tap", BackendPart.tap), ("port", BackendPart.port)] where suffix.hasPrefix(word) {
-            let digits = suffix.dropFirst(word.count)
-            guard !digits.isEmpty, digits.allSatisfy(\.isASCII), let ifindex = Int32(digits), ifindex > 0 else {
-                return nil
+        for spelling in Spelling.allCases {
+            for (word, part) in [(spelling.tap, BackendPart.tap), (spelling.port, .port)] where suffix.hasPrefix(word) {
+                let digits = suffix.dropFirst(word.count)
+                guard let ifindex = Int32(digits), ifindex > 0 else { continue }
+                let ids = BackendIDs(nic: nic, ifindex: ifindex, spelling: spelling)
+                // Only the exact spelling we write (no sign, no leading zero): the ids are used as
+                // written to detach the backend.
+                guard (part == .tap ? ids.tap : ids.port) == id else { continue }
+                return (ids, part)
             }
-            return (BackendIDs(nic: nic, ifindex: ifindex), part)
         }
         return nil
     }

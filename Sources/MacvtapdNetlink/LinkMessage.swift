@@ -75,11 +75,13 @@ package enum LinkMessage {
     }
 
     /// RTM_NEWLINK creating a macvtap in one message: the MAC goes in here because udev's
-    /// MACAddressPolicy may overwrite one set afterwards.
+    /// MACAddressPolicy may overwrite one set afterwards. NLM_F_ECHO: the kernel (6.3 and later)
+    /// sends the new link back before its ack, which spares a GET.
     package static func createMacvtapRequest(_ configuration: MacvtapConfiguration, sequence: UInt32) -> [UInt8] {
         var builder = NetlinkMessageBuilder(
             type: MessageType.newLink,
-            flags: MessageFlags.request | MessageFlags.ack | MessageFlags.create | MessageFlags.exclusive,
+            flags: MessageFlags.request | MessageFlags.ack | MessageFlags.echo | MessageFlags.create
+                | MessageFlags.exclusive,
             sequence: sequence)
         // Always created down: IPv6 address generation must be off before the first up (see
         // RouteSocket.createMacvtap), and the kernel refuses IFLA_AF_SPEC in a creating request.
@@ -125,11 +127,18 @@ package enum LinkMessage {
         return builder.finish()
     }
 
-    /// RTM_SETLINK with IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }.
-    package static func disableIPv6AddressGenerationRequest(index: Int32, sequence: UInt32) -> [UInt8] {
+    /// RTM_SETLINK with IFLA_AF_SPEC { AF_INET6 { IFLA_INET6_ADDR_GEN_MODE = NONE } }, and
+    /// IFLA_IFALIAS when `alias` is given: the kernel takes both in one request (it validates the
+    /// address-family part before it changes anything, so a refusal leaves the alias unset too).
+    package static func disableIPv6AddressGenerationRequest(
+        index: Int32, alias: String? = nil, sequence: UInt32
+    ) -> [UInt8] {
         var builder = NetlinkMessageBuilder(
             type: MessageType.setLink, flags: MessageFlags.request | MessageFlags.ack, sequence: sequence)
         builder.appendInterfaceInfo(index: index)
+        if let alias {
+            builder.appendAttribute(type: LinkAttribute.alias, string: alias)
+        }
         builder.appendNested(type: LinkAttribute.addressFamilySpecific) { families in
             families.appendNested(type: IPv6LinkAttribute.family) { ipv6 in
                 ipv6.appendAttribute(

@@ -18,6 +18,7 @@ enum MessageFlags {
     static let request = UInt16(NLM_F_REQUEST)
     static let multipart = UInt16(NLM_F_MULTI)
     static let ack = UInt16(NLM_F_ACK)
+    static let echo = UInt16(NLM_F_ECHO)
     static let dump = UInt16(NLM_F_DUMP)
     static let dumpInterrupted = UInt16(NLM_F_DUMP_INTR)
     static let create = UInt16(NLM_F_CREATE)

@@ -53,30 +53,42 @@ extension RouteSocket {
     }
 
     /// Creates a macvtap and returns it as the kernel reports it afterwards. RTM_NEWLINK (name,
-    /// lower, MAC, alias, mode) creates it down; IPv6 address generation is turned off before it is
-    /// ever up, then it is brought up if asked. With address generation on, an up macvtap makes the
+    /// lower, MAC, mode) creates it down; IPv6 address generation is turned off before it is ever
+    /// up, then it is brought up if asked. With address generation on, an up macvtap makes the
     /// host itself send from the guest's MAC (duplicate-address detection, multicast listener
     /// reports), which a switch learns as the guest: during a live migration, at the wrong host.
-    /// Kernels that ignore IFLA_IFALIAS on creation get it with a follow-up RTM_SETLINK. If a
-    /// follow-up fails the new macvtap is deleted again, so nothing half-made or unmarked is left
-    /// behind. A link monitor may see the new macvtap down, or without its alias, for that instant.
+    ///
+    /// Three kernel round trips where the kernel allows no fewer (verified on 6.18): the creation,
+    /// echoed back (NLM_F_ECHO; a kernel before 6.3 does not echo and is asked with a GET); one
+    /// RTM_SETLINK for the address-generation mode and the alias (the kernel ignores IFLA_IFALIAS
+    /// and refuses IFLA_AF_SPEC in a creating request); one to bring it up (a request that brings
+    /// a link up and sets its address-generation mode brings it up first, and the link-local
+    /// address is made). A GET after the up reads the flags and state it changed. If a follow-up
+    /// fails the new macvtap is deleted again, so nothing half-made or unmarked is left behind. A
+    /// link monitor may see the new macvtap down, or without its alias, for that instant.
     public func createMacvtap(_ configuration: MacvtapConfiguration) throws -> Link {
         try InterfaceName.validate(configuration.name)
         let interface = "\(configuration.name) on ifindex \(configuration.lowerIndex)"
+        var echoed: NetlinkMessage?
         try exchange(
             operation: "create macvtap", interface: interface, reply: .ack,
-            request: { LinkMessage.createMacvtapRequest(configuration, sequence: $0) })
-        let created = try link(named: configuration.name)
+            request: { LinkMessage.createMacvtapRequest(configuration, sequence: $0) },
+            receive: { message in
+                if message.header.type == MessageType.newLink { echoed = message }
+            })
+        var created: Link
+        if let echoed, let link = try? LinkMessage.decode(echoed).link, link.name == configuration.name {
+            created = link
+        } else {
+            created = try link(named: configuration.name)
+        }
         do {
-            try disableIPv6AddressGeneration(index: created.index)
-            let aliasMissing = configuration.alias.map { $0 != created.alias } ?? false
-            if aliasMissing, let alias = configuration.alias {
-                try setAlias(alias, index: created.index)
-            }
-            if configuration.up {
-                try setUp(true, index: created.index)
-            }
-            return configuration.up || aliasMissing ? try link(index: created.index) : created
+            let alias = configuration.alias.flatMap { $0 == created.alias ? nil : $0 }
+            try disableIPv6AddressGeneration(index: created.index, alias: alias)
+            if alias != nil { created.alias = alias }
+            guard configuration.up else { return created }
+            try setUp(true, index: created.index)
+            return try link(index: created.index)
         } catch {
             try? deleteLink(index: created.index)
             throw error
@@ -84,15 +96,16 @@ extension RouteSocket {
     }
 
     /// Turns IPv6 address generation off (IFLA_INET6_ADDR_GEN_MODE none): no link-local address, no
-    /// autoconf, so nothing of the host's own is sent from the link's MAC. A kernel without IPv6
-    /// (ipv6.disable=1) has nothing to turn off and answers EAFNOSUPPORT, which is success here.
-    public func disableIPv6AddressGeneration(index: Int32) throws {
+    /// autoconf, so nothing of the host's own is sent from the link's MAC; sets `alias` in the same
+    /// request when given. A kernel without IPv6 (ipv6.disable=1) has nothing to turn off and
+    /// answers EAFNOSUPPORT, which is success here (the alias then goes alone).
+    public func disableIPv6AddressGeneration(index: Int32, alias: String? = nil) throws {
         do {
             try exchange(
                 operation: "turn off IPv6 address generation of", interface: "ifindex \(index)", reply: .ack,
-                request: { LinkMessage.disableIPv6AddressGenerationRequest(index: index, sequence: $0) })
+                request: { LinkMessage.disableIPv6AddressGenerationRequest(index: index, alias: alias, sequence: $0) })
         } catch let error as NetlinkError where error.errno == EAFNOSUPPORT {
-            return
+            if let alias { try setAlias(alias, index: index) }
         }
     }
 

@@ -1,4 +1,4 @@
-/// A connection to one QEMU QMP monitor: commands matched to replies by id, events as a stream.
+/// A connection to one QEMU QMP monitor: commands matched to replies by order, events as a stream.
 ///
 /// Safe to share between tasks; concurrent commands are written one at a time and each caller
 /// gets its own reply. A client is single-use: when the connection ends (peer closed, protocol

@@ -6,14 +6,21 @@ import Synchronization
     import Glibc
 #endif
 
-/// One QMP socket: a reader thread that splits lines and dispatches replies by id and events to a
-/// stream, writers serialised by a lock, and a table of waiting commands.
+/// One QMP socket: a reader thread that splits lines and hands replies to their commands and events
+/// to a stream, writers serialised by a lock, and a table of waiting commands.
+///
+/// Commands carry no `"id"`: QEMU reads a monitor's commands in order and answers each before it
+/// runs the next (no out-of-band execution is negotiated), so the n-th reply answers the n-th
+/// command written, and QEMU reads its monitor a byte per main-loop pass (an id was about a tenth
+/// of an attach's bytes). Every command written is queued in write order under the write lock, and
+/// each reply takes the oldest; a command that timed out or was cancelled stays queued, abandoned,
+/// so that its late reply is consumed and dropped instead of answering the next command.
 ///
 /// The reader owns the file descriptor's lifetime: `shutdown()` only wakes it with shutdown(2),
 /// and the reader closes the fd when it exits, under the write lock, so no writer can ever send on
 /// a reused descriptor number.
 final class QMPConnection: Sendable {
-    /// Reserved id for the greeting, which QEMU sends unasked.
+    /// Reserved key for the greeting, which QEMU sends unasked; never queued as written.
     static let greetingID: Int64 = 0
     /// How long an idle reader sleeps before it looks at the clock again. A daemon holds one
     /// connection per VM for weeks: at 5 s, forty idle sessions woke 480 times a minute. A command
@@ -46,7 +53,11 @@ final class QMPConnection: Sendable {
 
     private struct State {
         var nextID: Int64 = 1
+        /// Waiting commands by key; a key leaves this table when its command is answered, times
+        /// out, is cancelled or fails.
         var pending: [Int64: Pending] = [:]
+        /// The keys of the commands written and not yet answered, oldest first, abandoned ones too.
+        var written = WrittenCommands()
         var earlyGreeting: JSONValue?
         /// Set by whoever shuts the socket down, so the reader reports why the stream ended.
         var shutdownReason: String?
@@ -115,12 +126,17 @@ final class QMPConnection: Sendable {
             defer { state.nextID += 1 }
             return state.nextID
         }
-        var message: [String: JSONValue] = ["execute": .string(command), "id": .int(id)]
-        if let arguments { message["arguments"] = arguments }
-        let bytes = JSONWriter.encode(.object(message)) + [0x0A]
+        let bytes = Self.encode(command: command, arguments: arguments)
         return try await awaitReply(id: id, command: command, timeout: timeout) { () throws(QMPError) in
-            try self.write(bytes, passing: fd, command: command)
+            try self.write(bytes, passing: fd, command: command, id: id)
         }
+    }
+
+    /// A command as written: compact JSON with no `"id"` (replies are matched by order), a newline.
+    static func encode(command: String, arguments: JSONValue?) -> [UInt8] {
+        var message: [String: JSONValue] = ["execute": .string(command)]
+        if let arguments { message["arguments"] = arguments }
+        return JSONWriter.encode(.object(message)) + [0x0A]
     }
 
     func awaitGreeting(timeout: Duration) async throws -> JSONValue {
@@ -196,11 +212,7 @@ final class QMPConnection: Sendable {
             return state.nextID
         }
         let ids = (0..<Int64(steps.count)).map { firstID + $0 }
-        let messages = zip(ids, steps).map { id, step in
-            var message: [String: JSONValue] = ["execute": .string(step.command), "id": .int(id)]
-            if let arguments = step.arguments { message["arguments"] = arguments }
-            return JSONWriter.encode(.object(message)) + [0x0A]
-        }
+        let messages = steps.map { Self.encode(command: $0.command, arguments: $0.arguments) }
         let collected = PipelineResults(count: steps.count)
         let results: [Result<JSONValue, any Error>] = await withTaskCancellationHandler {
             await withCheckedContinuation {
@@ -235,7 +247,8 @@ final class QMPConnection: Sendable {
                 writeSide.withLock { fd in
                     for (index, step) in steps.enumerated() {
                         do throws(QMPError) {
-                            try write(messages[index], passing: step.fd, command: step.command, on: fd)
+                            try write(
+                                messages[index], passing: step.fd, command: step.command, id: ids[index], on: fd)
                         } catch {
                             for id in ids[index...] { complete(id: id, with: .failure(error)) }
                             return
@@ -254,15 +267,21 @@ final class QMPConnection: Sendable {
         }
     }
 
-    private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String) throws(QMPError) {
+    private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String, id: Int64) throws(QMPError) {
         try writeSide.withLock { fd throws(QMPError) in
-            try write(bytes, passing: passedFD, command: command, on: fd)
+            try write(bytes, passing: passedFD, command: command, id: id, on: fd)
         }
     }
 
-    /// Sends one command's bytes on `fd`; the caller holds the write lock.
-    private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String, on fd: Int32) throws(QMPError) {
+    /// Sends one command's bytes on `fd`; the caller holds the write lock. The command is queued
+    /// as written before its first byte goes out (its reply can come before `send` returns) and
+    /// under the write lock (the queue's order is the socket's). A failed send shuts the socket
+    /// down, so a queued command that never reached QEMU is never waited for.
+    private func write(
+        _ bytes: [UInt8], passing passedFD: Int32?, command: String, id: Int64, on fd: Int32
+    ) throws(QMPError) {
         guard fd >= 0 else { throw .connectionClosed(command: command, reason: "socket already closed") }
+        state.withLock { $0.written.append(id) }
         let failure: Int32? = bytes.withUnsafeBytes { raw in
             var offset = 0
             if let passedFD {
@@ -428,10 +447,16 @@ final class QMPConnection: Sendable {
             if waiting { complete(id: Self.greetingID, with: .success(message)) }
         case .event(let event):
             eventSink.yield(event)
-        case .reply(let id, let value):
+        case .reply(let value):
+            // A reply with no command written is not an answer to anything: dropped.
+            guard let id = state.withLock({ $0.written.removeOldest() }) else { break }
             complete(id: id, with: .success(value))
-        case .failure(let id, let errorClass, let description):
-            let command = state.withLock { $0.pending[id]?.command } ?? "?"
+        case .failure(let errorClass, let description):
+            guard
+                let (id, command) = state.withLock({ state in
+                    state.written.removeOldest().map { ($0, state.pending[$0]?.command ?? "?") }
+                })
+            else { break }
             complete(
                 id: id,
                 with: .failure(QMPError.commandFailed(command: command, class: errorClass, description: description)))

@@ -44,9 +44,11 @@ package struct QMPLineSplitter {
 package enum QMPInbound: Equatable {
     case greeting(JSONValue)
     case event(QMPEvent)
-    case reply(id: Int64, JSONValue)
-    case failure(id: Int64, class: String, description: String)
-    /// A reply nobody can be waiting for (no id, the greeting's id, neither return nor error).
+    /// The answer to the oldest command written and not yet answered.
+    case reply(JSONValue)
+    case failure(class: String, description: String)
+    /// A message that answers none of our commands: one with an `"id"` (we send none, and QEMU
+    /// echoes only the id a command carries), or neither `return` nor `error`.
     case ignored
     /// A reason to drop the connection.
     case fatal(String)
@@ -65,12 +67,11 @@ package enum QMPInbound: Equatable {
             return .greeting(message)
         }
         if let event = QMPEvent(message: message) { return .event(event) }
-        // Replies without a known id are late answers to commands that timed out or were cancelled.
-        guard let id = message["id"]?.intValue, id != QMPConnection.greetingID else { return .ignored }
-        if let value = message["return"] { return .reply(id: id, value) }
+        guard message["id"] == nil else { return .ignored }
+        if let value = message["return"] { return .reply(value) }
         if let error = message["error"] {
             return .failure(
-                id: id, class: error["class"]?.stringValue ?? "GenericError",
+                class: error["class"]?.stringValue ?? "GenericError",
                 description: error["desc"]?.stringValue ?? "\(error)")
         }
         return .ignored

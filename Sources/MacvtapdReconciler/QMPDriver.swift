@@ -204,9 +204,10 @@ final class QMPVMConnection: VMConnection {
         try await client.announceSelf(Self.announcement(of: nics))
     }
 
-    /// An announce-self of `nics` on the first one's named timer (`mvtd.<nic>.announce`).
+    /// An announce-self of `nics` on the first one's named timer (`mvtd.<nic>`: timer ids are a
+    /// namespace of their own, and QEMU reads the monitor a byte per main-loop pass).
     private static func announcement(of nics: [String]) -> AnnounceParameters {
-        AnnounceParameters(interfaces: nics, id: "mvtd.\(nics[0]).announce")
+        AnnounceParameters(interfaces: nics, id: "mvtd.\(nics[0])")
     }
 
     /// Every step in one pipelined exchange: getfd (the fd on its own sendmsg), netdev_add tap,

@@ -10,8 +10,9 @@ struct NetlinkBench: AsyncParsableCommand {
         abstract: "Create + open + delete of a macvtap, beside `ip link`.",
         discussion: """
             Runs in a fresh network namespace with a veth pair as the lower interface (needs root).
-            One client cycle: RTM_NEWLINK (name, lower, MAC, mode, up), its read-back, the alias
-            (the kernel ignores IFLA_IFALIAS on creation), the open of the tap device through a
+            One client cycle: the daemon's creation (RTM_NEWLINK of the macvtap down, echoed back;
+            one RTM_SETLINK for the alias, which the kernel ignores on creation, and IPv6 address
+            generation off; one to bring it up; a GET), the open of the tap device through a
             private node with IFF_VNET_HDR, and RTM_DELLINK.
             The baseline cycle is `ip link add ... alias ... up type macvtap` and `ip link del`, each
             a spawned process; it does not open the device.

@@ -14,7 +14,7 @@ import Testing
         moved.binding.host = .name("eth1")
         let text = PlanRenderer.human(moved.plan())
         #expect(text.contains("-/+ web1/nic0  host changed from eth0 to eth1"))
-        #expect(text.contains("- detach backend mvtd.nic0.port42 + mvtd.nic0.tap42"))
+        #expect(text.contains("- detach backend mvtd.nic0.p42 + mvtd.nic0.t42"))
         #expect(text.contains("+ create macvtap \(Ownership.macvtapName(for: World.key)) on eth1"))
         #expect(text.contains("~ announce NIC nic0 (guest gratuitous ARP, QEMU RARP)"))
         #expect(text.hasSuffix("Plan: 0 to create, 0 to update, 1 to replace, 0 to destroy; 0 unchanged, 0 waiting."))

@@ -13,7 +13,7 @@ struct LinkMessageEncodingTests {
         let expected: [UInt8] = [
             0x70, 0x00, 0x00, 0x00,  // nlmsg_len 112
             0x10, 0x00,  // RTM_NEWLINK
-            0x05, 0x06,  // NLM_F_REQUEST | NLM_F_ACK | NLM_F_EXCL | NLM_F_CREATE
+            0x0D, 0x06,  // NLM_F_REQUEST | NLM_F_ACK | NLM_F_ECHO | NLM_F_EXCL | NLM_F_CREATE
             0x07, 0x00, 0x00, 0x00,  // seq 7
             0x00, 0x00, 0x00, 0x00,  // pid 0
             0x00, 0x00, 0x00, 0x00,  // ifinfomsg: family, pad, type
@@ -49,6 +49,29 @@ struct LinkMessageEncodingTests {
             0x05, 0x00, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00,  // IFLA_INET6_ADDR_GEN_MODE NONE, padded
         ]
         #expect(LinkMessage.disableIPv6AddressGenerationRequest(index: 42, sequence: 9) == expected)
+    }
+
+    /// The kernel ignores the alias in the creating request: it goes with the address-generation
+    /// mode, one round trip for both.
+    @Test func theAliasRidesOnTheAddressGenerationRequest() {
+        let expected: [UInt8] = [
+            0x44, 0x00, 0x00, 0x00,  // nlmsg_len 68
+            0x13, 0x00,  // RTM_SETLINK
+            0x05, 0x00,  // NLM_F_REQUEST | NLM_F_ACK
+            0x09, 0x00, 0x00, 0x00,  // seq 9
+            0x00, 0x00, 0x00, 0x00,  // pid 0
+            0x00, 0x00, 0x00, 0x00,  // ifinfomsg: family, pad, type
+            0x2A, 0x00, 0x00, 0x00,  // index 42
+            0x00, 0x00, 0x00, 0x00,  // flags
+            0x00, 0x00, 0x00, 0x00,  // change: none, so the link stays down
+            0x11, 0x00, 0x14, 0x00,  // IFLA_IFALIAS, 13 bytes
+            0x6D, 0x61, 0x63, 0x76, 0x74, 0x61, 0x70, 0x64, 0x3A, 0x61, 0x2F, 0x62, 0x00, 0x00, 0x00, 0x00,
+            0x10, 0x00, 0x1A, 0x80,  // IFLA_AF_SPEC | NLA_F_NESTED, 16 bytes
+            0x0C, 0x00, 0x0A, 0x80,  // AF_INET6 | NLA_F_NESTED, 12 bytes
+            0x05, 0x00, 0x08, 0x00, 0x01, 0x00, 0x00, 0x00,  // IFLA_INET6_ADDR_GEN_MODE NONE, padded
+        ]
+        #expect(
+            LinkMessage.disableIPv6AddressGenerationRequest(index: 42, alias: "macvtapd:a/b", sequence: 9) == expected)
     }
 
     @Test(arguments: [

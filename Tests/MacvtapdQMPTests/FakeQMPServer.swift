@@ -112,7 +112,7 @@ final class FakeQMPPeer {
         }
     }
 
-    /// The next command as JSON (`execute`, `id`, `arguments`), or nil on EOF.
+    /// The next command as JSON (`execute`, `arguments`), or nil on EOF.
     func readCommand(timeout: Duration = .seconds(5)) -> JSONValue? {
         guard let line = readLine(timeout: timeout) else { return nil }
         return try? JSONReader.parse(Array(line.utf8))
@@ -127,13 +127,18 @@ final class FakeQMPPeer {
         return true
     }
 
+    /// A reply as QEMU writes it: with the command's `"id"` only if the command carried one.
     func reply(to command: JSONValue, return value: JSONValue) {
-        send(#"{"return": \#(value), "id": \#(command["id"] ?? .null)}"#)
+        send(#"{"return": \#(value)\#(Self.idMember(of: command))}"#)
     }
 
     func replyError(to command: JSONValue, class errorClass: String, description: String) {
         let error: JSONValue = ["class": .string(errorClass), "desc": .string(description)]
-        send(#"{"error": \#(error), "id": \#(command["id"] ?? .null)}"#)
+        send(#"{"error": \#(error)\#(Self.idMember(of: command))}"#)
+    }
+
+    static func idMember(of command: JSONValue) -> String {
+        command["id"].map { #", "id": \#($0)"# } ?? ""
     }
 
     /// True when the client closed its end (read returns EOF) within `timeout`.

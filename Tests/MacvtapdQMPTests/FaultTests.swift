@@ -29,6 +29,23 @@ import Testing
         }
     }
 
+    /// QEMU reads its monitor a byte per main-loop pass: a command is its name and arguments, no
+    /// `"id"` (replies are matched by order).
+    @Test func commandsAreWrittenWithoutAnID() async throws {
+        try await withServer({ peer, _ in
+            peer.handshake()
+            while let line = peer.readLine() { peer.send(#"{"return": \#(JSONValue.string(line))}"#) }
+        }) { server in
+            let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
+            #expect(
+                try await client.execute("set_link", arguments: ["name": "nic0", "up": true])
+                    == #"{"arguments":{"name":"nic0","up":true},"execute":"set_link"}"#)
+            let pipelined = try await client.executePipelined([.setLink(name: "nic1", up: false)])
+            #expect(try pipelined[0].get() == #"{"arguments":{"name":"nic1","up":false},"execute":"set_link"}"#)
+            await client.close()
+        }
+    }
+
     @Test func missingGreetingTimesOut() async throws {
         // The server holds the connection far longer than the timeout, so only the client's own
         // greeting timeout can end the wait; the bound is loose because CI machines are loaded.
@@ -100,10 +117,11 @@ import Testing
     @Test func hungCommandTimesOutAndLateReplyIsDropped() async throws {
         try await withServer({ peer, _ in
             peer.handshake()
+            // The second command comes after the first timed out; the late answer to the first,
+            // written before the second's, must not be taken for the second.
             guard let hung = peer.readCommand(), let second = peer.readCommand() else { return }
-            peer.reply(to: second, return: "second")
-            // The late answer to the timed-out command must not be taken for the third one.
             peer.reply(to: hung, return: "late")
+            peer.reply(to: second, return: "second")
             guard let third = peer.readCommand() else { return }
             peer.reply(to: third, return: "third")
             _ = peer.readLine(timeout: .seconds(2))
@@ -279,10 +297,10 @@ import Testing
         let callers = 200
         try await withServer({ peer, _ in
             peer.handshake()
-            // Collect every command before answering, then answer in reverse order.
+            // Collect every command before answering, then answer in order, as QEMU does.
             var commands: [JSONValue] = []
             while commands.count < callers, let command = peer.readCommand() { commands.append(command) }
-            for command in commands.reversed() { peer.reply(to: command, return: command["arguments"]?["n"] ?? .null) }
+            for command in commands { peer.reply(to: command, return: command["arguments"]?["n"] ?? .null) }
             _ = peer.readLine(timeout: .seconds(2))
         }) { server in
             let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
@@ -315,6 +333,51 @@ import Testing
             await #expect(throws: CancellationError.self) { try await task.value }
             #expect(clock.now - start < .seconds(2))
             #expect(client.isConnected)
+            await client.close()
+        }
+    }
+
+    /// A cancelled command stays queued as written: its late reply is dropped, not given to the next.
+    @Test func aCancelledCommandsLateReplyIsDropped() async throws {
+        try await withServer({ peer, _ in
+            peer.handshake()
+            guard let hung = peer.readCommand(), let next = peer.readCommand() else { return }
+            peer.reply(to: hung, return: "late")
+            peer.reply(to: next, return: "next")
+            _ = peer.readLine(timeout: .seconds(2))
+        }) { server in
+            let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
+            let task = Task { try await client.execute("hang", timeout: .seconds(30)) }
+            try await Task.sleep(for: .milliseconds(50))
+            task.cancel()
+            await #expect(throws: CancellationError.self) { try await task.value }
+            #expect(try await client.execute("next") == "next")
+            await client.close()
+        }
+    }
+
+    /// Every step of a pipeline that timed out stays queued: the late replies to all of them are
+    /// dropped, and the next command gets its own.
+    @Test func aTimedOutPipelinesLateRepliesAreDropped() async throws {
+        try await withServer({ peer, _ in
+            peer.handshake()
+            guard let first = peer.readCommand(), let second = peer.readCommand(), let next = peer.readCommand()
+            else { return }
+            peer.reply(to: first, return: "late 1")
+            peer.replyError(to: second, class: "GenericError", description: "late 2")
+            peer.reply(to: next, return: "next")
+            guard let after = peer.readCommand() else { return }
+            peer.reply(to: after, return: "after")
+            _ = peer.readLine(timeout: .seconds(2))
+        }) { server in
+            let client = try await QMPClient.connect(to: server.path, configuration: Self.fast)
+            let results = try await client.executePipelined(
+                [QMPCommand("one"), QMPCommand("two")], timeout: .milliseconds(200))
+            for (result, command) in zip(results, ["one", "two"]) {
+                #expect(throws: QMPError.timeout(command: command, after: .milliseconds(200))) { try result.get() }
+            }
+            #expect(try await client.execute("next") == "next")
+            #expect(try await client.execute("after") == "after")
             await client.close()
         }
     }

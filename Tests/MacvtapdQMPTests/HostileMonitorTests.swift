@@ -30,7 +30,7 @@ import Testing
             peer.send(FakeQMPServer.greeting, attaching: file)
             while let command = peer.readCommand() {
                 for n in 0..<20 { peer.send(#"{"event": "FD\#(n)"}"#, attaching: file) }
-                peer.send(#"{"return": {}, "id": \#(command["id"] ?? .null)}"#, attaching: file)
+                peer.send(#"{"return": {}\#(FakeQMPPeer.idMember(of: command))}"#, attaching: file)
             }
         })
         defer { server.stop() }
@@ -105,15 +105,39 @@ import Testing
         #expect(splitter.bufferCapacity == 0, "kept \(splitter.bufferCapacity) bytes after a short reply")
     }
 
-    /// Forged replies: one that claims the greeting's id (0), one with no id, and one with
-    /// neither `return` nor `error` are ignored, never taken as an answer.
+    /// Replies are matched to commands by order and macvtapd's commands carry no `"id"`, which QEMU
+    /// echoes only when a command has one: a reply with any id (the greeting's 0, a number, a
+    /// string, null) and a message with neither `return` nor `error` answer nothing of ours and
+    /// are ignored, never taken as the next command's answer.
     @Test func forgedRepliesAreIgnored() {
-        for line in [#"{"return": {}, "id": 0}"#, #"{"return": {}}"#, #"{"id": 3}"#, #"{"id": "3", "return": 1}"#] {
+        for line in [
+            #"{"return": {}, "id": 0}"#, #"{"return": {}, "id": 3}"#, #"{"id": "3", "return": 1}"#,
+            #"{"error": {"class": "GenericError", "desc": "x"}, "id": null}"#, #"{"id": 3}"#, #"{"QMP": {}}"#,
+        ] {
             #expect(QMPInbound.decode(Array(line.utf8)[...], greeted: true) == .ignored, "\(line)")
         }
+        #expect(QMPInbound.decode(Array(#"{"return": 1}"#.utf8)[...], greeted: true) == .reply(1))
         #expect(
-            QMPInbound.decode(Array(#"{"id": 3, "error": 7}"#.utf8)[...], greeted: true)
-                == .failure(id: 3, class: "GenericError", description: "7"))
+            QMPInbound.decode(Array(#"{"error": 7}"#.utf8)[...], greeted: true)
+                == .failure(class: "GenericError", description: "7"))
+    }
+
+    /// A monitor that slips replies with ids between the real ones does not shift which reply
+    /// answers which command.
+    @Test func repliesWithAnIdDoNotShiftTheOrder() async throws {
+        let server = try FakeQMPServer(handler: { peer, _ in
+            peer.handshake()
+            while let command = peer.readCommand() {
+                peer.send(#"{"return": "forged", "id": 1}"#)
+                peer.reply(to: command, return: command["arguments"]?["n"] ?? .null)
+            }
+        })
+        defer { server.stop() }
+        let client = try await QMPClient.connect(to: server.path, configuration: FaultTests.fast)
+        for n in 0..<5 {
+            #expect(try await client.execute("echo", arguments: ["n": .int(Int64(n))]) == .int(Int64(n)))
+        }
+        await client.close()
     }
 
     /// Before the greeting only a greeting is accepted; anything that is not a JSON object is fatal.

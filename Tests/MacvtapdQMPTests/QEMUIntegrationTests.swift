@@ -227,6 +227,26 @@ func withQEMU(
         }
     }
 
+    /// Replies are matched by order: a command that timed out while QEMU was stopped, with the
+    /// next command written behind it, is answered once QEMU runs again, and that late reply is
+    /// dropped rather than taken for the next command.
+    @Test func aLateReplyFromAStoppedQEMUIsDropped() async throws {
+        try await withQEMU { qemu, client in
+            #expect(kill(qemu.pid, SIGSTOP) == 0)
+            let timedOut = Task { try await client.execute("query-status", timeout: .milliseconds(300)) }
+            try await Task.sleep(for: .milliseconds(50))
+            let next = Task { try await client.nicMAC(id: "nic0") }
+            await #expect(throws: QMPError.timeout(command: "query-status", after: .milliseconds(300))) {
+                try await timedOut.value
+            }
+            #expect(kill(qemu.pid, SIGCONT) == 0)
+            let mac = try await next.value
+            #expect(mac == mac0)
+            let status = try await client.queryStatus()
+            #expect(status == VMStatus(running: true, status: "running"))
+        }
+    }
+
     @Test func concurrentCallersOnOneRealConnection() async throws {
         try await withQEMU { _, client in
             let results = try await withThrowingTaskGroup(of: Bool.self) { group in

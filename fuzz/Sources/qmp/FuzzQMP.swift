@@ -27,8 +27,8 @@ public func fuzzQMP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
                 greeted = true
                 if let greeting = QMPGreeting(message: message) { _ = (greeting.version, greeting.capabilities) }
             case .event(let event): _ = (event.deviceID, event.description)
-            case .reply(_, let value): _ = "\(value)"
-            case .failure(_, let errorClass, let description): _ = (errorClass, description)
+            case .reply(let value): _ = "\(value)"
+            case .failure(let errorClass, let description): _ = (errorClass, description)
             case .ignored: break
             }
             return nil
