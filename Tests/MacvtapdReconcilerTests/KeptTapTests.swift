@@ -18,15 +18,8 @@ import Testing
     static let nic0 = QEMUNIC(id: "nic0", mac: "52:54:00:4b:00:00", hubID: 10)
     static let key = BindingKey(vm: "web1", nic: "nic0")
 
-    /// How many fds of process `pid` are open on a tap node made in `directory` (for macvtap
-    /// `ifindex`, or any): nodes are named `tap<ifindex>.<pid>.<n>` and unlinked once opened.
-    static func tapFDs(_ pid: pid_t, in directory: String, ifindex: Int32? = nil) -> Int {
-        let prefix = directory + "/tap" + (ifindex.map { "\($0)." } ?? "")
-        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
-        return fds.filter { fd in
-            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")
-            return target?.hasPrefix(prefix) == true
-        }.count
+    static func tapFDs(_ pid: pid_t, in directory: String) -> Int {
+        SoakProcess.tapFDs(pid, in: directory)
     }
 
     static func ourNetdevs(_ sandbox: Sandbox) async throws -> [String] {
