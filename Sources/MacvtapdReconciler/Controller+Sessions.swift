@@ -14,6 +14,8 @@ extension Controller {
         for (vm, session) in sessions where wanted[vm] != session.qmp {
             session.task.cancel()
             sessions[vm] = nil
+            // No session, no netdev_del to wait for: the VM's backends are no business of ours now.
+            host.releaseTaps(vm: vm) { _ in true }
             if let connection = session.connection {
                 Task { await connection.close() }
             }
@@ -77,6 +79,10 @@ extension Controller {
             // QEMU closed the monitor: most likely it quit, which the reconnect (at once) confirms
             // or refutes. Until then the VM is in doubt, and doubt tears nothing down.
             sessions[vm]?.closed(connection, why: .unresponsive("QMP session closed; reconnecting"))
+            // Most likely QEMU quit and closed its copies of the taps: a kept one would keep its
+            // queue alive, buffering what the macvtap receives. A QEMU that is still there closes
+            // its copies later, as slowly as without a kept fd.
+            host.releaseTaps(vm: vm) { _ in true }
             await connection.close()
         }
     }
@@ -135,5 +141,24 @@ extension Controller {
         }
         if !leftovers.isEmpty { writer.dirty = true }
         if !statuses.keys.contains(where: { $0.vm == vm }) { updateSessions() }
+    }
+
+    /// After a reconcile of `vm`: lets go of kept taps whose backend QEMU no longer holds as far as
+    /// the reconcile knows (its observation, with what it attached and detached), such as one
+    /// removed behind our back. Their VM absent, all go; a VM in doubt keeps them.
+    func releaseTapsNotHeld(vm: String, observed: ObservedVM, outcomes: [BindingOutcome]) {
+        switch observed.reachability {
+        case .reachable:
+            var held = Set(observed.backends.map(\.ids))
+            for outcome in outcomes {
+                held.subtract(outcome.detachedBackends)
+                held.formUnion(outcome.attachedBackends.map(\.ids))
+            }
+            host.releaseTaps(vm: vm) { !held.contains($0) }
+        case .absent:
+            host.releaseTaps(vm: vm) { _ in true }
+        case .unresponsive:
+            break
+        }
     }
 }

@@ -317,6 +317,7 @@ public actor Controller {
         } else {
             quiet.remove(vm)
         }
+        releaseTapsNotHeld(vm: vm, observed: observedVM, outcomes: outcomes)
         record(outcomes)
         reconciled(vm: vm, epoch: epoch, outcomes: outcomes)
         forgetIfNothingLeft(vm: vm, planned: Set(plan.bindings.map(\.key)))

@@ -10,11 +10,19 @@ public protocol HostDriver: Sendable {
     func deleteMacvtap(ifindex: Int32, name: String) async throws
     func setMacvtapUp(ifindex: Int32, name: String) async throws
     func setMacvtapDown(ifindex: Int32, name: String) async throws
-    /// Opens the macvtap's tap character device, lends the fd to `body`, and closes it afterwards
-    /// (QEMU keeps its own copy once the fd was passed with getfd).
+    /// Opens the macvtap's tap character device and lends the fd to `body`. When `body` says QEMU
+    /// took a copy of it for `backend` (`handedOver`), the driver keeps its own open until
+    /// `releaseTaps` lets it go, so that QEMU's close is never the last (see `TapKeeper`);
+    /// otherwise the fd is closed, off the caller's path.
     func withOpenTap<T: Sendable>(
-        ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
+        ifindex: Int32, name: String, for backend: VMBackend,
+        _ body: @Sendable (Int32) async throws -> (T, handedOver: Bool)
     ) async throws -> T
+    /// Lets go of the taps kept for the backends of `vm` that `isGone` says QEMU no longer holds;
+    /// the closes run off the caller's path.
+    func releaseTaps(vm: String, where isGone: (Ownership.BackendIDs) -> Bool)
+    /// The backends of `vm` whose tap the driver keeps open.
+    func keptTaps(vm: String) -> Set<Ownership.BackendIDs>
     /// Link notifications (RTNLGRP_LINK) from now on; the stream ends when its consumer stops.
     func linkChanges() throws -> AsyncStream<LinkChange>
 }
@@ -64,6 +72,17 @@ extension VMConnection {
             }
         }
         return results
+    }
+}
+
+/// A backend of one VM: its netdev ids are unique within the VM only.
+public struct VMBackend: Hashable, Sendable {
+    public var vm: String
+    public var ids: Ownership.BackendIDs
+
+    public init(vm: String, ids: Ownership.BackendIDs) {
+        self.vm = vm
+        self.ids = ids
     }
 }
 

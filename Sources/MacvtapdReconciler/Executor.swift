@@ -176,8 +176,11 @@ public struct Executor: Sendable {
         do {
             if let tap {
                 do {
-                    results = try await host.withOpenTap(ifindex: tap.link.ifindex, name: tap.link.name) { fd in
-                        try await connection.perform(steps(fd: fd))
+                    let backend = VMBackend(vm: key.vm, ids: tap.ids)
+                    results = try await host.withOpenTap(ifindex: tap.link.ifindex, name: tap.link.name, for: backend) {
+                        fd in
+                        let results = try await connection.perform(steps(fd: fd))
+                        return (results, handedOver: (try? results[tap.at].get()) != nil)
                     }
                 } catch let error where !(error is CancellationError) {
                     // The tap could not be opened: the steps before the attach still go, the attach fails.
@@ -193,6 +196,13 @@ public struct Executor: Sendable {
             return false
         }
         let duration = clock.now - start
+        // QEMU answered these netdev_dels: it has closed its copies of their taps, so ours go too.
+        let detached = Set(
+            zip(run, results).compactMap { action, result -> Ownership.BackendIDs? in
+                guard case .detachBackend(_, let backend) = action, case .success = result else { return nil }
+                return backend.ids
+            })
+        if !detached.isEmpty { host.releaseTaps(vm: key.vm) { detached.contains($0) } }
         var succeeded = true
         for (action, result) in zip(run, results) {
             switch result {

@@ -6,12 +6,15 @@ import MacvtapdNetlink
 public struct NetlinkHostDriver: HostDriver {
     let workers: HostWorkers
     let device: MacvtapDevice
+    let keeper: TapKeeper
 
     /// `deviceDirectory` holds the private tap nodes: it must be on a filesystem that allows device
     /// nodes (`/run` is often mounted nodev; `/dev` is devtmpfs and always allows them). `width`
     /// host operations may be under way at once (see `HostWorkers`).
-    public init(deviceDirectory: String, sysfsRoot: String = "/sys", width: Int = 2) throws {
+    /// `keptTaps` caps the tap fds kept open after attaches (nil: half of RLIMIT_NOFILE).
+    public init(deviceDirectory: String, sysfsRoot: String = "/sys", width: Int = 2, keptTaps: Int? = nil) throws {
         workers = try HostWorkers(width: width)
+        keeper = TapKeeper(capacity: keptTaps)
         device = MacvtapDevice(sysfsRoot: sysfsRoot, runtimeDirectory: deviceDirectory)
     }
 
@@ -69,7 +72,8 @@ public struct NetlinkHostDriver: HostDriver {
     }
 
     public func withOpenTap<T: Sendable>(
-        ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
+        ifindex: Int32, name: String, for backend: VMBackend,
+        _ body: @Sendable (Int32) async throws -> (T, handedOver: Bool)
     ) async throws -> T {
         let descriptor: FileDescriptor
         do {
@@ -79,9 +83,34 @@ public struct NetlinkHostDriver: HostDriver {
             // The macvtap went away (with its lower) after the observation.
             throw StaleObservation("\(error)")
         }
-        defer { descriptor.close() }
         let raw = try descriptor.withRawValue { $0 }
-        return try await body(raw)
+        let result: T
+        let handedOver: Bool
+        do {
+            (result, handedOver) = try await body(raw)
+        } catch {
+            keeper.close(descriptor)
+            throw error
+        }
+        if handedOver {
+            keeper.keep(descriptor, for: backend)
+        } else {
+            keeper.close(descriptor)
+        }
+        return result
+    }
+
+    public func releaseTaps(vm: String, where isGone: (Ownership.BackendIDs) -> Bool) {
+        keeper.release(vm: vm, where: isGone)
+    }
+
+    public func keptTaps(vm: String) -> Set<Ownership.BackendIDs> {
+        keeper.backends(of: vm)
+    }
+
+    /// Waits until the closes of taps let go so far have returned.
+    public func tapsClosed() async {
+        await keeper.drain()
     }
 
     public func linkChanges() throws -> AsyncStream<LinkChange> {

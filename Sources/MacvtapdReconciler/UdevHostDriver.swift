@@ -47,9 +47,18 @@ public struct UdevHostDriver: HostDriver {
     }
 
     public func withOpenTap<T: Sendable>(
-        ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T
+        ifindex: Int32, name: String, for backend: VMBackend,
+        _ body: @Sendable (Int32) async throws -> (T, handedOver: Bool)
     ) async throws -> T {
-        try await base.withOpenTap(ifindex: ifindex, name: name, body)
+        try await base.withOpenTap(ifindex: ifindex, name: name, for: backend, body)
+    }
+
+    public func releaseTaps(vm: String, where isGone: (Ownership.BackendIDs) -> Bool) {
+        base.releaseTaps(vm: vm, where: isGone)
+    }
+
+    public func keptTaps(vm: String) -> Set<Ownership.BackendIDs> {
+        base.keptTaps(vm: vm)
     }
 
     public func linkChanges() throws -> AsyncStream<LinkChange> {

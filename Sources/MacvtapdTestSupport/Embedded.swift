@@ -10,6 +10,8 @@ public final class EmbeddedHost: HostDriver {
         public var nextIndex: Int32 = 100
         public var failCreate = false
         public var operations: [String] = []
+        /// The backends whose (pretend) tap fd the host keeps, as the real driver does.
+        public var keptTaps: Set<VMBackend> = []
         var subscribers: [AsyncStream<LinkChange>.Continuation] = []
     }
     public let state = Mutex(State())
@@ -109,11 +111,22 @@ public final class EmbeddedHost: HostDriver {
         }
     }
 
-    public func withOpenTap<T: Sendable>(ifindex: Int32, name: String, _ body: @Sendable (Int32) async throws -> T)
-        async throws -> T
-    {
+    public func withOpenTap<T: Sendable>(
+        ifindex: Int32, name: String, for backend: VMBackend,
+        _ body: @Sendable (Int32) async throws -> (T, handedOver: Bool)
+    ) async throws -> T {
         guard state.withLock({ $0.links.contains { $0.ifindex == ifindex } }) else { throw EmbeddedError("ENODEV") }
-        return try await body(1000 + ifindex)
+        let (result, handedOver) = try await body(1000 + ifindex)
+        if handedOver { state.withLock { _ = $0.keptTaps.insert(backend) } }
+        return result
+    }
+
+    public func releaseTaps(vm: String, where isGone: (Ownership.BackendIDs) -> Bool) {
+        state.withLock { state in state.keptTaps = state.keptTaps.filter { $0.vm != vm || !isGone($0.ids) } }
+    }
+
+    public func keptTaps(vm: String) -> Set<Ownership.BackendIDs> {
+        state.withLock { Set($0.keptTaps.filter { $0.vm == vm }.map(\.ids)) }
     }
 }
 

@@ -245,6 +245,11 @@ extension Soak {
         if fdsAfter > fdsBefore { fail("the daemon's descriptors grew across resyncs: \(fdsBefore) → \(fdsAfter)") }
 
         let backends = try await backendIDs()
+        // The taps it keeps: one per backend it attached at most (TapKeeper), which a fresh
+        // daemon, adopting them, does not have.
+        let keptTaps = SoakProcess.tapFDs(daemon.pid, in: sandbox.deviceDirectory)
+        let attached = backends.filter { $0.contains(".tap") }.count
+        if keptTaps > attached { fail("the daemon kept \(keptTaps) taps for \(attached) backends") }
         let macvtaps = try await SoakLink.all(in: sandbox.namespace).filter { $0.owner != nil }.map(\.ifindex).sorted()
         try await stopDaemon(signal: SIGTERM)
         // The same notify mode, so both daemons hold a notify socket or neither does.
@@ -268,14 +273,15 @@ extension Soak {
         let freshRSS = SoakProcess.residentMiB(fresh.pid)
         // One more is the monitor-socket watch (inotify), made only by a daemon that waited for a
         // VM's socket to appear.
-        if fdsAfter > freshFDs + 1 {
-            fail("the soaked daemon held \(fdsAfter) descriptors, a fresh one \(freshFDs)")
+        if fdsAfter - keptTaps > freshFDs + 1 {
+            fail("the soaked daemon held \(fdsAfter) descriptors (\(keptTaps) kept taps), a fresh one \(freshFDs)")
         }
         if rss > 128 || rss > freshRSS + 32 {
             fail(String(format: "the soaked daemon's RSS is %.1f MiB, a fresh one's %.1f MiB", rss, freshRSS))
         }
         note(
-            "daemon fds \(fdsBefore) → \(fdsAfter) across 3 link bursts + SIGHUP (fresh daemon: \(freshFDs)); "
+            "daemon fds \(fdsBefore) → \(fdsAfter) (\(keptTaps) kept taps) across 3 link bursts + SIGHUP "
+                + "(fresh daemon: \(freshFDs)); "
                 + String(format: "RSS %.1f MiB (fresh %.1f MiB)", rss, freshRSS))
     }
 

@@ -104,6 +104,18 @@ public enum SoakProcess {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
+    /// How many descriptors of `pid` are open on a tap device node made in `directory` (macvtapd's
+    /// `--device-dir`), for macvtap `ifindex` or any: nodes are named `tap<ifindex>.<pid>.<n>` and
+    /// unlinked once opened. The daemon keeps one per backend it attached (`TapKeeper`).
+    public static func tapFDs(_ pid: pid_t, in directory: String, ifindex: Int32? = nil) -> Int {
+        let prefix = directory + "/tap" + (ifindex.map { "\($0)." } ?? "")
+        let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return fds.filter { fd in
+            let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")
+            return target?.hasPrefix(prefix) == true
+        }.count
+    }
+
     /// The fewest descriptors seen in `samples` looks: a status write in flight holds one for a
     /// moment, and that is not a leak.
     public static func settledFDs(_ pid: pid_t, samples: Int = 6) async -> Int {

@@ -184,8 +184,11 @@ extension MigrationBench {
             let connection = attempt!
             let ids = Ownership.BackendIDs(nic: MigrationBench.nic0.id, ifindex: macvtap.ifindex)
             do {
-                try await drivers[host.name]!.withOpenTap(ifindex: macvtap.ifindex, name: macvtap.name) { fd in
-                    try await connection.attachBackend(ids, fd: fd, hub: MigrationBench.nic0.hub)
+                // The rig's process ends with the run: nothing would let a kept fd go.
+                try await drivers[host.name]!.withOpenTap(
+                    ifindex: macvtap.ifindex, name: macvtap.name, for: VMBackend(vm: "guest", ids: ids)
+                ) { fd in
+                    (try await connection.attachBackend(ids, fd: fd, hub: MigrationBench.nic0.hub), handedOver: false)
                 }
             } catch {
                 await connection.close()

@@ -215,6 +215,27 @@ import Testing
         }
     }
 
+    /// A backend removed behind our back no longer needs its tap kept: a reconcile that observes it
+    /// gone lets it go, even when the backend cannot be attached again.
+    @Test func aKeptTapWhoseBackendVanishedIsLetGo() async throws {
+        let world = Fixture()
+        let controller = await world.desiredController()
+        await Self.running(controller) {
+            #expect(await eventually { world.web1.netdevIDs.count == 2 })
+            #expect(world.host.keptTaps(vm: "web1").count == 1)
+            world.web1.state.withLock {
+                $0.netdevs = [:]
+                $0.failAttach = true
+            }
+            for _ in 0..<Controller.Options().observeSpread {
+                await controller.resync()
+                _ = await eventually { await controller.snapshot().activity.resyncing == false }
+            }
+            #expect(await eventually { world.host.keptTaps(vm: "web1").isEmpty })
+            #expect(world.host.keptTaps(vm: "db1").count == 1, "another VM's stays")
+        }
+    }
+
     /// The steady state is nearly free: a resync that finds the links as cached asks only its
     /// share of monitors and re-plans only those VMs; a VM whose links changed behind the cache is
     /// re-planned although its monitor was not due.
