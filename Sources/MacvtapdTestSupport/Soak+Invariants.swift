@@ -248,7 +248,9 @@ extension Soak {
         // The taps it keeps: one per backend it attached at most (TapKeeper), which a fresh
         // daemon, adopting them, does not have.
         let keptTaps = SoakProcess.tapFDs(daemon.pid, in: sandbox.deviceDirectory)
-        let attached = backends.filter { $0.contains(".tap") }.count
+        let attached = backends.filter { id in
+            Ownership.parseBackendID(String(id.drop { $0 != ":" }.dropFirst()))?.part == .tap
+        }.count
         if keptTaps > attached { fail("the daemon kept \(keptTaps) taps for \(attached) backends") }
         let macvtaps = try await SoakLink.all(in: sandbox.namespace).filter { $0.owner != nil }.map(\.ifindex).sorted()
         try await stopDaemon(signal: SIGTERM)
