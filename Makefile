@@ -27,7 +27,14 @@ RELEASE_SCRATCH ?= .build-release
 RELEASE_LINK_FLAGS = -Xswiftc -use-ld=lld -Xlinker -z -Xlinker pack-relative-relocs \
 	-Xlinker --version-script=$(CURDIR)/packaging/macvtapd.exports \
 	-Xswiftc -Xfrontend -Xswiftc -function-sections \
-	-Xlinker --symbol-ordering-file=$(CURDIR)/packaging/macvtapd.order -Xlinker --no-warn-symbol-ordering
+	-Xlinker --symbol-ordering-file=$(CURDIR)/packaging/macvtapd.order -Xlinker --no-warn-symbol-ordering \
+	-Xswiftc -L$(STATIC_CXX_DIR)
+# libstdc++, the C++ library the Swift runtime is written in, linked in from its archive: the
+# processes run a few of its functions, and the shared library cost each of them 1 MiB of RSS
+# (ld.so reads its thousands of dynamic symbols and relocations at every start). The static Swift
+# libraries' `-lstdc++` finds the archive in this directory first (a user -L precedes the
+# compiler's own), so the binary needs no libstdc++.so.
+STATIC_CXX_DIR = $(abspath $(RELEASE_SCRATCH))/static-libstdc++
 RELEASE_FLAGS = -c release --static-swift-stdlib --disable-local-rpath --scratch-path $(RELEASE_SCRATCH) \
 	$(RELEASE_LINK_FLAGS) $(BUILD_FLAGS)
 RELEASE_BIN = $(RELEASE_SCRATCH)/release/macvtapd
@@ -99,6 +106,9 @@ clean:
 release:
 	@if [ "$$(cat $(RELEASE_SCRATCH)/release-flags 2>/dev/null)" != "$(RELEASE_FLAGS)" ]; then \
 		find $(RELEASE_SCRATCH) -path '*/release/*.build/*.o' -delete 2>/dev/null || true; fi
+	@archive=$$(clang -print-file-name=libstdc++.a); test -f "$$archive" || \
+		{ echo "release: no libstdc++.a (clang -print-file-name, the Swift toolchain's); install libstdc++-12-dev" >&2; exit 1; }; \
+		mkdir -p $(STATIC_CXX_DIR) && ln -sf "$$archive" $(STATIC_CXX_DIR)/libstdc++.a
 	$(SWIFT) build $(RELEASE_FLAGS) --product macvtapd
 	$(SWIFT) build $(RELEASE_FLAGS) --product generate-manual
 	@echo "$(RELEASE_FLAGS)" >$(RELEASE_SCRATCH)/release-flags
