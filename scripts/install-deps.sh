@@ -15,9 +15,11 @@ set -euo pipefail
 # system calls macvtapd makes pass the unit's SystemCallFilter=). libvirt-daemon,
 # libvirt-daemon-driver-qemu and libvirt-clients: the libvirt tests run a private libvirtd of
 # their own in session mode (PrivateLibvirt); the machine's libvirt is never configured or started.
+# libstdc++-12-dev: the release link (make release, make deb) takes libstdc++ from its archive
+# (Makefile STATIC_CXX_DIR); the Swift toolchain usually brings it, this says so.
 packages=(qemu-system-x86 qemu-utils iproute2 libudev-dev libyaml-dev udev pkg-config util-linux kmod cpio procps time
     iputils-ping linux-image-cloud-amd64 busybox-static dpkg-dev binutils systemd init-system-helpers groff-base
-    ansible-core python3-apt strace libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients)
+    ansible-core python3-apt strace libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libstdc++-12-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
