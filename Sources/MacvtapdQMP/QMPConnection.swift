@@ -1,5 +1,4 @@
 import CMacvtapd
-import MacvtapdThreads
 import Synchronization
 
 #if canImport(Glibc)
@@ -19,6 +18,9 @@ import Synchronization
 /// The reader owns the file descriptor's lifetime: `shutdown()` only wakes it with shutdown(2),
 /// and the reader closes the fd when it exits, under the write lock, so no writer can ever send on
 /// a reused descriptor number.
+///
+/// The reader thread (`QMPConnection+Reader.swift`) and pipelines (`QMPConnection+Pipeline.swift`)
+/// are extensions in files of their own, so the state they share is internal, not private.
 final class QMPConnection: Sendable {
     /// Reserved key for the greeting, which QEMU sends unasked; never queued as written.
     static let greetingID: Int64 = 0
@@ -33,17 +35,17 @@ final class QMPConnection: Sendable {
     let path: String
     let maximumLineLength: Int
     let events: AsyncStream<QMPEvent>
-    private let eventSink: AsyncStream<QMPEvent>.Continuation
-    private let readFD: Int32
+    let eventSink: AsyncStream<QMPEvent>.Continuation
+    let readFD: Int32
     /// Self-pipe that wakes the reader when a command with an earlier deadline is registered.
     /// Deadlines live in the reader rather than in a timer task per command: a task per command
     /// doubled the round-trip time of a trivial command.
-    private let wakeRead: Int32
-    private let wakeWrite: Int32
-    private let writeSide: Mutex<Int32>
-    private let state = Mutex(State())
+    let wakeRead: Int32
+    let wakeWrite: Int32
+    let writeSide: Mutex<Int32>
+    let state = Mutex(State())
 
-    private struct Pending {
+    struct Pending {
         let command: String
         /// Called exactly once, outside the state lock, with the reply or why there is none.
         let resume: @Sendable (Result<JSONValue, any Error>) -> Void
@@ -51,7 +53,7 @@ final class QMPConnection: Sendable {
         let timeout: Duration
     }
 
-    private struct State {
+    struct State {
         var nextID: Int64 = 1
         /// Waiting commands by key; a key leaves this table when its command is answered, times
         /// out, is cancelled or fails.
@@ -187,84 +189,9 @@ final class QMPConnection: Sendable {
         }
     }
 
-    private func complete(id: Int64, with result: Result<JSONValue, any Error>) {
+    func complete(id: Int64, with result: Result<JSONValue, any Error>) {
         guard let pending = state.withLock({ $0.pending.removeValue(forKey: id) }) else { return }
         pending.resume(result)
-    }
-
-    // MARK: Pipelines
-
-    /// One command of a pipeline.
-    struct Step: Sendable {
-        var command: String
-        var arguments: JSONValue?
-        var fd: Int32?
-    }
-
-    /// Writes every step back to back, in order, without waiting for replies (each fd on the
-    /// sendmsg of its own command's first bytes), then waits for every reply. QEMU runs a
-    /// monitor's commands in order, so a step may rely on the ones before it; each step gets its own
-    /// result. A step whose write fails, and the steps after it, fail with that error.
-    func executePipeline(_ steps: [Step], timeout: Duration) async throws -> [Result<JSONValue, QMPError>] {
-        guard !steps.isEmpty else { return [] }
-        let firstID = state.withLock { state in
-            defer { state.nextID += Int64(steps.count) }
-            return state.nextID
-        }
-        let ids = (0..<Int64(steps.count)).map { firstID + $0 }
-        let messages = steps.map { Self.encode(command: $0.command, arguments: $0.arguments) }
-        let collected = PipelineResults(count: steps.count)
-        let results: [Result<JSONValue, any Error>] = await withTaskCancellationHandler {
-            await withCheckedContinuation {
-                (continuation: CheckedContinuation<[Result<JSONValue, any Error>], Never>) in
-                collected.onComplete { continuation.resume(returning: $0) }
-                let deadline = ContinuousClock.now + timeout
-                let failure: String? = state.withLock { state in
-                    if let failure = state.failure { return failure }
-                    for (index, (id, step)) in zip(ids, steps).enumerated() {
-                        state.pending[id] = Pending(
-                            command: step.command, resume: { collected.set(index, $0) }, deadline: deadline,
-                            timeout: timeout)
-                    }
-                    if state.readerWakesAt.map({ deadline < $0 }) ?? true {
-                        var byte: UInt8 = 1
-                        _ = Glibc.write(wakeWrite, &byte, 1)
-                    }
-                    return nil
-                }
-                if let failure {
-                    for (index, step) in steps.enumerated() {
-                        collected.set(
-                            index, .failure(QMPError.connectionClosed(command: step.command, reason: failure)))
-                    }
-                    return
-                }
-                if Task.isCancelled {
-                    for id in ids { complete(id: id, with: .failure(CancellationError())) }
-                    return
-                }
-                // One lock for the whole pipeline: no other caller's command lands between its steps.
-                writeSide.withLock { fd in
-                    for (index, step) in steps.enumerated() {
-                        do throws(QMPError) {
-                            try write(
-                                messages[index], passing: step.fd, command: step.command, id: ids[index], on: fd)
-                        } catch {
-                            for id in ids[index...] { complete(id: id, with: .failure(error)) }
-                            return
-                        }
-                    }
-                }
-            }
-        } onCancel: {
-            for id in ids { complete(id: id, with: .failure(CancellationError())) }
-        }
-        for case .failure(let error as CancellationError) in results { throw error }
-        return results.map { result in
-            result.mapError { error in
-                error as? QMPError ?? .connectionClosed(command: "pipeline", reason: "\(error)")
-            }
-        }
     }
 
     private func write(_ bytes: [UInt8], passing passedFD: Int32?, command: String, id: Int64) throws(QMPError) {
@@ -277,7 +204,7 @@ final class QMPConnection: Sendable {
     /// as written before its first byte goes out (its reply can come before `send` returns) and
     /// under the write lock (the queue's order is the socket's). A failed send shuts the socket
     /// down, so a queued command that never reached QEMU is never waited for.
-    private func write(
+    func write(
         _ bytes: [UInt8], passing passedFD: Int32?, command: String, id: Int64, on fd: Int32
     ) throws(QMPError) {
         guard fd >= 0 else { throw .connectionClosed(command: command, reason: "socket already closed") }
@@ -338,190 +265,8 @@ final class QMPConnection: Sendable {
             if finished { continuation.resume() }
         }
     }
-
-    // MARK: Reader
-
-    private func startReader() throws(QMPError) {
-        if case .failure(let error) = NativeThread.detach({ [self] in readLoop() }) {
-            writeSide.withLock { fd in
-                Glibc.close(fd)
-                fd = -1
-            }
-            state.withLock { state in
-                state.failure = "could not start the reader thread"
-                Glibc.close(wakeRead)
-                Glibc.close(wakeWrite)
-            }
-            eventSink.finish()
-            throw .connectFailed(path: path, errno: error.errno)
-        }
-    }
-
-    private func readLoop() {
-        var lines = QMPLineSplitter(maximumLineLength: maximumLineLength)
-        var greeted = false
-        var reason: String
-        while true {
-            guard waitUntilReadable() else { continue }
-            // A buffer for what is waiting, freed after the read: a daemon keeps one reader per VM
-            // for good, and a 16 KiB buffer each, idle between replies, was 640 KiB of heap at 40
-            // VMs. A long reply (a 25-NIC `info qtree` is 78 KB) takes a few more reads.
-            var waiting: Int32 = 0
-            let size = cmacvtapd_ioctl_intptr(readFD, UInt(FIONREAD), &waiting) == 0 ? Int(waiting) : 0
-            let capacity = min(max(size, Self.smallestRead), Self.largestRead)
-            var count = 0
-            let chunk = [UInt8](unsafeUninitializedCapacity: capacity) { buffer, initialized in
-                count = Glibc.read(readFD, buffer.baseAddress, capacity)
-                initialized = max(0, count)
-            }
-            if count < 0 {
-                if errno == EINTR || errno == EAGAIN { continue }
-                // A killed QEMU with unread commands in its queue resets instead of closing.
-                if errno == ECONNRESET {
-                    reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
-                    break
-                }
-                reason = "read failed: \(errnoDescription(errno))"
-                break
-            }
-            if count == 0 {
-                reason = state.withLock { $0.shutdownReason } ?? "peer closed the connection"
-                break
-            }
-            if let fatal = lines.append(chunk, { handle(line: $0, greeted: &greeted) }) {
-                reason = fatal
-                break
-            }
-        }
-        finish(reason: reason)
-    }
-
-    /// Sleeps in poll(2) until the socket is readable (true) or a deadline passed or the wake pipe
-    /// fired (false), failing the commands whose deadline has passed.
-    private func waitUntilReadable() -> Bool {
-        let clock = ContinuousClock()
-        let next = state.withLock { state in
-            // Waking now and then even when idle means a command with a timeout longer than the
-            // idle interval (the usual case) never has to write to the wake pipe.
-            let next = min(state.pending.values.map(\.deadline).min() ?? .now + Self.idleWake, .now + Self.idleWake)
-            state.readerWakesAt = next
-            return next
-        }
-        let (seconds, attoseconds) = (next - clock.now).components
-        let milliseconds = seconds * 1000 + (attoseconds + 999_999_999_999_999) / 1_000_000_000_000_000
-        let pollTimeout = Int32(clamping: max(0, milliseconds))
-        var descriptors = [
-            pollfd(fd: readFD, events: Int16(POLLIN), revents: 0),
-            pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0),
-        ]
-        let ready = poll(&descriptors, 2, pollTimeout)
-        if descriptors[1].revents != 0 {
-            var drain = [UInt8](repeating: 0, count: 64)
-            while Glibc.read(wakeRead, &drain, drain.count) > 0 {}
-        }
-        expireCommands(now: clock.now)
-        return ready > 0 && descriptors[0].revents != 0
-    }
-
-    private func expireCommands(now: ContinuousClock.Instant) {
-        let expired = state.withLock { state in
-            let ids = state.pending.filter { $0.value.deadline <= now }.map(\.key)
-            return ids.compactMap { state.pending.removeValue(forKey: $0) }
-        }
-        for entry in expired {
-            entry.resume(.failure(QMPError.timeout(command: entry.command, after: entry.timeout)))
-        }
-    }
-
-    /// Returns a reason to drop the connection, or nil to keep reading.
-    private func handle(line: ArraySlice<UInt8>, greeted: inout Bool) -> String? {
-        switch QMPInbound.decode(line, greeted: greeted) {
-        case .fatal(let reason):
-            return reason
-        case .greeting(let message):
-            greeted = true
-            let waiting = state.withLock { state in
-                if state.pending[Self.greetingID] == nil { state.earlyGreeting = message }
-                return state.pending[Self.greetingID] != nil
-            }
-            if waiting { complete(id: Self.greetingID, with: .success(message)) }
-        case .event(let event):
-            eventSink.yield(event)
-        case .reply(let value):
-            // A reply with no command written is not an answer to anything: dropped.
-            guard let id = state.withLock({ $0.written.removeOldest() }) else { break }
-            complete(id: id, with: .success(value))
-        case .failure(let errorClass, let description):
-            guard
-                let (id, command) = state.withLock({ state in
-                    state.written.removeOldest().map { ($0, state.pending[$0]?.command ?? "?") }
-                })
-            else { break }
-            complete(
-                id: id,
-                with: .failure(QMPError.commandFailed(command: command, class: errorClass, description: description)))
-        case .ignored:
-            break
-        }
-        return nil
-    }
-
-    private func finish(reason: String) {
-        let (pending, waiters) = state.withLock { state in
-            state.failure = reason
-            state.readerFinished = true
-            Glibc.close(wakeRead)
-            Glibc.close(wakeWrite)
-            defer {
-                state.pending = [:]
-                state.finishWaiters = []
-            }
-            return (state.pending, state.finishWaiters)
-        }
-        writeSide.withLock { fd in
-            Glibc.close(fd)
-            fd = -1
-        }
-        for entry in pending.values {
-            entry.resume(.failure(QMPError.connectionClosed(command: entry.command, reason: reason)))
-        }
-        eventSink.finish()
-        for waiter in waiters { waiter.resume() }
-    }
 }
 
 func errnoDescription(_ code: Int32) -> String {
     "\(String(cString: strerror(code))) (errno \(code))"
-}
-
-/// The replies of one pipeline, gathered as they come (from the reader thread, a timeout, a send
-/// failure or a cancellation) until every step has one.
-private final class PipelineResults: Sendable {
-    private struct State {
-        var results: [Result<JSONValue, any Error>?]
-        var missing: Int
-        var done: (@Sendable ([Result<JSONValue, any Error>]) -> Void)?
-    }
-    private let state: Mutex<State>
-
-    init(count: Int) {
-        state = Mutex(State(results: Array(repeating: nil, count: count), missing: count))
-    }
-
-    func onComplete(_ done: @escaping @Sendable ([Result<JSONValue, any Error>]) -> Void) {
-        state.withLock { $0.done = done }
-    }
-
-    func set(_ index: Int, _ result: Result<JSONValue, any Error>) {
-        let finished: (([Result<JSONValue, any Error>]) -> Void, [Result<JSONValue, any Error>])? = state.withLock {
-            state in
-            guard state.results[index] == nil else { return nil }
-            state.results[index] = result
-            state.missing -= 1
-            guard state.missing == 0, let done = state.done else { return nil }
-            state.done = nil
-            return (done, state.results.map { $0! })
-        }
-        if let (done, results) = finished { done(results) }
-    }
 }
