@@ -194,7 +194,8 @@ struct LinkMonitorTests {
 @Suite("Own namespace")
 struct OwnNamespaceTests {
     /// Read-only: the process's own namespace is shared with everything else on the machine.
-    @Test func socketAndMonitorWithoutANamespacePathUseTheCallersNamespace() async throws {
+    @Test(.timeLimit(.minutes(1)))
+    func socketAndMonitorWithoutANamespacePathUseTheCallersNamespace() async throws {
         let route = try RouteSocket()
         defer { route.close() }
         let loopback = try await route.link(named: "lo")
@@ -202,7 +203,10 @@ struct OwnNamespaceTests {
         #expect(try await route.links().contains { $0.name == "lo" })
         let monitor = try LinkMonitor()
         monitor.close()
-        for await event in monitor.events { Issue.record("unexpected \(event) after close") }
+        // The stream ends once the monitor is closed (the loop finishes). It may first hand out
+        // what the kernel sent before the close: other tests make links in this shared namespace
+        // at any moment (ProbeTap), so their number is not this test's to check.
+        for await _ in monitor.events {}
     }
 
     @Test func unknownNamespacePathIsAClearError() {
