@@ -16,10 +16,12 @@ struct TapKeeperTests {
     }
 
     /// One end of a socket pair to keep, and the other, whose send fails (EPIPE, no signal) once
-    /// the kept end is closed.
+    /// the kept end is closed. Close-on-exec: other tests spawn QEMU and daemons meanwhile, and a
+    /// child holding a copy of the kept end would keep it open after the keeper's close.
     static func socketPair() throws -> (kept: FileDescriptor, writer: Int32) {
         var ends: [Int32] = [-1, -1]
-        try #require(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        try #require(
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0)
         return (FileDescriptor(adopting: ends[0]), ends[1])
     }
 
