@@ -21,8 +21,6 @@ public protocol HostDriver: Sendable {
     /// Lets go of the taps kept for the backends of `vm` that `isGone` says QEMU no longer holds;
     /// the closes run off the caller's path.
     func releaseTaps(vm: String, where isGone: (Ownership.BackendIDs) -> Bool)
-    /// The backends of `vm` whose tap the driver keeps open.
-    func keptTaps(vm: String) -> Set<Ownership.BackendIDs>
     /// Link notifications (RTNLGRP_LINK) from now on; the stream ends when its consumer stops.
     func linkChanges() throws -> AsyncStream<LinkChange>
 }

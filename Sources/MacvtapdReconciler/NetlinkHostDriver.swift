@@ -104,6 +104,7 @@ public struct NetlinkHostDriver: HostDriver {
         keeper.release(vm: vm, where: isGone)
     }
 
+    /// The backends of `vm` whose tap this driver keeps open (tests).
     public func keptTaps(vm: String) -> Set<Ownership.BackendIDs> {
         keeper.backends(of: vm)
     }

@@ -23,14 +23,20 @@ import Synchronization
 /// last reference it blocks for the grace period, which must not hold a reconcile or one of
 /// Swift's cooperative threads.
 final class TapKeeper: Sendable {
-    private let kept = Mutex<[VMBackend: FileDescriptor]>([:])
+    /// Kept fds by VM, so that the release after each reconcile looks at that VM's taps only.
+    private struct Kept {
+        var byVM: [String: [Ownership.BackendIDs: FileDescriptor]] = [:]
+        var count = 0
+    }
+    private let kept = Mutex(Kept())
     private let closer = DispatchQueue(label: "macvtapd.tap-release")
-    /// How many fds the keeper may hold at most; nil: half of RLIMIT_NOFILE's soft limit, read at
-    /// each keep (`macvtapd run` raises it to the hard limit first).
-    private let capacity: Int?
+    /// How many fds the keeper may hold at most.
+    private let capacity: Int
 
+    /// `capacity` nil: half of RLIMIT_NOFILE's soft limit now (`macvtapd run` raises it to the hard
+    /// limit before it makes its host driver).
     init(capacity: Int? = nil) {
-        self.capacity = capacity
+        self.capacity = capacity ?? Self.softLimit() / 2
     }
 
     /// Keeps `descriptor` for `backend`, whose QEMU now holds a copy. A tap kept for the same
@@ -39,10 +45,11 @@ final class TapKeeper: Sendable {
     /// taps being opened, and an attach never fails for want of a kept fd (that backend's
     /// netdev_del is then as slow as without a keeper).
     func keep(_ descriptor: FileDescriptor, for backend: VMBackend) {
-        let limit = capacity ?? Self.softLimit() / 2
         let (previous, accepted) = kept.withLock { kept -> (FileDescriptor?, Bool) in
-            guard kept[backend] != nil || kept.count < limit else { return (nil, false) }
-            return (kept.updateValue(descriptor, forKey: backend), true)
+            let replacing = kept.byVM[backend.vm]?[backend.ids] != nil
+            guard replacing || kept.count < capacity else { return (nil, false) }
+            if !replacing { kept.count += 1 }
+            return (kept.byVM[backend.vm, default: [:]].updateValue(descriptor, forKey: backend.ids), true)
         }
         if let previous { close(previous) }
         if !accepted { close(descriptor) }
@@ -50,15 +57,23 @@ final class TapKeeper: Sendable {
 
     /// Lets go of the taps kept for backends of `vm` that `isGone` says QEMU no longer holds.
     func release(vm: String, where isGone: (Ownership.BackendIDs) -> Bool) {
-        let released = kept.withLock { kept in
-            let gone = kept.keys.filter { $0.vm == vm && isGone($0.ids) }
-            return gone.compactMap { kept.removeValue(forKey: $0) }
+        let released = kept.withLock { kept -> [FileDescriptor] in
+            guard var taps = kept.byVM[vm] else { return [] }
+            var gone: [FileDescriptor] = []
+            for (ids, descriptor) in taps where isGone(ids) {
+                gone.append(descriptor)
+                taps[ids] = nil
+            }
+            guard !gone.isEmpty else { return [] }
+            kept.byVM[vm] = taps.isEmpty ? nil : taps
+            kept.count -= gone.count
+            return gone
         }
         for descriptor in released { close(descriptor) }
     }
 
     func backends(of vm: String) -> Set<Ownership.BackendIDs> {
-        kept.withLock { Set($0.keys.filter { $0.vm == vm }.map(\.ids)) }
+        kept.withLock { Set(($0.byVM[vm] ?? [:]).keys) }
     }
 
     /// Closes `descriptor` on the release queue.

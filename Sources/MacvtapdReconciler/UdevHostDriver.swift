@@ -57,10 +57,6 @@ public struct UdevHostDriver: HostDriver {
         base.releaseTaps(vm: vm, where: isGone)
     }
 
-    public func keptTaps(vm: String) -> Set<Ownership.BackendIDs> {
-        base.keptTaps(vm: vm)
-    }
-
     public func linkChanges() throws -> AsyncStream<LinkChange> {
         let changes = try base.linkChanges()
         guard udev != nil else { return changes }

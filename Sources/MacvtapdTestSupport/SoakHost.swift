@@ -105,10 +105,10 @@ public enum SoakProcess {
     }
 
     /// How many descriptors of `pid` are open on a tap device node made in `directory` (macvtapd's
-    /// `--device-dir`), for macvtap `ifindex` or any: nodes are named `tap<ifindex>.<pid>.<n>` and
-    /// unlinked once opened. The daemon keeps one per backend it attached (`TapKeeper`).
-    public static func tapFDs(_ pid: pid_t, in directory: String, ifindex: Int32? = nil) -> Int {
-        let prefix = directory + "/tap" + (ifindex.map { "\($0)." } ?? "")
+    /// `--device-dir`): nodes are named `tap<ifindex>.<pid>.<n>` and unlinked once opened. The
+    /// daemon keeps one per backend it attached (`TapKeeper`).
+    public static func tapFDs(_ pid: pid_t, in directory: String) -> Int {
+        let prefix = directory + "/tap"
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
         return fds.filter { fd in
             let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(fd)")
